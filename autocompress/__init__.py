@@ -1,0 +1,35 @@
+"""autocompress: hardware-aware compression search for PyTorch models.
+
+The front door is small: `search`, `apply`, `load_space`, `Plan`, `LayerConfig`, `Budget`, `Task`.
+Heavy modules (torch, optuna) load on first use, so `autocompress --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from autocompress.config import Budget, LayerConfig, Plan
+
+if TYPE_CHECKING:
+    from autocompress.compress.apply import apply
+    from autocompress.optimize.run import search
+    from autocompress.space.spec import load_space
+    from autocompress.task import Task
+
+__all__ = ["Budget", "LayerConfig", "Plan", "Task", "apply", "load_space", "search"]
+__version__ = "0.1.0"
+
+_LAZY = {
+    "apply": "autocompress.compress.apply",
+    "search": "autocompress.optimize.run",
+    "load_space": "autocompress.space.spec",
+    "Task": "autocompress.task",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autocompress' has no attribute {name!r}")

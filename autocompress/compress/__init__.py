@@ -1,0 +1,1 @@
+"""Compression methods and the one function that applies a plan to a model."""

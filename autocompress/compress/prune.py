@@ -1,0 +1,119 @@
+"""Structured channel pruning: output channels physically removed with torch-pruning's DepGraph.
+
+torch-pruning decides what is coupled (the dependency graph) and what matters (L2 magnitude
+importance over the whole coupled group); the plan decides how much.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autocompress.config import Plan
+from autocompress.errors import PlanError
+from autocompress.space.discover import (
+    _PRUNABLE,
+    coupling_groups,
+    dependency_graph,
+    output_layers,
+)
+
+
+def kept_channels(channels: int, keep_ratio: float, round_to: int | None = None) -> int:
+    """How many of `channels` survive a keep ratio (at least one; a multiple of round_to if given).
+
+    Args:
+        channels: the layer's output channels now.
+        keep_ratio: fraction to keep, in (0, 1].
+        round_to: round the kept count to the nearest multiple of this (never below it).
+
+    Returns:
+        The number of channels kept.
+    """
+    kept = max(1, round(channels * keep_ratio))
+    if round_to and round_to > 1 and channels > round_to:
+        kept = max(round_to, round_to * round(kept / round_to))
+    return min(kept, channels)
+
+
+def prune_channels(model: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...]) -> nn.Module:
+    """Remove output channels in place so every coupling group keeps its planned ratio.
+
+    Args:
+        model: the model to prune (modified in place).
+        plan: per-layer `keep_ratio`; all layers of one coupling group must agree.
+        inputs: an example input, to trace the dependency graph.
+
+    Returns:
+        The same model object, physically smaller.
+
+    Raises:
+        PlanError: a layer in the plan does not exist, cannot be pruned (the output layer),
+            or disagrees with the other layers of its group.
+    """
+    import torch_pruning as tp
+
+    wanted = {name: cfg.keep_ratio for name, cfg in plan.layers.items() if cfg.keep_ratio < 1.0}
+    if not wanted:
+        return model
+    modules = dict(model.named_modules())
+    missing = sorted(set(plan.layers) - set(modules))
+    if missing:
+        raise PlanError(f"plan names layer {missing[0]!r}, which this model does not have")
+    was_training = model.training
+    model.eval()
+    graph = dependency_graph(model, inputs)
+    outputs = {name for name, m in modules.items() if m in output_layers(model, graph)}
+    pruned_outputs = sorted(set(wanted) & outputs)
+    if pruned_outputs:
+        raise PlanError(
+            f"layer {pruned_outputs[0]!r} produces the model's output; "
+            "its channels cannot be pruned"
+        )
+    groups = coupling_groups(model, graph)
+    per_group: list[tuple[str, float]] = []
+    for group, members in groups:
+        ratios = {wanted[m] for m in members if m in wanted}
+        if len(ratios) > 1:
+            raise PlanError(
+                f"layers {', '.join(members)} are pruned together but the plan gives them "
+                f"different keep ratios {sorted(ratios)}"
+            )
+        if ratios:
+            per_group.append((group, ratios.pop()))
+    ungrouped = sorted(set(wanted) - {m for _, members in groups for m in members})
+    if ungrouped:
+        raise PlanError(f"layer {ungrouped[0]!r} has no prunable output channels")
+
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    for leader_name, keep_ratio in per_group:
+        leader = modules[leader_name]
+        channels = leader.out_features if isinstance(leader, nn.Linear) else leader.out_channels
+        kept = kept_channels(channels, keep_ratio, plan.round_to)
+        if kept == channels:
+            continue
+        full = graph.get_pruning_group(leader, _out_channel_fn(leader), idxs=list(range(channels)))
+        with torch.no_grad():
+            scores = importance(full)
+            drop = torch.argsort(scores)[: channels - kept].tolist()
+            graph.get_pruning_group(leader, _out_channel_fn(leader), idxs=sorted(drop)).prune()
+    model.train(was_training)
+    return model
+
+
+def _out_channel_fn(module: nn.Module):
+    import torch_pruning as tp
+
+    if isinstance(module, nn.Linear):
+        return tp.prune_linear_out_channels
+    assert isinstance(module, _PRUNABLE)
+    return tp.prune_conv_out_channels
+
+
+def channel_counts(model: nn.Module) -> dict[str, int]:
+    """Output channels / features of every prunable layer (for reports and checks)."""
+    return {
+        name: (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+        for name, m in model.named_modules()
+        if isinstance(m, _PRUNABLE)
+    }

@@ -1,0 +1,1 @@
+"""Judging a compressed model: short distillation fine-tune, BatchNorm recalibration, metrics."""

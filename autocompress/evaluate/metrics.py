@@ -1,0 +1,34 @@
+"""Model figures that do not need the target: serialized size, parameter count, top-1."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+def size_bytes(model: nn.Module) -> int:
+    """Bytes of `torch.save(model.state_dict())`: the size of the model as it is stored."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def param_count(model: nn.Module) -> int:
+    """Number of parameter elements."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def top1(model: nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy as a fraction in [0, 1] over `(x, y)` batches, in eval mode."""
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += int((model(x).argmax(dim=1) == y).sum())
+        total += int(y.numel())
+    if total == 0:
+        raise ValueError("the validation loader yielded no samples")
+    return correct / total

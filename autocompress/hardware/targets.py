@@ -1,0 +1,155 @@
+"""Hardware targets: a device plus the runtime a model is deployed on, and how to time it there."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from autocompress.errors import UserInputError
+from autocompress.hardware.timing import Measurement, measure_latency
+from autocompress.registry import Registry
+
+
+class Target(ABC):
+    """Where a compressed model will run; plans are measured and predicted per target.
+
+    Attributes:
+        name: the name the user types (`--target cpu`).
+        threads: intra-op threads the model is timed with; part of the fingerprint.
+    """
+
+    name: str
+    threads: int
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, str]:
+        """What makes a timing on this target comparable to another: device, threads, runtime."""
+
+    @abstractmethod
+    def measure(
+        self,
+        model: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
+        *,
+        reference: nn.Module | None = None,
+        rounds: int | None = None,
+    ) -> Measurement:
+        """Time `model(*inputs)` on this target, interleaved with `reference(*inputs)` if given.
+
+        Args:
+            model: the candidate model, in the form deployed on this target.
+            inputs: positional inputs for one call.
+            reference: the model the candidate is compared with (usually the dense model).
+            rounds: timing rounds; None for the target's default.
+
+        Returns:
+            The Measurement; its `ratio` is candidate / reference, None without a reference.
+        """
+
+    def fingerprint_id(self) -> str:
+        """A short stable hash of the fingerprint (12 hex chars), for cache keys."""
+        text = json.dumps(sorted(self.fingerprint().items()))
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+TARGETS: Registry[type[Target]] = Registry("target")
+
+
+@TARGETS.register("cpu")
+class CpuTarget(Target):
+    """PyTorch eager on this machine's CPU.
+
+    Args:
+        threads: torch intra-op threads while timing (1 gives the most repeatable figures).
+        rounds: default number of timing rounds.
+    """
+
+    name = "cpu"
+
+    def __init__(self, *, threads: int = 1, rounds: int = 15) -> None:
+        _check_threads(threads)
+        self.threads = threads
+        self.rounds = rounds
+
+    def fingerprint(self) -> dict[str, str]:
+        """CPU model, logical cores, threads, torch version and runtime, all as strings."""
+        return {
+            "cpu_model": _cpu_model(),
+            "logical_cores": str(os.cpu_count() or 0),
+            "threads": str(self.threads),
+            "torch_version": torch.__version__,
+            "runtime": "pytorch-eager",
+        }
+
+    def measure(
+        self,
+        model: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
+        *,
+        reference: nn.Module | None = None,
+        rounds: int | None = None,
+    ) -> Measurement:
+        """Time `model(*inputs)` in eval mode under `torch.inference_mode()`; see `Target.measure`.
+
+        The models are switched to eval mode for the timing and back to their previous mode after.
+        """
+        models = [model] if reference is None else [model, reference]
+        # Per submodule, so that a model with some parts deliberately in eval mode comes back as is.
+        was_training = {sub: sub.training for m in models for sub in m.modules()}
+        for m in models:
+            m.eval()
+        try:
+            with torch.inference_mode():
+                return measure_latency(
+                    lambda: model(*inputs),
+                    None if reference is None else lambda: reference(*inputs),
+                    threads=self.threads,
+                    rounds=self.rounds if rounds is None else rounds,
+                )
+        finally:
+            for sub, training in was_training.items():
+                sub.training = training
+
+
+def resolve_target(spec: str | Target, *, threads: int = 1) -> Target:
+    """Turn `--target` into a Target: a Target passes through, a name is looked up.
+
+    Args:
+        spec: a registered target name ("cpu") or a Target instance.
+        threads: intra-op threads for a target built from a name.
+
+    Returns:
+        The Target.
+
+    Raises:
+        UserInputError: threads below 1.
+        UnknownNameError: no target of that name; the message lists the known ones.
+    """
+    _check_threads(threads)
+    if isinstance(spec, Target):
+        return spec
+    return TARGETS.get(spec)(threads=threads)
+
+
+def _check_threads(threads: int) -> None:
+    if threads < 1:
+        raise UserInputError(f"--threads must be at least 1, got {threads}")
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo, else whatever the platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

@@ -1,0 +1,114 @@
+"""One trial's work: build the plan's model, measure it, fine-tune it, score it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocompress.compress.apply import apply
+from autocompress.config import Budget, Plan
+from autocompress.evaluate.finetune import finetune
+from autocompress.evaluate.metrics import param_count, size_bytes
+from autocompress.hardware.targets import Target
+from autocompress.space.spec import Knob
+from autocompress.task import Task
+
+# A plan this far over a latency or size budget is not worth a fine-tune: its accuracy is
+# still measured (after BatchNorm recalibration) but the trial is known to be infeasible.
+FAR_OVER_BUDGET = 1.5
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The dense model's figures, measured once per study."""
+
+    accuracy: float
+    latency_ms: float
+    size_bytes: int
+    params: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class SearchContext:
+    """Everything a trial needs, prepared once per search."""
+
+    dense: nn.Module
+    task: Task
+    target: Target
+    budget: Budget
+    knobs: Sequence[Knob]
+    round_to: int | None
+    finetune_steps: int
+    latency_inputs: tuple[torch.Tensor, ...]
+    baseline: Baseline
+
+
+def measure_baseline(
+    dense: nn.Module, task: Task, target: Target, latency_inputs: tuple[torch.Tensor, ...]
+) -> Baseline:
+    """Measure the dense model: accuracy on the validation split, latency on the target, size."""
+    measurement = target.measure(dense, latency_inputs, rounds=2 * target.rounds)
+    return Baseline(
+        accuracy=float(task.metric(dense, task.val)),
+        latency_ms=measurement.median_ms,
+        size_bytes=size_bytes(dense),
+        params=param_count(dense),
+    )
+
+
+def constraint_values(
+    budget: Budget, baseline: Baseline, figures: dict[str, Any]
+) -> dict[str, float]:
+    """Budget violations (feasible when every value is <= 0), one per budget that is set."""
+    values = {}
+    if budget.latency_ms is not None:
+        values["latency_ms"] = figures["latency_ms"] - budget.latency_ms
+    if budget.size_bytes is not None:
+        values["size_bytes"] = float(figures["size_bytes"] - budget.size_bytes)
+    if budget.max_drop is not None:
+        values["accuracy_drop"] = (baseline.accuracy - figures["accuracy"]) - budget.max_drop
+    return values
+
+
+def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
+    """Build, measure and score one plan.
+
+    Latency is the median of per-round ratios to the dense model, measured interleaved with it
+    on the target, times the study's dense latency: the ratio survives machine drift.
+
+    Returns:
+        Figures: accuracy, latency_ms, latency_ratio, size_bytes, params, finetuned,
+        finetune_s, measurement (the raw timing record).
+    """
+    candidate = apply(ctx.dense, plan, ctx.task.inputs())
+    measurement = ctx.target.measure(candidate, ctx.latency_inputs, reference=ctx.dense)
+    assert measurement.ratio is not None
+    figures: dict[str, Any] = {
+        "latency_ratio": measurement.ratio,
+        "latency_ms": measurement.ratio * ctx.baseline.latency_ms,
+        "size_bytes": size_bytes(candidate),
+        "params": param_count(candidate),
+        "measurement": measurement.to_dict(),
+    }
+    budget = ctx.budget
+    hopeless = (
+        budget.latency_ms is not None
+        and figures["latency_ms"] > FAR_OVER_BUDGET * budget.latency_ms
+    ) or (
+        budget.size_bytes is not None
+        and figures["size_bytes"] > FAR_OVER_BUDGET * budget.size_bytes
+    )
+    steps = 0 if hopeless else ctx.finetune_steps
+    result = finetune(candidate, ctx.dense, ctx.task, steps=steps)
+    figures["accuracy"] = float(ctx.task.metric(candidate, ctx.task.val))
+    figures["finetuned"] = steps > 0
+    figures["finetune_s"] = result.seconds
+    return figures

@@ -1,0 +1,287 @@
+"""`autocompress.search()`: run (or continue) a study and return its Pareto front."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from autocompress.config import Budget, LayerConfig, Plan
+from autocompress.errors import UserInputError
+from autocompress.hardware.targets import Target, resolve_target
+from autocompress.optimize.objectives import (
+    Baseline,
+    SearchContext,
+    constraint_values,
+    evaluate_plan,
+    measure_baseline,
+)
+from autocompress.optimize.pareto import Candidate, baseline_row, pareto_front
+from autocompress.optimize.progress import SearchProgress
+from autocompress.optimize.study import OBJECTIVES, make_sampler, open_study, resolve_storage
+from autocompress.resolve import resolve_model, resolve_task
+from autocompress.space.discover import discover
+from autocompress.space.sample import plan_from_trial
+from autocompress.space.spec import Knob, SearchSpace, load_space
+from autocompress.task import Task
+
+DEFAULT_MODEL = "digits-resnet"
+DEFAULT_FINETUNE_STEPS = 120
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search leaves: the study's front (all runs so far) and its dense baseline."""
+
+    study: str
+    storage: str
+    front: list[Candidate]
+    baseline: Candidate
+    budget: Budget
+    trials_run: int
+    trials_failed: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _batch(inputs: tuple[torch.Tensor, ...], batch_size: int) -> tuple[torch.Tensor, ...]:
+    if batch_size < 1:
+        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
+    return tuple(x[:1].expand(batch_size, *x.shape[1:]).contiguous() for x in inputs)
+
+
+def _uniform_plans(knobs: list[Knob], round_to: int | None) -> list[dict[str, Any]]:
+    """Warm-start points: the same keep ratio for every group, for each shared middle choice."""
+    shared = set.intersection(*(set(k.choices) for k in knobs)) if knobs else set()
+    ratios = sorted((r for r in shared if 0.3 <= r < 1.0), reverse=True)[::2]
+    return [{k.param: r for k in knobs} for r in ratios]
+
+
+def _smallest_plan(knobs: list[Knob], round_to: int | None) -> Plan:
+    layers = {name: LayerConfig(keep_ratio=min(k.choices)) for k in knobs for name in k.layers}
+    return Plan(layers=layers, round_to=round_to)
+
+
+def _reachability(ctx: SearchContext, knobs: list[Knob]) -> list[str]:
+    """Say up front when a budget is below anything this space can reach."""
+    budget = ctx.budget
+    if budget.latency_ms is None and budget.size_bytes is None:
+        return []
+    from autocompress.compress.apply import apply
+    from autocompress.evaluate.metrics import size_bytes
+
+    smallest = apply(ctx.dense, _smallest_plan(knobs, ctx.round_to), ctx.task.inputs())
+    notes = []
+    if budget.latency_ms is not None:
+        ratio = ctx.target.measure(smallest, ctx.latency_inputs, reference=ctx.dense).ratio or 1.0
+        fastest_ms = ratio * ctx.baseline.latency_ms
+        if fastest_ms > budget.latency_ms:
+            notes.append(
+                f"budget {budget.latency_ms:g} ms is below anything this search space reaches "
+                f"(its fastest plan measures {fastest_ms:.2f} ms); searching anyway, the closest "
+                "candidates will be marked infeasible"
+            )
+    if budget.size_bytes is not None and size_bytes(smallest) > budget.size_bytes:
+        notes.append(
+            f"--max-size {budget.size_bytes / 1000:.1f} kB is below the smallest plan in this "
+            f"space ({size_bytes(smallest) / 1000:.1f} kB); searching anyway, the closest "
+            "candidates will be marked infeasible"
+        )
+    return notes
+
+
+def _library_versions() -> dict[str, str]:
+    import torch_pruning
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "torch_pruning": torch_pruning.__version__,
+    }
+
+
+def _baseline(
+    study: optuna.Study,
+    dense: nn.Module,
+    task: Task,
+    target: Target,
+    inputs: tuple[torch.Tensor, ...],
+) -> Baseline:
+    stored = study.user_attrs.get("baseline")
+    if stored is not None and study.user_attrs.get("fingerprint") == target.fingerprint():
+        return Baseline(**stored)
+    baseline = measure_baseline(dense, task, target, inputs)
+    study.set_user_attr("baseline", baseline.to_dict())
+    study.set_user_attr("fingerprint", target.fingerprint())
+    return baseline
+
+
+def search(
+    model: str | nn.Module = DEFAULT_MODEL,
+    *,
+    task: str | Task | None = None,
+    target: str | Target = "cpu",
+    threads: int = 1,
+    budget: Budget | None = None,
+    space: str | SearchSpace = "default",
+    trials: int = 30,
+    timeout_s: float | None = None,
+    sampler: str = "nsga2",
+    finetune_steps: int = DEFAULT_FINETUNE_STEPS,
+    seed: int = 0,
+    study: str | None = None,
+    storage: str | None = None,
+    batch_size: int = 1,
+    show_progress: bool = True,
+) -> SearchResult:
+    """Search per-layer compression plans and return the Pareto front of accuracy, latency, size.
+
+    Re-running with the same study name continues that study.
+
+    Args:
+        model: a zoo name, `pkg.mod:factory`, or an nn.Module.
+        task: the task that judges it (zoo models bring their own).
+        target: where latency is measured ("cpu").
+        threads: threads used when timing (recorded with every figure).
+        budget: latency / size / accuracy-drop limits; None: half the dense latency.
+        space: a search-space YAML path, a packaged name, or a SearchSpace.
+        trials: trials to run in this call.
+        timeout_s: stop starting trials after this many seconds.
+        sampler: "nsga2" (default), "tpe" or "random".
+        finetune_steps: distillation steps per trial.
+        seed: sampler seed.
+        study: study name; default `<model>-<target>`.
+        storage: Optuna storage URL; default `sqlite:///reports/autocompress.db`.
+        batch_size: batch size latency is measured at.
+        show_progress: draw a progress bar on stderr.
+
+    Returns:
+        The front over all the study's trials, the dense baseline row, and this run's counts.
+    """
+    if trials < 1:
+        raise UserInputError(f"--trials must be at least 1, got {trials}")
+    if finetune_steps < 0:
+        raise UserInputError(f"--finetune-steps must be 0 or more, got {finetune_steps}")
+    if sampler not in ("nsga2", "tpe", "random"):
+        make_sampler(sampler, seed=seed, population_size=2)  # raises the listing error
+    hw = resolve_target(target, threads=threads)
+    resolved = resolve_model(model)
+    the_task = resolve_task(task, resolved)
+    the_space = space if isinstance(space, SearchSpace) else load_space(space)
+    dense = resolved.model.eval()
+    layers = discover(dense, the_task.inputs())
+    knobs = the_space.knobs(layers)
+    if not knobs:
+        raise UserInputError(
+            f"search space {the_space.source} leaves nothing to search on {resolved.name}; "
+            "give some layers more than one choice"
+        )
+    latency_inputs = _batch(the_task.inputs(), batch_size)
+
+    study_name = study or f"{resolved.name}-{hw.name}"
+    storage_obj = resolve_storage(storage)
+    identity = {
+        "model": resolved.name,
+        "task": the_task.name,
+        "target": hw.name,
+        "threads": threads,
+        "batch_size": batch_size,
+    }
+    the_study = open_study(study_name, storage_obj, identity=identity)
+    existing = len(the_study.trials)
+    the_study.sampler = make_sampler(
+        sampler, seed=seed + existing, population_size=max(8, min(50, trials // 3))
+    )
+    baseline = _baseline(the_study, dense, the_task, hw, latency_inputs)
+    notes = []
+    if budget is None:
+        budget = Budget(latency_ms=round(baseline.latency_ms / 2, 3))
+        notes.append(f"no budget given: using half the dense latency, {budget.latency_ms:g} ms")
+    the_study.set_user_attr("budget", budget.to_dict())
+    the_study.set_user_attr("space", {"source": the_space.source, "knobs": len(knobs)})
+    the_study.set_user_attr("versions", _library_versions())
+    the_study.set_user_attr("metric_name", the_task.metric_name)
+    ctx = SearchContext(
+        dense=dense,
+        task=the_task,
+        target=hw,
+        budget=budget,
+        knobs=knobs,
+        round_to=the_space.round_to,
+        finetune_steps=finetune_steps,
+        latency_inputs=latency_inputs,
+        baseline=baseline,
+    )
+    notes += _reachability(ctx, knobs)
+    if existing == 0:
+        for params in _uniform_plans(knobs, the_space.round_to):
+            the_study.enqueue_trial(params, user_attrs={"warm_start": "uniform"})
+
+    run, failed = _optimize(the_study, ctx, trials, timeout_s, show_progress, notes)
+    return SearchResult(
+        study=study_name,
+        storage=storage or "sqlite:///reports/autocompress.db",
+        front=pareto_front(the_study),
+        baseline=baseline_row(the_study) or {},
+        budget=budget,
+        trials_run=run,
+        trials_failed=failed,
+        notes=notes,
+    )
+
+
+def _optimize(
+    study: optuna.Study,
+    ctx: SearchContext,
+    trials: int,
+    timeout_s: float | None,
+    show_progress: bool,
+    notes: list[str],
+) -> tuple[int, int]:
+    """The ask/tell loop: one plan per trial; a plan already scored is told again, not re-run."""
+    seen = {
+        tuple(sorted(t.params.items())): t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    }
+    started = time.monotonic()
+    run = failed = 0
+    with SearchProgress(total=trials, enabled=show_progress, notes=notes) as progress:
+        for _ in range(trials):
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                break
+            trial = study.ask()
+            try:
+                plan = plan_from_trial(trial, ctx.knobs, round_to=ctx.round_to)
+                key = tuple(sorted(trial.params.items()))
+                if key in seen:
+                    figures = dict(seen[key].user_attrs)
+                    figures["duplicate_of"] = seen[key].number
+                else:
+                    figures = evaluate_plan(ctx, plan)
+                    figures["plan"] = plan.to_dict()
+                for name, value in figures.items():
+                    trial.set_user_attr(name, value)
+                for name, value in constraint_values(ctx.budget, ctx.baseline, figures).items():
+                    trial.set_constraint(name, value)
+                frozen = study.tell(trial, [figures[o] for o in OBJECTIVES])
+                seen.setdefault(key, frozen)
+                progress.trial_done(
+                    figures, feasible=all(v <= 0 for v in frozen.constraints.values())
+                )
+            except KeyboardInterrupt:
+                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
+            except Exception as exc:  # any failure of one plan is recorded and the search goes on
+                reason = f"{type(exc).__name__}: {exc}"
+                trial.set_user_attr("fail_reason", reason)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                failed += 1
+                progress.trial_failed(reason)
+            run += 1
+    return run, failed

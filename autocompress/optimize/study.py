@@ -1,0 +1,105 @@
+"""Optuna study plumbing: storage URLs, samplers, and opening a study safely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autocompress.errors import StudyError, UnknownNameError, UserInputError
+
+DEFAULT_STORAGE = "sqlite:///reports/autocompress.db"
+SAMPLERS = ("nsga2", "tpe", "random")
+DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, latency_ms, size_bytes
+OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
+
+
+def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
+    """Turn `--storage` into an Optuna storage; SQLite parent folders are created.
+
+    Args:
+        url: an RDB URL (sqlite:///path.db, postgresql://...), or None for the default.
+
+    Raises:
+        UserInputError: the storage cannot be opened; says which URL and why.
+    """
+    url = url or DEFAULT_STORAGE
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+    except Exception as exc:  # SQLAlchemy raises many kinds; the user needs the URL and the cause
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"cannot open storage {url!r}: {first}") from None
+
+
+def make_sampler(name: str, *, seed: int, population_size: int) -> optuna.samplers.BaseSampler:
+    """The sampler for `--sampler` (nsga2, tpe or random), seeded.
+
+    Budgets reach every sampler through `trial.set_constraint`, so infeasible trials are
+    ranked below feasible ones.
+    """
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UnknownNameError("sampler", name, list(SAMPLERS))
+
+
+def open_study(
+    name: str,
+    storage: optuna.storages.BaseStorage,
+    *,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    identity: dict[str, Any] | None = None,
+) -> optuna.Study:
+    """Create the study, or continue it when it exists and belongs to the same model and task.
+
+    Args:
+        name: study name.
+        storage: from `resolve_storage`.
+        sampler: used for new trials.
+        identity: attributes that must match an existing study (model, task, target); stored
+            on a new one.
+
+    Raises:
+        StudyError: the study exists for another model, task or target.
+    """
+    identity = identity or {}
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        directions=list(DIRECTIONS),
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("identity")
+    if stored is None:
+        study.set_user_attr("identity", identity)
+    else:
+        for key, value in identity.items():
+            if stored.get(key) != value:
+                raise StudyError(
+                    f"study {name!r} was made for {key} {stored.get(key)!r}, not {value!r}; "
+                    "choose another --study name"
+                )
+    return study
+
+
+def load_study(name: str, storage_url: str | None) -> optuna.Study:
+    """Open an existing study for reading.
+
+    Raises:
+        StudyError: no such study; lists the studies the storage holds.
+    """
+    storage = resolve_storage(storage_url)
+    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
+    if name not in names:
+        listing = ", ".join(names) if names else "none yet (run autocompress search first)"
+        raise StudyError(
+            f"no study {name!r} in {storage_url or DEFAULT_STORAGE}; studies: {listing}"
+        )
+    return optuna.load_study(study_name=name, storage=storage)

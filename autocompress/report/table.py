@@ -1,0 +1,73 @@
+"""The Pareto front as a terminal table, the dense baseline as its first row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import mean
+from typing import Any
+
+from rich.table import Table
+
+Candidate = dict[str, Any]
+
+_CAPTION = (
+    "drop: accuracy points lost vs dense; faster/smaller: ratio to dense; fits: within budget; "
+    "plan: mean channel keep ratio x layers pruned"
+)
+
+
+def _plan_summary(plan: dict[str, Any]) -> str:
+    """E.g. 'keep 0.62 x9': the mean channel keep ratio over the layers the plan prunes."""
+    layers = plan.get("layers", {})
+    if not layers:
+        return "dense"
+    keeps = [cfg.get("keep_ratio", 1.0) for cfg in layers.values()]
+    return f"keep {mean(keeps):.2f} x{len(layers)}"
+
+
+def front_table(baseline: Candidate, front: Sequence[Candidate], *, title: str) -> Table:
+    """A rich Table: the dense model first, then each front candidate.
+
+    Args:
+        baseline: the dense row (`pareto.baseline_row`).
+        front: candidates (`pareto.pareto_front`).
+        title: shown above the table.
+
+    Returns:
+        The table, ready for `Console.print`.
+    """
+    table = Table(title=title, title_justify="left", caption=_CAPTION, caption_justify="left")
+    for name, justify in [
+        ("trial", "right"),
+        ("acc %", "right"),
+        ("drop", "right"),
+        ("ms", "right"),
+        ("faster", "right"),
+        ("kB", "right"),
+        ("smaller", "right"),
+        ("fits", "center"),
+        ("plan", "left"),
+    ]:
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    base_ms, base_size, base_acc = (
+        baseline["measured_ms"],
+        baseline["size_bytes"],
+        baseline["accuracy"],
+    )
+    rows = [baseline, *front]
+    for row in rows:
+        is_base = row["trial"] is None
+        feasible = "" if is_base else ("ok" if row["feasible"] else "[red]over[/]")
+        table.add_row(
+            "dense" if is_base else str(row["trial"]),
+            f"{100 * row['accuracy']:.2f}",
+            "" if is_base else f"{100 * (base_acc - row['accuracy']):+.2f}",
+            f"{row['measured_ms']:.3f}",
+            f"{base_ms / row['measured_ms']:.2f}x",
+            f"{row['size_bytes'] / 1000:.1f}",
+            f"{base_size / row['size_bytes']:.2f}x",
+            feasible,
+            _plan_summary(row["plan"]),
+            style="dim" if is_base else None,
+        )
+    return table

@@ -1,0 +1,1 @@
+"""What can be compressed: layer discovery, YAML search spaces, and trial -> plan decoding."""

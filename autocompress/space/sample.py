@@ -1,0 +1,33 @@
+"""Decode a sampler's trial into a Plan; the same decoder serves search, replay and export."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import optuna
+
+from autocompress.config import LayerConfig, Plan
+from autocompress.space.spec import Knob
+
+
+def plan_from_trial(
+    trial: optuna.trial.BaseTrial, knobs: Sequence[Knob], *, round_to: int | None = None
+) -> Plan:
+    """Ask `trial` for every knob and build the plan it stands for.
+
+    Works with a live `optuna.Trial`, a `FrozenTrial` or a `FixedTrial(params)`.
+
+    Args:
+        trial: the trial to read choices from.
+        knobs: the resolved decisions (`SearchSpace.knobs(layers)`).
+        round_to: channel multiple for pruning.
+
+    Returns:
+        The plan, naming only layers that change.
+    """
+    settings: dict[str, dict[str, object]] = {}
+    for knob in knobs:
+        value = trial.suggest_categorical(knob.param, list(knob.choices))
+        for layer in knob.layers:
+            settings.setdefault(layer, {})[knob.setting] = value
+    return Plan(layers={name: LayerConfig(**s) for name, s in settings.items()}, round_to=round_to)

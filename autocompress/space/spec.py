@@ -1,0 +1,227 @@
+"""Search spaces as YAML: per layer (by type or name pattern), the choices of each knob.
+
+A space file reads::
+
+    version: 1
+    round_to: null              # or e.g. 8: pruned channel counts become multiples of 8
+    defaults:                   # choices for every compressible layer
+      keep_ratio: [1.0, 0.75, 0.5, 0.25]
+    rules:                      # applied in order; a later rule overrides a knob of an earlier one
+      - match: {type: Linear}   # class name (or a list of names)
+        keep_ratio: [1.0]
+      - match: {name: "layer3.*"}   # shell-style pattern on the module name
+        keep_ratio: [1.0, 0.5]
+
+Knobs are the fields of `LayerConfig`; adding a knob there makes it usable here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from autocompress.config import LayerConfig
+from autocompress.errors import AutocompressError, SpaceError
+from autocompress.space.discover import LayerInfo
+
+SPACE_VERSION = 1
+KNOBS = tuple(f.name for f in fields(LayerConfig))
+_PACKAGED = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Choices for the layers a rule matches."""
+
+    types: tuple[str, ...] | None
+    pattern: str | None
+    choices: Mapping[str, tuple[Any, ...]]
+
+    def matches(self, layer: LayerInfo) -> bool:
+        """True when `layer` fits both the type and the name pattern (each optional)."""
+        if self.types is not None and layer.type not in self.types:
+            return False
+        return self.pattern is None or fnmatch.fnmatchcase(layer.name, self.pattern)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searched decision: a parameter name for the sampler, its choices, and what it sets."""
+
+    param: str
+    setting: str
+    choices: tuple[Any, ...]
+    layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A parsed search-space file.
+
+    Args:
+        defaults: knob -> choices for every layer.
+        rules: overrides in order.
+        round_to: channel multiple for pruning, or None.
+        source: where it was read from (for messages and reports).
+    """
+
+    defaults: Mapping[str, tuple[Any, ...]]
+    rules: tuple[Rule, ...] = ()
+    round_to: int | None = None
+    source: str = "<memory>"
+
+    def choices_for(self, layer: LayerInfo) -> dict[str, tuple[Any, ...]]:
+        """The knob choices of one layer after applying every matching rule."""
+        result = dict(self.defaults)
+        for rule in self.rules:
+            if rule.matches(layer):
+                result.update(rule.choices)
+        return result
+
+    def knobs(self, layers: Sequence[LayerInfo]) -> list[Knob]:
+        """Resolve the space on a model's layers into the decisions a sampler makes.
+
+        Channel keep ratios are decided once per coupling group (the intersection of its
+        members' choices); a knob with a single choice is fixed, not searched.
+
+        Raises:
+            SpaceError: a name rule matches no layer, or a group's members share no choice.
+        """
+        for rule in self.rules:
+            if rule.pattern is not None and not any(rule.matches(layer) for layer in layers):
+                names = ", ".join(layer.name for layer in layers[:6])
+                raise SpaceError(
+                    f"{self.source}: rule with name {rule.pattern!r} matches no layer; "
+                    f"layer names look like: {names}"
+                )
+        per_layer = {layer.name: self.choices_for(layer) for layer in layers}
+        groups: dict[str, list[str]] = {}
+        for layer in layers:
+            if layer.group is not None:
+                groups.setdefault(layer.group, []).append(layer.name)
+        knobs = []
+        for group, members in groups.items():
+            shared = [c for c in per_layer[members[0]].get("keep_ratio", (1.0,))]
+            for member in members[1:]:
+                allowed = set(per_layer[member].get("keep_ratio", (1.0,)))
+                shared = [c for c in shared if c in allowed]
+            if not shared:
+                raise SpaceError(
+                    f"{self.source}: layers {', '.join(members)} must be pruned together "
+                    "but their keep_ratio choices have nothing in common; give them a shared value"
+                )
+            if len(shared) > 1:
+                knobs.append(
+                    Knob(f"keep_ratio:{group}", "keep_ratio", tuple(shared), tuple(members))
+                )
+        return knobs
+
+
+def _choices(value: Any, knob: str, where: str) -> tuple[Any, ...]:
+    if not isinstance(value, list) or not value:
+        raise SpaceError(f"{where}.{knob}: expected a non-empty list of choices, got {value!r}")
+    for choice in value:
+        try:
+            LayerConfig(**{knob: choice})
+        except (AutocompressError, TypeError) as exc:
+            raise SpaceError(f"{where}.{knob}: bad choice {choice!r}: {exc}") from None
+    return tuple(dict.fromkeys(value))
+
+
+def _knob_table(data: Mapping[str, Any], where: str, extra: set[str]) -> dict[str, tuple[Any, ...]]:
+    unknown = sorted(set(data) - set(KNOBS) - extra)
+    if unknown:
+        raise SpaceError(f"{where}: unknown key {unknown[0]!r}; knobs are: {', '.join(KNOBS)}")
+    return {k: _choices(v, k, where) for k, v in data.items() if k in KNOBS}
+
+
+def _rule(data: Any, index: int, source: str) -> Rule:
+    where = f"{source}: rules[{index}]"
+    if not isinstance(data, Mapping):
+        raise SpaceError(f"{where}: expected a mapping with 'match' and knobs")
+    match = data.get("match")
+    if not isinstance(match, Mapping) or not match:
+        raise SpaceError(f"{where}.match: expected a mapping with 'type' and/or 'name'")
+    unknown = sorted(set(match) - {"type", "name"})
+    if unknown:
+        raise SpaceError(f"{where}.match: unknown key {unknown[0]!r}; use 'type' or 'name'")
+    types = match.get("type")
+    if isinstance(types, str):
+        types = [types]
+    if types is not None and (
+        not isinstance(types, list) or not all(isinstance(t, str) for t in types)
+    ):
+        raise SpaceError(f"{where}.match.type: expected a class name or a list of them")
+    pattern = match.get("name")
+    if pattern is not None and not isinstance(pattern, str):
+        raise SpaceError(f"{where}.match.name: expected a string pattern, got {pattern!r}")
+    choices = _knob_table(data, where, extra={"match"})
+    if not choices:
+        raise SpaceError(f"{where}: sets no knob; add one of: {', '.join(KNOBS)}")
+    return Rule(tuple(types) if types else None, pattern, choices)
+
+
+def parse_space(data: Any, *, source: str = "<memory>") -> SearchSpace:
+    """Validate a loaded YAML document and build the SearchSpace.
+
+    Raises:
+        SpaceError: naming the key and what is wrong with it.
+    """
+    if not isinstance(data, Mapping):
+        raise SpaceError(f"{source}: expected a mapping with 'version', 'defaults' and 'rules'")
+    unknown = sorted(set(data) - {"version", "round_to", "defaults", "rules"})
+    if unknown:
+        raise SpaceError(
+            f"{source}: unknown key {unknown[0]!r}; "
+            "top-level keys are version, round_to, defaults, rules"
+        )
+    if data.get("version") != SPACE_VERSION:
+        raise SpaceError(f"{source}: version must be {SPACE_VERSION}, got {data.get('version')!r}")
+    round_to = data.get("round_to")
+    if round_to is not None and (
+        not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1
+    ):
+        raise SpaceError(f"{source}: round_to must be a positive integer or null, got {round_to!r}")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        raise SpaceError(f"{source}: defaults must be a mapping of knob -> list of choices")
+    rules = data.get("rules") or []
+    if not isinstance(rules, list):
+        raise SpaceError(f"{source}: rules must be a list")
+    return SearchSpace(
+        defaults=_knob_table(defaults, f"{source}: defaults", extra=set()),
+        rules=tuple(_rule(r, i, source) for i, r in enumerate(rules)),
+        round_to=round_to,
+        source=source,
+    )
+
+
+def packaged_spaces() -> list[str]:
+    """Names of the search spaces shipped with autocompress ("default", ...)."""
+    return sorted(p.stem for p in _PACKAGED.glob("*.yaml"))
+
+
+def load_space(path_or_name: str | Path = "default") -> SearchSpace:
+    """Read a search space from a YAML file, or a packaged one by name ("default").
+
+    Raises:
+        SpaceError: the file is missing, not YAML, or malformed.
+    """
+    import yaml
+
+    path = Path(path_or_name)
+    if not path.exists() and (_PACKAGED / f"{path_or_name}.yaml").exists():
+        path = _PACKAGED / f"{path_or_name}.yaml"
+    if not path.is_file():
+        raise SpaceError(
+            f"search space {str(path_or_name)!r} not found; give a YAML file or one of: "
+            f"{', '.join(packaged_spaces())}"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_space(data, source=path.name)

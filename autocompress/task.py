@@ -1,0 +1,44 @@
+"""What judges a model: training and validation data, the metric, and the fine-tuning loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+Metric = Callable[[nn.Module, DataLoader], float]
+Loss = Callable[[Any, Any, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: the data and metric that judge a model.
+
+    Args:
+        name: short name shown in reports.
+        train: batches for fine-tuning and BatchNorm recalibration (never used for the metric).
+        val: held-out batches the metric is measured on; fine-tuning never sees them.
+        example_input: one input batch as the model takes it (a tensor or a tuple of tensors);
+            its batch size is the one latency is measured at unless told otherwise.
+        metric: `metric(model, loader) -> float`, higher is better.
+        metric_name: what the metric is called ("top1").
+        loss: optional `loss(student_out, teacher_out, batch) -> Tensor`; default: distillation
+            from the dense model's outputs (plus cross-entropy on labels where batches carry them).
+    """
+
+    name: str
+    train: DataLoader
+    val: DataLoader
+    example_input: torch.Tensor | tuple[torch.Tensor, ...]
+    metric: Metric
+    metric_name: str = "metric"
+    loss: Loss | None = None
+
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        """The example input as a tuple of positional arguments."""
+        ex = self.example_input
+        return ex if isinstance(ex, tuple) else (ex,)

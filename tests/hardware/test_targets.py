@@ -1,0 +1,97 @@
+"""Targets: the cpu target's fingerprint, its measurements, and resolving `--target`."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress.errors import UnknownNameError, UserInputError
+from autocompress.hardware.targets import TARGETS, CpuTarget, Target, resolve_target
+from autocompress.hardware.timing import Measurement
+
+
+def _mlp(width: int) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Dropout(0.5), nn.Linear(width, 10))
+
+
+def test_fingerprint_has_the_documented_keys() -> None:
+    fp = CpuTarget(threads=2).fingerprint()
+    assert set(fp) == {"cpu_model", "logical_cores", "threads", "torch_version", "runtime"}
+    assert all(isinstance(v, str) and v for v in fp.values())
+    assert fp["threads"] == "2"
+    assert fp["runtime"] == "pytorch-eager"
+    assert fp["torch_version"] == torch.__version__
+
+
+def test_fingerprint_id_is_stable_and_depends_on_threads() -> None:
+    one = CpuTarget(threads=1).fingerprint_id()
+    assert re.fullmatch(r"[0-9a-f]{12}", one)
+    assert CpuTarget(threads=1).fingerprint_id() == one
+    assert CpuTarget(threads=2).fingerprint_id() != one
+
+
+def test_measure_small_sequential_against_a_reference() -> None:
+    model, reference = _mlp(256), _mlp(256)
+    model.train()
+    reference.eval()
+    reference[2].train()  # a submodule whose mode differs from its parent's
+    x = torch.randn(8, 64)
+    m = CpuTarget().measure(model, (x,), reference=reference, rounds=3)
+    assert isinstance(m, Measurement)
+    assert m.median_ms > 0 and m.reference_ms is not None and m.reference_ms > 0
+    assert m.ratio is not None and 0.5 < m.ratio < 2.0
+    assert m.rounds == 3 and m.threads == 1
+    # previous modes restored, submodule by submodule
+    assert all(sub.training for sub in model.modules())
+    assert [sub.training for sub in reference] == [False, False, True, False]
+
+
+def test_measure_without_reference_uses_default_rounds() -> None:
+    m = CpuTarget(rounds=2).measure(_mlp(32), (torch.randn(1, 64),))
+    assert m.ratio is None and m.rounds == 2 and m.median_ms > 0
+
+
+def test_measure_runs_in_inference_mode() -> None:
+    seen: list[bool] = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.is_inference_mode_enabled() and not self.training)
+            return x + 1
+
+    CpuTarget(rounds=1).measure(Probe(), (torch.zeros(4),))
+    assert seen and all(seen)
+
+
+def test_resolve_target_by_name() -> None:
+    target = resolve_target("cpu", threads=2)
+    assert isinstance(target, CpuTarget)
+    assert target.name == "cpu" and target.threads == 2
+    assert "cpu" in TARGETS
+
+
+def test_resolve_target_passes_a_target_through() -> None:
+    target = CpuTarget(threads=1)
+    assert resolve_target(target) is target
+
+
+def test_unknown_target_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownNameError, match="cpu"):
+        resolve_target("tpu")
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_threads_below_one_is_a_user_error(threads: int) -> None:
+    with pytest.raises(UserInputError, match=f"--threads must be at least 1, got {threads}"):
+        resolve_target("cpu", threads=threads)
+    with pytest.raises(UserInputError):
+        CpuTarget(threads=threads)
+
+
+def test_target_base_is_abstract() -> None:
+    with pytest.raises(TypeError):
+        Target()  # type: ignore[abstract]
