@@ -58,6 +58,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             study=args.study,
             storage=args.storage,
             batch_size=args.batch_size,
+            train_threads=args.train_threads,
             show_progress=not args.quiet,
         )
     except KeyboardInterrupt:
@@ -115,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default="cpu", help="where latency is measured (default: cpu)")
     s.add_argument("--threads", type=int, default=1, help="threads when timing (default: 1)")
     s.add_argument("--batch-size", type=int, default=1, help="batch size latency is measured at")
+    s.add_argument(
+        "--train-threads",
+        type=int,
+        default=None,
+        help="threads for fine-tuning (default: all cores; 1 on a shared machine)",
+    )
     s.add_argument("--budget", help="latency budget, e.g. 2ms (default: half the dense latency)")
     s.add_argument("--max-size", help="size budget, e.g. 50kB or 5MB")
     s.add_argument("--max-drop", help="accuracy drop allowed vs the dense model, e.g. 1%%")

@@ -70,7 +70,10 @@ class Plan:
     round_to: int | None = None
 
     def __post_init__(self) -> None:
-        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+        round_to = self.round_to
+        if round_to is not None and (
+            not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1
+        ):
             raise PlanError(f"round_to must be a positive integer or null, got {self.round_to!r}")
         cleaned = {name: cfg for name, cfg in sorted(self.layers.items()) if not cfg.is_identity}
         object.__setattr__(self, "layers", MappingProxyType(cleaned))
@@ -162,6 +165,13 @@ def _parse(text: str, units: Mapping[str, float], flag: str, example: str) -> fl
     return value
 
 
+def _parse_bytes(text: str) -> int:
+    value = int(_parse(text, _SIZE_UNITS, "--max-size", "5MB"))
+    if value < 1:
+        raise BudgetError(f"--max-size must be at least 1 byte, got {text!r}; e.g. --max-size 5MB")
+    return value
+
+
 @dataclass(frozen=True)
 class Budget:
     """What the deployment allows. Any field may be None (no limit).
@@ -189,9 +199,7 @@ class Budget:
             latency_ms=None
             if latency is None
             else _parse(latency, _LATENCY_UNITS, "--budget", "50ms"),
-            size_bytes=None
-            if size is None
-            else int(_parse(size, _SIZE_UNITS, "--max-size", "5MB")),
+            size_bytes=None if size is None else _parse_bytes(size),
             max_drop=None if drop is None else _parse(drop, {"%": 0.01}, "--max-drop", "1%"),
         )
 

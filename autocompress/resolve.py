@@ -38,6 +38,13 @@ def _call_factory(spec: str, what: str) -> Any:
         raise UserInputError(f"{what} factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
 
 
+def model_label(spec: str | nn.Module) -> str:
+    """The name a model goes by in study names and reports, without loading it."""
+    if isinstance(spec, nn.Module):
+        return type(spec).__name__
+    return spec.partition(":")[2] if ":" in spec else spec
+
+
 def resolve_model(spec: str | nn.Module) -> ResolvedModel:
     """Resolve `--model`: a zoo name, a `pkg.mod:factory` returning an nn.Module, or a module.
 
@@ -50,14 +57,14 @@ def resolve_model(spec: str | nn.Module) -> ResolvedModel:
     from autocompress import zoo
 
     if isinstance(spec, nn.Module):
-        return ResolvedModel(type(spec).__name__, spec.eval(), None)
+        return ResolvedModel(model_label(spec), spec.eval(), None)
     if ":" in spec:
         model = _call_factory(spec, "model")
         if not isinstance(model, nn.Module):
             raise UserInputError(
                 f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module"
             )
-        return ResolvedModel(spec.partition(":")[2], model.eval(), None)
+        return ResolvedModel(model_label(spec), model.eval(), None)
     if spec not in zoo.ZOO:
         known = ", ".join(zoo.ZOO.names())
         raise UserInputError(

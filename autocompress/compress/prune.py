@@ -6,6 +6,8 @@ importance over the whole coupled group); the plan decides how much.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -51,8 +53,6 @@ def prune_channels(model: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...
         PlanError: a layer in the plan does not exist, cannot be pruned (the output layer),
             or disagrees with the other layers of its group.
     """
-    import torch_pruning as tp
-
     wanted = {name: cfg.keep_ratio for name, cfg in plan.layers.items() if cfg.keep_ratio < 1.0}
     if not wanted:
         return model
@@ -62,7 +62,28 @@ def prune_channels(model: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...
         raise PlanError(f"plan names layer {missing[0]!r}, which this model does not have")
     was_training = model.training
     model.eval()
-    graph = dependency_graph(model, inputs)
+    try:
+        graph = dependency_graph(model, inputs)
+        for leader_name, keep_ratio in _group_ratios(model, graph, wanted):
+            leader = modules[leader_name]
+            channels = leader.out_features if isinstance(leader, nn.Linear) else leader.out_channels
+            kept = kept_channels(channels, keep_ratio, plan.round_to)
+            if kept < channels:
+                _drop_least_important(graph, leader, channels - kept)
+    finally:
+        model.train(was_training)
+    return model
+
+
+def _group_ratios(
+    model: nn.Module, graph: Any, wanted: dict[str, float]
+) -> list[tuple[str, float]]:
+    """(group leader, keep ratio) for every group the plan prunes, after checking the plan.
+
+    A layer the plan does not name keeps 1.0, so a plan that names only some members of a
+    group disagrees with itself and is refused rather than silently pruning the others.
+    """
+    modules = dict(model.named_modules())
     outputs = {name for name, m in modules.items() if m in output_layers(model, graph)}
     pruned_outputs = sorted(set(wanted) & outputs)
     if pruned_outputs:
@@ -71,34 +92,36 @@ def prune_channels(model: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...
             "its channels cannot be pruned"
         )
     groups = coupling_groups(model, graph)
-    per_group: list[tuple[str, float]] = []
-    for group, members in groups:
-        ratios = {wanted[m] for m in members if m in wanted}
-        if len(ratios) > 1:
-            raise PlanError(
-                f"layers {', '.join(members)} are pruned together but the plan gives them "
-                f"different keep ratios {sorted(ratios)}"
-            )
-        if ratios:
-            per_group.append((group, ratios.pop()))
     ungrouped = sorted(set(wanted) - {m for _, members in groups for m in members})
     if ungrouped:
         raise PlanError(f"layer {ungrouped[0]!r} has no prunable output channels")
-
-    importance = tp.importance.GroupMagnitudeImportance(p=2)
-    for leader_name, keep_ratio in per_group:
-        leader = modules[leader_name]
-        channels = leader.out_features if isinstance(leader, nn.Linear) else leader.out_channels
-        kept = kept_channels(channels, keep_ratio, plan.round_to)
-        if kept == channels:
+    per_group = []
+    for leader, members in groups:
+        if not any(m in wanted for m in members):
             continue
-        full = graph.get_pruning_group(leader, _out_channel_fn(leader), idxs=list(range(channels)))
-        with torch.no_grad():
-            scores = importance(full)
-            drop = torch.argsort(scores)[: channels - kept].tolist()
-            graph.get_pruning_group(leader, _out_channel_fn(leader), idxs=sorted(drop)).prune()
-    model.train(was_training)
-    return model
+        ratios = {wanted.get(m, 1.0) for m in members}
+        if len(ratios) > 1:
+            given = ", ".join(f"{m}={wanted.get(m, 1.0):g}" for m in members)
+            raise PlanError(
+                f"layers {', '.join(members)} are pruned together and need one keep_ratio, "
+                f"but the plan gives {given}"
+            )
+        per_group.append((leader, ratios.pop()))
+    return per_group
+
+
+def _drop_least_important(graph: Any, leader: nn.Module, count: int) -> None:
+    """Remove the `count` output channels of `leader`'s group with the lowest L2 importance."""
+    import torch_pruning as tp
+
+    channels = leader.out_features if isinstance(leader, nn.Linear) else leader.out_channels
+    prune_fn = _out_channel_fn(leader)
+    with torch.no_grad():
+        scores = tp.importance.GroupMagnitudeImportance(p=2)(
+            graph.get_pruning_group(leader, prune_fn, idxs=list(range(channels)))
+        )
+        drop = sorted(torch.argsort(scores)[:count].tolist())
+        graph.get_pruning_group(leader, prune_fn, idxs=drop).prune()
 
 
 def _out_channel_fn(module: nn.Module):

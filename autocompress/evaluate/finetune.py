@@ -140,7 +140,7 @@ def finetune(
                 loss = task.loss(student_out, teacher_out, (x, y))
             else:
                 loss = distillation_loss(student_out, teacher_out, y)
-            loss_value = float(loss)
+            loss_value = loss.detach().item()
             if not math.isfinite(loss_value):
                 raise FinetuneError(f"fine-tune loss became {loss_value} at step {step}")
             optimizer.zero_grad(set_to_none=True)

@@ -80,13 +80,32 @@ def open_study(
     if stored is None:
         study.set_user_attr("identity", identity)
     else:
-        for key, value in identity.items():
-            if stored.get(key) != value:
-                raise StudyError(
-                    f"study {name!r} was made for {key} {stored.get(key)!r}, not {value!r}; "
-                    "choose another --study name"
-                )
+        _check_same(name, stored, identity)
     return study
+
+
+def check_identity(
+    name: str, storage: optuna.storages.BaseStorage, identity: dict[str, Any]
+) -> None:
+    """Refuse early, before any model is loaded, to continue a study made for something else.
+
+    Raises:
+        StudyError: the study exists and one of `identity`'s values differs.
+    """
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    _check_same(name, study.user_attrs.get("identity") or {}, identity)
+
+
+def _check_same(name: str, stored: dict[str, Any], identity: dict[str, Any]) -> None:
+    for key, value in identity.items():
+        if key in stored and stored[key] != value:
+            raise StudyError(
+                f"study {name!r} was made for {key} {stored[key]!r}, not {value!r}; "
+                "choose another --study name"
+            )
 
 
 def load_study(name: str, storage_url: str | None) -> optuna.Study:

@@ -1,0 +1,236 @@
+"""YAML search spaces: the packaged default, strict parsing, rules, and per-group knobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from autocompress.errors import SpaceError
+from autocompress.space.discover import LayerInfo, discover
+from autocompress.space.spec import Knob, load_space, packaged_spaces, parse_space
+from tests.conftest import TINY_GROUPS, TinyResNet
+
+
+def _space(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"version": 1, "defaults": {"keep_ratio": [1.0, 0.5]}}
+    data.update(overrides)
+    return data
+
+
+def _layer(name: str, type_: str = "Conv2d", group: str | None = "auto") -> LayerInfo:
+    return LayerInfo(name, type_, 4, 8, 32, name if group == "auto" else group)
+
+
+@pytest.fixture
+def tiny_layers(tiny_resnet: TinyResNet, tiny_input: torch.Tensor) -> list[LayerInfo]:
+    return discover(tiny_resnet, (tiny_input,))
+
+
+def test_default_space_loads_with_keep_ratio_choices() -> None:
+    assert "default" in packaged_spaces()
+    space = load_space("default")
+    choices = space.defaults["keep_ratio"]
+    assert len(choices) > 1
+    assert 1.0 in choices
+    assert all(0.0 < c <= 1.0 for c in choices)
+    assert space.source == "default.yaml"
+    assert load_space() == space
+
+
+def test_default_space_resolves_on_the_tiny_resnet(tiny_layers: list[LayerInfo]) -> None:
+    space = load_space("default")
+    knobs = space.knobs(tiny_layers)
+    assert {k.param: list(k.layers) for k in knobs} == {
+        f"keep_ratio:{group}": members for group, members in TINY_GROUPS.items()
+    }
+    assert all(k.choices == space.defaults["keep_ratio"] for k in knobs)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_space(bits=[8]), r"unknown key 'bits'; top-level keys are"),
+        (_space(version=2), r"version must be 1, got 2"),
+        ({"defaults": {"keep_ratio": [0.5]}}, r"version must be 1, got None"),
+        (_space(defaults=[0.5, 1.0]), r"defaults must be a mapping"),
+        (
+            _space(defaults={"keep_ratios": [0.5]}),
+            r"defaults: unknown key 'keep_ratios'; knobs are: keep_ratio",
+        ),
+        (_space(defaults={"keep_ratio": []}), r"defaults\.keep_ratio: expected a non-empty list"),
+        (_space(defaults={"keep_ratio": 0.5}), r"defaults\.keep_ratio: expected a non-empty list"),
+        (_space(defaults={"keep_ratio": [1.0, 1.5]}), r"defaults\.keep_ratio: bad choice 1\.5"),
+        (_space(defaults={"keep_ratio": [0.0]}), r"defaults\.keep_ratio: bad choice 0\.0"),
+        (_space(defaults={"keep_ratio": ["half"]}), r"defaults\.keep_ratio: bad choice 'half'"),
+        (_space(round_to=0), r"round_to must be a positive integer"),
+        (_space(round_to=True), r"round_to must be a positive integer"),
+        (_space(rules={"match": {"type": "Linear"}}), r"rules must be a list"),
+        (_space(rules=[{"keep_ratio": [1.0]}]), r"rules\[0\]\.match: expected a mapping"),
+        (
+            _space(rules=[{"match": {}, "keep_ratio": [1.0]}]),
+            r"rules\[0\]\.match: expected a mapping",
+        ),
+        (
+            _space(rules=[{"match": {"kind": "Linear"}, "keep_ratio": [1.0]}]),
+            r"rules\[0\]\.match: unknown key 'kind'",
+        ),
+        (
+            _space(rules=[{"match": {"type": 3}, "keep_ratio": [1.0]}]),
+            r"rules\[0\]\.match\.type: expected a class name",
+        ),
+        (
+            _space(rules=[{"match": {"name": 3}, "keep_ratio": [1.0]}]),
+            r"rules\[0\]\.match\.name: expected a string pattern",
+        ),
+        (_space(rules=[{"match": {"type": "Linear"}}]), r"rules\[0\]: sets no knob"),
+        (
+            _space(rules=[{"match": {"type": "Linear"}, "keep": [1.0]}]),
+            r"rules\[0\]: unknown key 'keep'",
+        ),
+        (
+            _space(rules=[{"match": {"type": "Linear"}, "keep_ratio": [2]}]),
+            r"rules\[0\]\.keep_ratio: bad choice 2",
+        ),
+        (["version", 1], r"expected a mapping with 'version'"),
+    ],
+)
+def test_parse_space_errors_name_the_key(data: Any, message: str) -> None:
+    with pytest.raises(SpaceError, match=message):
+        parse_space(data, source="my.yaml")
+    with pytest.raises(SpaceError, match=r"^my\.yaml: "):
+        parse_space(data, source="my.yaml")
+
+
+def test_name_rule_matching_no_layer_is_an_error_at_resolution(
+    tiny_layers: list[LayerInfo],
+) -> None:
+    space = parse_space(
+        _space(rules=[{"match": {"name": "layer9.*"}, "keep_ratio": [1.0]}]), source="my.yaml"
+    )
+    with pytest.raises(
+        SpaceError, match=r"my\.yaml: rule with name 'layer9\.\*' matches no layer.*stem\.0"
+    ):
+        space.knobs(tiny_layers)
+
+
+def test_rules_override_defaults_in_order() -> None:
+    space = parse_space(
+        _space(
+            defaults={"keep_ratio": [1.0, 0.75, 0.5, 0.25]},
+            rules=[
+                {"match": {"name": "layer*"}, "keep_ratio": [1.0, 0.5]},
+                {"match": {"name": "layer2.*"}, "keep_ratio": [0.75]},
+            ],
+        )
+    )
+    assert space.choices_for(_layer("stem.0")) == {"keep_ratio": (1.0, 0.75, 0.5, 0.25)}
+    assert space.choices_for(_layer("layer1.conv1")) == {"keep_ratio": (1.0, 0.5)}
+    assert space.choices_for(_layer("layer2.conv1")) == {"keep_ratio": (0.75,)}
+
+
+def test_type_rule_restricts_linear_only() -> None:
+    space = parse_space(_space(rules=[{"match": {"type": "Linear"}, "keep_ratio": [1.0]}]))
+    assert space.rules[0].types == ("Linear",)
+    assert space.choices_for(_layer("fc", "Linear")) == {"keep_ratio": (1.0,)}
+    assert space.choices_for(_layer("conv", "Conv2d")) == {"keep_ratio": (1.0, 0.5)}
+    layers = [_layer("conv"), _layer("hidden", "Linear"), _layer("fc", "Linear", None)]
+    assert [k.layers for k in space.knobs(layers)] == [("conv",)]
+
+
+def test_type_rule_accepts_a_list_and_combines_with_name() -> None:
+    space = parse_space(
+        _space(rules=[{"match": {"type": ["Conv1d", "Conv2d"], "name": "b*"}, "keep_ratio": [0.5]}])
+    )
+    assert space.choices_for(_layer("a")) == {"keep_ratio": (1.0, 0.5)}
+    assert space.choices_for(_layer("b")) == {"keep_ratio": (0.5,)}
+    assert space.choices_for(_layer("b", "Linear")) == {"keep_ratio": (1.0, 0.5)}
+
+
+def test_duplicate_choices_are_dropped_keeping_order() -> None:
+    space = parse_space(_space(defaults={"keep_ratio": [0.5, 1.0, 0.5, 1]}))
+    assert space.defaults["keep_ratio"] == (0.5, 1.0)
+
+
+def test_knobs_one_per_group_with_the_intersection_of_choices(
+    tiny_layers: list[LayerInfo],
+) -> None:
+    space = parse_space(
+        _space(
+            defaults={"keep_ratio": [1.0, 0.75, 0.5, 0.25]},
+            rules=[
+                # stem.0 and layer1.conv2 share a group: their choices intersect to (1.0, 0.5).
+                {"match": {"name": "stem.*"}, "keep_ratio": [1.0, 0.5, 0.3]},
+                {"match": {"name": "layer1.conv2"}, "keep_ratio": [0.5, 1.0, 0.25]},
+            ],
+        )
+    )
+    knobs = {k.param: k for k in space.knobs(tiny_layers)}
+    assert list(knobs) == [f"keep_ratio:{g}" for g in TINY_GROUPS]
+    assert knobs["keep_ratio:stem.0"] == Knob(
+        "keep_ratio:stem.0", "keep_ratio", (1.0, 0.5), ("stem.0", "layer1.conv2")
+    )
+    assert knobs["keep_ratio:layer2.conv2"].layers == ("layer2.conv2", "layer2.downsample.0")
+    assert knobs["keep_ratio:layer2.conv2"].choices == (1.0, 0.75, 0.5, 0.25)
+    assert all(k.setting == "keep_ratio" for k in knobs.values())
+
+
+def test_single_choice_groups_are_not_knobs(tiny_layers: list[LayerInfo]) -> None:
+    space = parse_space(
+        _space(
+            rules=[
+                {"match": {"name": "layer2.*"}, "keep_ratio": [1.0]},
+                # one member fixed at 0.5 leaves its group a single shared choice
+                {"match": {"name": "layer1.conv2"}, "keep_ratio": [0.5]},
+            ]
+        )
+    )
+    assert [k.param for k in space.knobs(tiny_layers)] == ["keep_ratio:layer1.conv1"]
+
+
+def test_group_without_a_shared_choice_is_an_error(tiny_layers: list[LayerInfo]) -> None:
+    space = parse_space(
+        _space(rules=[{"match": {"name": "layer1.conv2"}, "keep_ratio": [0.25]}]), source="s.yaml"
+    )
+    with pytest.raises(
+        SpaceError, match=r"s\.yaml: layers stem\.0, layer1\.conv2 must be pruned together"
+    ):
+        space.knobs(tiny_layers)
+
+
+def test_yaml_file_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "version: 1\nround_to: 8\ndefaults:\n  keep_ratio: [1.0, 0.5]\n"
+        "rules:\n  - match: {type: Linear}\n    keep_ratio: [1.0]\n"
+    )
+    space = load_space(path)
+    assert space.round_to == 8
+    assert space.defaults == {"keep_ratio": (1.0, 0.5)}
+    assert space.source == "mine.yaml"
+    assert load_space(str(path)) == space
+
+
+def test_yaml_syntax_error_is_a_space_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("version: 1\ndefaults: {keep_ratio: [1.0, 0.5\n")
+    with pytest.raises(SpaceError, match=r"broken\.yaml: not valid YAML"):
+        load_space(path)
+
+
+def test_malformed_yaml_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("version: 2\n")
+    with pytest.raises(SpaceError, match=r"old\.yaml: version must be 1"):
+        load_space(path)
+
+
+def test_missing_file_lists_packaged_spaces(tmp_path: Path) -> None:
+    with pytest.raises(
+        SpaceError, match=r"'nope' not found; give a YAML file or one of: .*default"
+    ):
+        load_space("nope")
+    with pytest.raises(SpaceError, match=r"not found.*default"):
+        load_space(tmp_path / "absent.yaml")

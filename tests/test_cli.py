@@ -1,0 +1,149 @@
+"""The command line end to end: a tiny real search, `show --json`, and the errors users hit."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autocompress.cli import main
+
+SHOW_FIELDS = {
+    "trial", "accuracy", "baseline_accuracy", "predicted_ms", "measured_ms", "baseline_ms",
+    "size_bytes", "baseline_size_bytes", "feasible", "plan",
+}  # fmt: skip
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in a fresh folder (default storage lands in ./reports) with a private zoo cache."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def run_cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def search_args(*extra: str) -> list[str]:
+    return ["search", "--model", "digits-cnn", "--finetune-steps", "5", "--quiet", *extra]
+
+
+def test_tiny_search_then_show_json(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(*search_args("--trials", "3", "--budget", "10ms"), capsys=capsys)
+    assert code == 0, err
+    assert "Pareto front of study digits-cnn-cpu" in out
+    assert (workdir / "reports" / "autocompress.db").is_file()
+
+    code, out, _ = run_cli("show", "--study", "digits-cnn-cpu", "--json", capsys=capsys)
+    assert code == 0
+    front = json.loads(out)
+    assert front, "a 3-trial search with a loose budget has a front"
+    for c in front:
+        assert set(c) >= SHOW_FIELDS
+        assert c["feasible"] is True  # 10 ms is far above this model's latency
+        assert c["measured_ms"] > 0 and c["baseline_ms"] > 0
+        assert 0.0 <= c["accuracy"] <= 1.0
+        assert c["plan"]["version"] == 1
+
+
+def test_size_bytes_matches_saved_state_dict(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autocompress import Plan, apply, zoo
+
+    assert run_cli(*search_args("--trials", "3", "--budget", "10ms"), capsys=capsys)[0] == 0
+    run_cli("show", "--study", "digits-cnn-cpu", "--json", capsys=capsys)
+    _code, out, _ = run_cli("show", "--study", "digits-cnn-cpu", "--json", capsys=capsys)
+    dense = zoo.load_model("digits-cnn")
+    example = zoo.load_task("digits-cnn").example_input
+    for c in json.loads(out):
+        model = apply(dense, Plan.from_dict(c["plan"]), example)
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        assert abs(c["size_bytes"] - buffer.getbuffer().nbytes) <= 0.02 * c["size_bytes"]
+
+
+def test_same_study_twice_accumulates_trials(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    for _ in range(2):
+        assert run_cli(*search_args("--trials", "2"), capsys=capsys)[0] == 0
+    study = optuna.load_study(
+        study_name="digits-cnn-cpu", storage="sqlite:///reports/autocompress.db"
+    )
+    assert len(study.trials) == 4
+
+
+def test_unreachable_budget_runs_and_marks_infeasible(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(*search_args("--trials", "2", "--budget", "1us"), capsys=capsys)
+    assert code == 0
+    assert "below anything this search space reaches" in err
+    code, out, _ = run_cli("show", "--study", "digits-cnn-cpu", "--json", capsys=capsys)
+    front = json.loads(out)
+    assert front and all(c["feasible"] is False for c in front)
+    assert all(c["violations"]["latency_ms"] > 0 for c in front)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["search", "--model", "no-such-model"], "unknown model 'no-such-model'; choose one of:"),
+        (["search", "--budget", "50parsecs"], "unknown unit 'parsecs' in --budget"),
+        (["search", "--budget=-3ms"], "--budget must be positive"),
+        (["search", "--max-size", "5 furlongs"], "--max-size"),
+        (["search", "--target", "tpu"], "unknown target 'tpu'; choose one of: cpu"),
+        (["search", "--sampler", "grid"], "unknown sampler 'grid'; choose one of: nsga2"),
+        (["search", "--trials", "0"], "--trials must be at least 1"),
+        (["search", "--space", "missing.yaml"], "search space 'missing.yaml' not found"),
+        (["show", "--study", "nope"], "no study 'nope'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, _out, err = run_cli(*argv, capsys=capsys)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unknown_model_lists_zoo(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, _, err = run_cli("search", "--model", "resnet9000", capsys=capsys)
+    assert "digits-cnn" in err and "digits-resnet" in err
+
+
+def test_study_for_another_model_is_refused(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(*search_args("--trials", "1", "--study", "mine"), capsys=capsys)[0] == 0
+    before = (workdir / "reports" / "autocompress.db").read_bytes()
+    code, _, err = run_cli(
+        "search", "--model", "digits-resnet", "--study", "mine", "--quiet", capsys=capsys
+    )
+    assert code == 2
+    assert "study 'mine' was made for model 'digits-cnn'" in err
+    assert (workdir / "reports" / "autocompress.db").read_bytes() == before
+
+
+def test_python_dash_m_and_models(workdir: Path) -> None:
+    env = {**os.environ, "AUTOCOMPRESS_CACHE_DIR": str(workdir / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "autocompress", "models"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "digits-cnn" in proc.stdout and "digits-resnet" in proc.stdout
