@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from autocompress.config import DEFAULT_FINETUNE_STEPS
 from autocompress.errors import AutocompressError
 
 
@@ -120,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         "--train-threads",
         type=int,
         default=None,
-        help="threads for fine-tuning (default: all cores; 1 on a shared machine)",
+        help="threads for fine-tuning (default: all cores while the machine is quiet, else 1)",
     )
     s.add_argument("--budget", help="latency budget, e.g. 2ms (default: half the dense latency)")
     s.add_argument("--max-size", help="size budget, e.g. 50kB or 5MB")
@@ -131,7 +132,12 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=None, help="stop starting trials after N seconds"
     )
     s.add_argument("--sampler", default="nsga2", help="nsga2 (default), tpe or random")
-    s.add_argument("--finetune-steps", type=int, default=120, help="distillation steps per trial")
+    s.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=DEFAULT_FINETUNE_STEPS,
+        help=f"distillation steps per trial (default {DEFAULT_FINETUNE_STEPS})",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--study", default=None, help="study name (default: <model>-<target>)")
     s.add_argument(

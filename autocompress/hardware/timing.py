@@ -207,3 +207,23 @@ def _cpu_jiffies() -> tuple[int, int] | None:
     busy = sum(fields[:8]) - fields[3] - fields[4]
     # After the name: state is index 0, so utime (field 14) and stime (field 15) are 11 and 12.
     return busy, int(own[11]) + int(own[12])
+
+
+def other_cores_busy(window_s: float = 0.2) -> float | None:
+    """How many cores other processes kept busy during a short pause of this one.
+
+    Args:
+        window_s: how long to watch; this process sleeps meanwhile.
+
+    Returns:
+        Cores' worth of CPU time used by everyone else (0.0 = quiet), or None without /proc.
+    """
+    before = _cpu_jiffies()
+    start = time.perf_counter()
+    time.sleep(window_s)
+    after = _cpu_jiffies()
+    wall_s = time.perf_counter() - start
+    if before is None or after is None:
+        return None
+    other = max(0, (after[0] - before[0]) - (after[1] - before[1]) - 1)
+    return other / _CLK_TCK / wall_s

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,6 +16,7 @@ from autocompress.config import Budget, Plan
 from autocompress.evaluate.finetune import finetune
 from autocompress.evaluate.metrics import param_count, size_bytes
 from autocompress.hardware.targets import Target
+from autocompress.hardware.timing import other_cores_busy
 from autocompress.space.spec import Knob
 from autocompress.task import Task
 
@@ -47,6 +50,7 @@ class SearchContext:
     knobs: Sequence[Knob]
     round_to: int | None
     finetune_steps: int
+    train_threads: int | None
     latency_inputs: tuple[torch.Tensor, ...]
     baseline: Baseline
 
@@ -78,6 +82,29 @@ def constraint_values(
     return values
 
 
+def training_threads() -> int:
+    """Threads for the next fine-tune: every core on a quiet machine, one when others are busy.
+
+    Measured here: with another process on one of the 2 cores, 2-thread training steps run
+    3-80x slower than 1-thread ones (OpenMP threads wait on a descheduled sibling), while on
+    a quiet machine 2 threads are 1.5x faster.
+    """
+    cores = os.cpu_count() or 1
+    busy = other_cores_busy()
+    return cores if busy is not None and busy < 0.3 else 1
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Set torch's intra-op threads for a block and restore them after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
     """Build, measure and score one plan.
 
@@ -107,8 +134,9 @@ def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
         and figures["size_bytes"] > FAR_OVER_BUDGET * budget.size_bytes
     )
     steps = 0 if hopeless else ctx.finetune_steps
-    result = finetune(candidate, ctx.dense, ctx.task, steps=steps)
-    figures["accuracy"] = float(ctx.task.metric(candidate, ctx.task.val))
+    with torch_threads(ctx.train_threads or training_threads()):
+        result = finetune(candidate, ctx.dense, ctx.task, steps=steps)
+        figures["accuracy"] = float(ctx.task.metric(candidate, ctx.task.val))
     figures["finetuned"] = steps > 0
     figures["finetune_s"] = result.seconds
     return figures

@@ -11,7 +11,7 @@ import optuna
 import torch
 from torch import nn
 
-from autocompress.config import Budget, LayerConfig, Plan
+from autocompress.config import DEFAULT_FINETUNE_STEPS, Budget, LayerConfig, Plan
 from autocompress.errors import UserInputError
 from autocompress.hardware.targets import Target, resolve_target
 from autocompress.optimize.objectives import (
@@ -37,7 +37,6 @@ from autocompress.space.spec import Knob, SearchSpace, load_space
 from autocompress.task import Task
 
 DEFAULT_MODEL = "digits-resnet"
-DEFAULT_FINETUNE_STEPS = 120
 
 
 @dataclass(frozen=True)
@@ -165,22 +164,20 @@ def search(
         study: study name; default `<model>-<target>`.
         storage: Optuna storage URL; default `sqlite:///reports/autocompress.db`.
         batch_size: batch size latency is measured at.
-        train_threads: threads for fine-tuning and evaluation; None keeps torch's default (all
-            cores). Use 1 on a shared machine: a busy neighbour slows multi-threaded training
-            by up to 80x here.
+        train_threads: threads for fine-tuning and evaluation; None chooses before each trial:
+            all cores on a quiet machine, one while other processes are busy.
         show_progress: draw a progress bar on stderr.
 
     Returns:
         The front over all the study's trials, the dense baseline row, and this run's counts.
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar says what matters
     if trials < 1:
         raise UserInputError(f"--trials must be at least 1, got {trials}")
     if finetune_steps < 0:
         raise UserInputError(f"--finetune-steps must be 0 or more, got {finetune_steps}")
-    if train_threads is not None:
-        if train_threads < 1:
-            raise UserInputError(f"--train-threads must be at least 1, got {train_threads}")
-        torch.set_num_threads(train_threads)
+    if train_threads is not None and train_threads < 1:
+        raise UserInputError(f"--train-threads must be at least 1, got {train_threads}")
     if sampler not in ("nsga2", "tpe", "random"):
         make_sampler(sampler, seed=seed, population_size=2)  # raises the listing error
     hw = resolve_target(target, threads=threads)
