@@ -51,6 +51,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             threads=args.threads,
             budget=budget,
             space=args.space,
+            methods=args.methods.split(",") if args.methods else None,
             trials=args.trials,
             timeout_s=args.timeout,
             sampler=args.sampler,
@@ -127,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-size", help="size budget, e.g. 50kB or 5MB")
     s.add_argument("--max-drop", help="accuracy drop allowed vs the dense model, e.g. 1%%")
     s.add_argument("--space", default="default", help="search-space YAML file or packaged name")
+    s.add_argument(
+        "--methods", default=None, help="comma list of prune,quant,lowrank,sparse (default: all)"
+    )
     s.add_argument("--trials", type=int, default=30, help="trials to run now (default: 30)")
     s.add_argument(
         "--timeout", type=float, default=None, help="stop starting trials after N seconds"

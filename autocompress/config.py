@@ -18,21 +18,68 @@ PLAN_VERSION = 1
 DEFAULT_FINETUNE_STEPS = 60
 
 
+WEIGHT_BITS = (32, 16, 8, 4)
+ACT_BITS = (32, 8)
+SPARSITY_PATTERNS = ("unstructured", "2:4")
+
+# Which knobs each method owns: `--methods` restricts a search to some of them.
+METHOD_KNOBS = {
+    "prune": ("keep_ratio",),
+    "lowrank": ("rank_ratio",),
+    "sparse": ("sparsity", "sparsity_pattern"),
+    "quant": ("weight_bits", "act_bits"),
+}
+
+
+def _number(name: str, value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise PlanError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class LayerConfig:
-    """How one layer is compressed.
+    """How one layer is compressed. The defaults leave it as it is.
 
     Args:
         keep_ratio: fraction of output channels kept by structured pruning, in (0, 1].
+        rank_ratio: low-rank factorization rank as a fraction of full rank, in (0, 1]; 1 = off.
+        sparsity: fraction of weights zeroed by magnitude, in [0, 1).
+        sparsity_pattern: "unstructured", or "2:4" (two of every four weights; sparsity 0.5).
+        weight_bits: 32 (float), 16 (bfloat16), 8 or 4 (integer, per output channel).
+        act_bits: 32 (float) or 8 (static int8 activations; needs weight_bits 8).
     """
 
     keep_ratio: float = 1.0
+    rank_ratio: float = 1.0
+    sparsity: float = 0.0
+    sparsity_pattern: str = "unstructured"
+    weight_bits: int = 32
+    act_bits: int = 32
 
     def __post_init__(self) -> None:
-        if not isinstance(self.keep_ratio, int | float) or isinstance(self.keep_ratio, bool):
-            raise PlanError(f"keep_ratio must be a number, got {self.keep_ratio!r}")
-        if not 0.0 < self.keep_ratio <= 1.0:
+        if not 0.0 < _number("keep_ratio", self.keep_ratio) <= 1.0:
             raise PlanError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        if not 0.0 < _number("rank_ratio", self.rank_ratio) <= 1.0:
+            raise PlanError(f"rank_ratio must be in (0, 1], got {self.rank_ratio}")
+        if not 0.0 <= _number("sparsity", self.sparsity) < 1.0:
+            raise PlanError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.sparsity_pattern not in SPARSITY_PATTERNS:
+            raise PlanError(
+                f"sparsity_pattern must be one of {', '.join(SPARSITY_PATTERNS)}, "
+                f"got {self.sparsity_pattern!r}"
+            )
+        if self.sparsity_pattern == "2:4" and self.sparsity not in (0.0, 0.5):
+            raise PlanError(f"2:4 sparsity zeroes exactly half the weights; got {self.sparsity}")
+        if self.weight_bits not in WEIGHT_BITS or isinstance(self.weight_bits, bool):
+            raise PlanError(f"weight_bits must be one of {WEIGHT_BITS}, got {self.weight_bits!r}")
+        if self.act_bits not in ACT_BITS or isinstance(self.act_bits, bool):
+            raise PlanError(f"act_bits must be one of {ACT_BITS}, got {self.act_bits!r}")
+        if self.act_bits == 8 and self.weight_bits != 8:
+            raise PlanError(
+                "act_bits 8 needs weight_bits 8 (static int8 kernels); "
+                f"got weight_bits {self.weight_bits}"
+            )
 
     @property
     def is_identity(self) -> bool:

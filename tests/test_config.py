@@ -180,3 +180,33 @@ def test_budget_drop_rejects_a_unit_other_than_percent() -> None:
 def test_budget_size_below_one_byte_is_rejected() -> None:
     with pytest.raises(BudgetError, match=r"--max-size"):
         Budget.parse(size="0.5B")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"act_bits": 8}, "act_bits 8 needs weight_bits 8"),
+        ({"sparsity": 0.7, "sparsity_pattern": "2:4"}, "2:4 sparsity zeroes exactly half"),
+        ({"sparsity_pattern": "4:8"}, "sparsity_pattern must be one of"),
+        ({"weight_bits": 3}, r"weight_bits must be one of \(32, 16, 8, 4\)"),
+        ({"rank_ratio": 0.0}, r"rank_ratio must be in \(0, 1\]"),
+        ({"sparsity": 1.0}, r"sparsity must be in \[0, 1\)"),
+        ({"weight_bits": True}, "weight_bits must be one of"),
+    ],
+)
+def test_layer_config_rejects_invalid_method_settings(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(PlanError, match=message):
+        LayerConfig(**settings)
+
+
+def test_every_method_setting_round_trips_through_json() -> None:
+    plan = Plan(
+        layers={
+            "a": LayerConfig(keep_ratio=0.5, rank_ratio=0.25),
+            "b": LayerConfig(sparsity=0.5, sparsity_pattern="2:4", weight_bits=8, act_bits=8),
+            "c": LayerConfig(weight_bits=4, sparsity=0.9),
+        }
+    )
+    assert Plan.from_json(plan.to_json()) == plan

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +35,7 @@ from autocompress.optimize.study import (
 from autocompress.resolve import model_label, resolve_model, resolve_task
 from autocompress.space.discover import discover
 from autocompress.space.sample import plan_from_trial
-from autocompress.space.spec import Knob, SearchSpace, load_space
+from autocompress.space.spec import Knob, SearchSpace, load_space, settings_for_methods
 from autocompress.task import Task
 
 DEFAULT_MODEL = "digits-resnet"
@@ -134,6 +136,7 @@ def search(
     threads: int = 1,
     budget: Budget | None = None,
     space: str | SearchSpace = "default",
+    methods: Sequence[str] | None = None,
     trials: int = 30,
     timeout_s: float | None = None,
     sampler: str = "nsga2",
@@ -156,6 +159,8 @@ def search(
         threads: threads used when timing (recorded with every figure).
         budget: latency / size / accuracy-drop limits; None: half the dense latency.
         space: a search-space YAML path, a packaged name, or a SearchSpace.
+        methods: search only these methods' knobs ("prune", "quant", "lowrank", "sparse");
+            None for every knob the space has.
         trials: trials to run in this call.
         timeout_s: stop starting trials after this many seconds.
         sampler: "nsga2" (default), "tpe" or "random".
@@ -190,12 +195,13 @@ def search(
         "batch_size": batch_size,
     }
     the_space = space if isinstance(space, SearchSpace) else load_space(space)
+    settings_for_methods(methods)  # an unknown method fails before any model is loaded
     check_identity(study_name, storage_obj, identity)
     resolved = resolve_model(model)
     the_task = resolve_task(task, resolved)
     dense = resolved.model.eval()
     layers = discover(dense, the_task.inputs())
-    knobs = the_space.knobs(layers)
+    knobs = the_space.knobs(layers, methods=methods)
     if not knobs:
         raise UserInputError(
             f"search space {the_space.source} leaves nothing to search on {resolved.name}; "
@@ -257,8 +263,9 @@ def _optimize(
 ) -> tuple[int, int]:
     """The ask/tell loop: one plan per trial; a plan already scored is told again, not re-run."""
     seen = {
-        tuple(sorted(t.params.items())): t
+        json.dumps(t.user_attrs["plan"], sort_keys=True): t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "plan" in t.user_attrs
     }
     started = time.monotonic()
     run = failed = 0
@@ -269,7 +276,7 @@ def _optimize(
             trial = study.ask()
             try:
                 plan = plan_from_trial(trial, ctx.knobs, round_to=ctx.round_to)
-                key = tuple(sorted(trial.params.items()))
+                key = json.dumps(plan.to_dict(), sort_keys=True)
                 if key in seen:
                     figures = dict(seen[key].user_attrs)
                     figures["duplicate_of"] = seen[key].number

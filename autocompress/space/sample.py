@@ -15,7 +15,9 @@ def plan_from_trial(
 ) -> Plan:
     """Ask `trial` for every knob and build the plan it stands for.
 
-    Works with a live `optuna.Trial`, a `FrozenTrial` or a `FixedTrial(params)`.
+    Works with a live `optuna.Trial`, a `FrozenTrial` or a `FixedTrial(params)`. Choices
+    that cannot go together become the nearest valid plan: int8 activations without int8
+    weights stay float, and 2:4 sparsity zeroes exactly half the weights.
 
     Args:
         trial: the trial to read choices from.
@@ -30,4 +32,14 @@ def plan_from_trial(
         value = trial.suggest_categorical(knob.param, list(knob.choices))
         for layer in knob.layers:
             settings.setdefault(layer, {})[knob.setting] = value
-    return Plan(layers={name: LayerConfig(**s) for name, s in settings.items()}, round_to=round_to)
+    return Plan(
+        layers={name: LayerConfig(**_valid(s)) for name, s in settings.items()}, round_to=round_to
+    )
+
+
+def _valid(settings: dict[str, object]) -> dict[str, object]:
+    if settings.get("act_bits") == 8 and settings.get("weight_bits", 32) != 8:
+        settings["act_bits"] = 32
+    if settings.get("sparsity_pattern") == "2:4" and settings.get("sparsity", 0.0):
+        settings["sparsity"] = 0.5
+    return settings

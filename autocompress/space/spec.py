@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from autocompress.config import LayerConfig
+from autocompress.config import METHOD_KNOBS, LayerConfig
 from autocompress.errors import AutocompressError, SpaceError
 from autocompress.space.discover import LayerInfo
 
@@ -81,15 +81,24 @@ class SearchSpace:
                 result.update(rule.choices)
         return result
 
-    def knobs(self, layers: Sequence[LayerInfo]) -> list[Knob]:
+    def knobs(
+        self, layers: Sequence[LayerInfo], *, methods: Sequence[str] | None = None
+    ) -> list[Knob]:
         """Resolve the space on a model's layers into the decisions a sampler makes.
 
         Channel keep ratios are decided once per coupling group (the intersection of its
-        members' choices); a knob with a single choice is fixed, not searched.
+        members' choices); every other knob once per layer. A knob with a single choice is
+        fixed, not searched.
+
+        Args:
+            layers: from `discover(model, inputs)`.
+            methods: only the knobs of these methods (`METHOD_KNOBS` keys); None for all.
 
         Raises:
-            SpaceError: a name rule matches no layer, or a group's members share no choice.
+            SpaceError: a name rule matches no layer, a group's members share no choice, or
+                an unknown method is named.
         """
+        allowed = settings_for_methods(methods)
         for rule in self.rules:
             if rule.pattern is not None and not any(rule.matches(layer) for layer in layers):
                 names = ", ".join(layer.name for layer in layers[:6])
@@ -98,13 +107,25 @@ class SearchSpace:
                     f"layer names look like: {names}"
                 )
         per_layer = {layer.name: self.choices_for(layer) for layer in layers}
+        knobs = []
+        if "keep_ratio" in allowed:
+            knobs += self._group_knobs(layers, per_layer)
+        for layer in layers:
+            for setting, choices in per_layer[layer.name].items():
+                if setting != "keep_ratio" and setting in allowed and len(choices) > 1:
+                    knobs.append(Knob(f"{setting}:{layer.name}", setting, choices, (layer.name,)))
+        return knobs
+
+    def _group_knobs(
+        self, layers: Sequence[LayerInfo], per_layer: Mapping[str, Mapping[str, tuple[Any, ...]]]
+    ) -> list[Knob]:
         groups: dict[str, list[str]] = {}
         for layer in layers:
             if layer.group is not None:
                 groups.setdefault(layer.group, []).append(layer.name)
         knobs = []
         for group, members in groups.items():
-            shared = [c for c in per_layer[members[0]].get("keep_ratio", (1.0,))]
+            shared = list(per_layer[members[0]].get("keep_ratio", (1.0,)))
             for member in members[1:]:
                 allowed = set(per_layer[member].get("keep_ratio", (1.0,)))
                 shared = [c for c in shared if c in allowed]
@@ -120,12 +141,30 @@ class SearchSpace:
         return knobs
 
 
+def settings_for_methods(methods: Sequence[str] | None) -> set[str]:
+    """The LayerConfig settings the named methods own (all of them for None).
+
+    Raises:
+        SpaceError: an unknown method name.
+    """
+    if methods is None:
+        return set(KNOBS)
+    unknown = sorted(set(methods) - set(METHOD_KNOBS))
+    if unknown:
+        raise SpaceError(
+            f"unknown method {unknown[0]!r} in --methods; choose from: {', '.join(METHOD_KNOBS)}"
+        )
+    return {knob for m in methods for knob in METHOD_KNOBS[m]}
+
+
 def _choices(value: Any, knob: str, where: str) -> tuple[Any, ...]:
     if not isinstance(value, list) or not value:
         raise SpaceError(f"{where}.{knob}: expected a non-empty list of choices, got {value!r}")
     for choice in value:
+        # act_bits 8 is only valid beside weight_bits 8; check each choice in a valid context
+        context = {"weight_bits": 8} if knob == "act_bits" else {}
         try:
-            LayerConfig(**{knob: choice})
+            LayerConfig(**{knob: choice, **context})
         except (AutocompressError, TypeError) as exc:
             raise SpaceError(f"{where}.{knob}: bad choice {choice!r}: {exc}") from None
     return tuple(dict.fromkeys(value))

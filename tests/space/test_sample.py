@@ -80,3 +80,18 @@ def test_live_study_trial_and_its_frozen_replay_agree(knobs: list[Knob]) -> None
         assert plan_from_trial(optuna.trial.FixedTrial(frozen.params), knobs) == plan
     # five random draws over 4^4 plans are not all the same
     assert len({p.to_json() for p in plans}) > 1
+
+
+def test_impossible_combinations_decode_to_the_nearest_valid_plan() -> None:
+    knobs = [
+        Knob("weight_bits:a", "weight_bits", (32, 4, 8), ("a",)),
+        Knob("act_bits:a", "act_bits", (32, 8), ("a",)),
+        Knob("sparsity:a", "sparsity", (0.0, 0.75), ("a",)),
+        Knob("sparsity_pattern:a", "sparsity_pattern", ("unstructured", "2:4"), ("a",)),
+    ]
+    trial = optuna.trial.FixedTrial(
+        {"weight_bits:a": 4, "act_bits:a": 8, "sparsity:a": 0.75, "sparsity_pattern:a": "2:4"}
+    )
+    config = plan_from_trial(trial, knobs).config("a")
+    assert (config.weight_bits, config.act_bits) == (4, 32)
+    assert (config.sparsity, config.sparsity_pattern) == (0.5, "2:4")

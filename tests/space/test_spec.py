@@ -234,3 +234,32 @@ def test_missing_file_lists_packaged_spaces(tmp_path: Path) -> None:
         load_space("nope")
     with pytest.raises(SpaceError, match=r"not found.*default"):
         load_space(tmp_path / "absent.yaml")
+
+
+def test_every_knob_is_searched_per_layer_and_methods_filter_them(
+    tiny_resnet: torch.nn.Module, tiny_input: torch.Tensor
+) -> None:
+    space = parse_space(
+        {
+            "version": 1,
+            "defaults": {
+                "keep_ratio": [1.0, 0.5],
+                "rank_ratio": [1.0, 0.25],
+                "weight_bits": [32, 8],
+                "act_bits": [32, 8],
+            },
+        }
+    )
+    layers = discover(tiny_resnet, (tiny_input,))
+    settings = {k.setting for k in space.knobs(layers)}
+    assert settings == {"keep_ratio", "rank_ratio", "weight_bits", "act_bits"}
+    assert all(len(k.layers) == 1 for k in space.knobs(layers) if k.setting != "keep_ratio")
+    quant_only = space.knobs(layers, methods=["quant"])
+    assert {k.setting for k in quant_only} == {"weight_bits", "act_bits"}
+    with pytest.raises(SpaceError, match="unknown method 'teleport'"):
+        space.knobs(layers, methods=["teleport"])
+
+
+def test_act_bits_8_is_a_valid_choice_in_a_space() -> None:
+    space = parse_space({"version": 1, "defaults": {"act_bits": [32, 8]}})
+    assert space.defaults["act_bits"] == (32, 8)
