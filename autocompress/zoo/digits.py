@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 
 import numpy as np
 import torch
@@ -13,10 +12,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from autocompress.task import Task
 from autocompress.zoo._registry import ZooEntry, register
+from autocompress.zoo._train import SEED, TRAIN_BATCH, fit_classifier, top1_accuracy
 
-SEED = 0
 VAL_FRACTION = 0.3
-TRAIN_BATCH = 64
 VAL_BATCH = 256
 NUM_CLASSES = 10
 RESNET_BLOCKS = (3, 3, 3)
@@ -117,31 +115,6 @@ def digits32_task() -> Task:
         A task whose batches are ``(x, y)`` with x of shape (B, 1, 32, 32).
     """
     return _make_task("digits-32x32", _digits_32x32())
-
-
-@torch.no_grad()
-def top1_accuracy(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy of `model` on `loader`, as a fraction in [0, 1].
-
-    The model is evaluated in eval mode; its previous mode is restored afterwards.
-
-    Args:
-        model: called as ``model(x)``, returns class logits.
-        loader: yields ``(x, y)`` batches.
-
-    Returns:
-        The fraction of samples whose highest logit is the label.
-    """
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for x, y in loader:
-            correct += int((model(x).argmax(dim=1) == y).sum())
-            total += int(y.numel())
-    finally:
-        model.train(was_training)
-    return correct / max(total, 1)
 
 
 # --- architectures ------------------------------------------------------------------------
@@ -246,37 +219,6 @@ def _random_shift(x: torch.Tensor, max_px: int, gen: torch.Generator) -> torch.T
     return out.gather(3, cols)
 
 
-def _fit(
-    model: nn.Module, task: Task, *, epochs: int, lr: float, shift_px: int = 0, label: str = ""
-) -> None:
-    """Train with AdamW and a one-cycle schedule on the task's training split only."""
-    torch.manual_seed(SEED)
-    gen = torch.Generator().manual_seed(SEED)
-    loader = DataLoader(task.train.dataset, batch_size=TRAIN_BATCH, shuffle=True, generator=gen)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, epochs=epochs, steps_per_epoch=len(loader)
-    )
-    from rich.console import Console
-    from rich.progress import Progress
-
-    model.train()
-    console = Console(file=sys.stderr)
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        todo = bar.add_task(f"training {label}", total=epochs * len(loader))
-        for _ in range(epochs):
-            for x, y in loader:
-                if shift_px:
-                    x = _random_shift(x, shift_px, gen)
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.advance(todo)
-    model.eval()
-
-
 def train_digits_cnn(model: nn.Module, task: Task) -> None:
     """Train `DigitsCNN` in place (fixed seed; ~3 s on 2 idle cores).
 
@@ -284,7 +226,7 @@ def train_digits_cnn(model: nn.Module, task: Task) -> None:
         model: a freshly built `DigitsCNN`.
         task: `digits_task()`; only its training split is used.
     """
-    _fit(model, task, epochs=20, lr=1e-2, label="digits-cnn")
+    fit_classifier(model, task, epochs=20, lr=1e-2, label="digits-cnn")
 
 
 def train_digits_resnet(model: nn.Module, task: Task) -> None:
@@ -294,7 +236,15 @@ def train_digits_resnet(model: nn.Module, task: Task) -> None:
         model: a freshly built `DigitsResNet`.
         task: `digits32_task()`; only its training split is used.
     """
-    _fit(model, task, epochs=10, lr=5e-3, shift_px=2, label="digits-resnet")
+    gen = torch.Generator().manual_seed(SEED)
+    fit_classifier(
+        model,
+        task,
+        epochs=10,
+        lr=5e-3,
+        augment=lambda x: _random_shift(x, 2, gen),
+        label="digits-resnet",
+    )
 
 
 DIGITS_CNN = register(
@@ -314,5 +264,6 @@ DIGITS_RESNET = register(
         build=DigitsResNet,
         task=digits32_task,
         train=train_digits_resnet,
+        version=2,
     )
 )

@@ -1,0 +1,88 @@
+"""Training helpers shared by the zoo's classifiers: a seeded fit loop and top-1 accuracy."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from autocompress.task import Task
+
+SEED = 0
+TRAIN_BATCH = 64
+
+
+@torch.no_grad()
+def top1_accuracy(model: nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy of `model` on `loader`, as a fraction in [0, 1].
+
+    The model is evaluated in eval mode; its previous mode is restored afterwards.
+
+    Args:
+        model: called as ``model(x)``, returns class logits.
+        loader: yields ``(x, y)`` batches.
+
+    Returns:
+        The fraction of samples whose highest logit is the label.
+    """
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for x, y in loader:
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            total += int(y.numel())
+    finally:
+        model.train(was_training)
+    return correct / max(total, 1)
+
+
+def fit_classifier(
+    model: nn.Module,
+    task: Task,
+    *,
+    epochs: int,
+    lr: float,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    label: str = "",
+) -> None:
+    """Train a classifier with AdamW and a one-cycle schedule on the task's training split only.
+
+    Args:
+        model: trained in place, left in eval mode.
+        task: its `train` dataset is reshuffled with a fixed seed (the loader's own state is
+            not used, so results don't depend on how often it was iterated before).
+        epochs: passes over the training split.
+        lr: peak learning rate.
+        augment: optional batch transform applied to inputs during training.
+        label: shown on the progress bar.
+    """
+    torch.manual_seed(SEED)
+    gen = torch.Generator().manual_seed(SEED)
+    loader = DataLoader(task.train.dataset, batch_size=TRAIN_BATCH, shuffle=True, generator=gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, epochs=epochs, steps_per_epoch=len(loader)
+    )
+    from rich.console import Console
+    from rich.progress import Progress
+
+    model.train()
+    console = Console(file=sys.stderr)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        todo = bar.add_task(f"training {label}", total=epochs * len(loader))
+        for _ in range(epochs):
+            for x, y in loader:
+                if augment is not None:
+                    x = augment(x)
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.advance(todo)
+    model.eval()
