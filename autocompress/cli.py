@@ -78,6 +78,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     )
     console.print(front_table(result.baseline, result.front, title=title))
     console.print(f"show it again: autocompress show --study {result.study}", highlight=False)
+    if result.report is not None:
+        console.print(f"report: {result.report}", highlight=False)
     return 0
 
 
@@ -96,6 +98,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"study {args.study!r} has no finished trial yet", file=sys.stderr)
         return 0
     _console().print(front_table(baseline, front, title=f"Pareto front of study {args.study}"))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from autocompress.optimize.study import load_study
+    from autocompress.report.html import write_report
+
+    study = load_study(args.study, args.storage)
+    path = write_report(study, args.out, storage_url=args.storage)
+    print(f"report: {path}")
     return 0
 
 
@@ -157,6 +169,12 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--storage", default=None)
     show.add_argument("--json", action="store_true", help="print the front as JSON")
     show.set_defaults(run=_cmd_show)
+
+    report = sub.add_parser("report", help="write a study's report: one self-contained HTML page")
+    report.add_argument("--study", required=True)
+    report.add_argument("--storage", default=None)
+    report.add_argument("--out", default=None, help="folder (default: reports/<study>/)")
+    report.set_defaults(run=_cmd_report)
     return parser
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -53,6 +55,7 @@ class SearchResult:
     trials_run: int
     trials_failed: int
     notes: list[str] = field(default_factory=list)
+    report: Path | None = None
 
 
 def _batch(inputs: tuple[torch.Tensor, ...], batch_size: int) -> tuple[torch.Tensor, ...]:
@@ -232,6 +235,7 @@ def search(
         knobs=knobs,
         round_to=the_space.round_to,
         finetune_steps=finetune_steps,
+        train_threads=train_threads,
         latency_inputs=latency_inputs,
         baseline=baseline,
     )
@@ -241,6 +245,7 @@ def search(
             the_study.enqueue_trial(params, user_attrs={"warm_start": "uniform"})
 
     run, failed = _optimize(the_study, ctx, trials, timeout_s, show_progress, notes)
+    report = _write_report(the_study, storage)
     return SearchResult(
         study=study_name,
         storage=storage or "sqlite:///reports/autocompress.db",
@@ -250,7 +255,19 @@ def search(
         trials_run=run,
         trials_failed=failed,
         notes=notes,
+        report=report,
     )
+
+
+def _write_report(study: optuna.Study, storage: str | None) -> Path | None:
+    """The study's HTML report under reports/<study>/; a failure to write it ends no search."""
+    from autocompress.report.html import write_report
+
+    try:
+        return write_report(study, storage_url=storage)
+    except UserInputError as exc:
+        logging.getLogger(__name__).warning("report not written: %s", exc)
+        return None
 
 
 def _optimize(

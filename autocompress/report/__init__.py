@@ -1,1 +1,1 @@
-"""What a person reads: the terminal table of the front (and, later, the HTML report)."""
+"""What a person reads: the terminal table of the front and the HTML report."""

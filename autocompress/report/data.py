@@ -1,0 +1,311 @@
+"""The report's numbers as one JSON-ready dict: everything the page draws, and no drawing."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+import optuna
+
+from autocompress.config import Budget, LayerConfig
+from autocompress.optimize.pareto import baseline_row, dominates, pareto_front
+from autocompress.optimize.study import DEFAULT_STORAGE
+
+# Predicted latency within this fraction of the measured one counts as a good prediction.
+PREDICTION_BAND = 0.10
+
+_HV_METHOD = (
+    "Hypervolume of the feasible trials so far (exact, 3-D), in objectives normalised to the "
+    "dense model: speed-up gain 1 - latency/dense latency, size gain 1 - size/dense size, and "
+    "accuracy above the floor divided by (dense accuracy - floor). Reference point: the dense "
+    "model's latency and size and the accuracy floor ({floor}). 1.0 would be a candidate as "
+    "accurate as the dense model at zero latency and zero size."
+)
+
+
+def safe_dirname(study_name: str) -> str:
+    """The study's name as one folder name: characters outside [A-Za-z0-9._-] become '_'.
+
+    Args:
+        study_name: any Optuna study name (it may hold '/', spaces or markup).
+
+    Returns:
+        A name safe for `reports/<name>/`; a plain name comes back unchanged.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", study_name).strip(".")
+    return cleaned or "study"
+
+
+def export_command(study_name: str, trial: int, storage_url: str | None = None) -> str:
+    """The shell command that exports one trial, quoted for a POSIX shell.
+
+    Args:
+        study_name: the study.
+        trial: the trial number.
+        storage_url: the storage, when it is not the default one.
+
+    Returns:
+        E.g. `autocompress export --study digits-resnet-cpu --trial 7 --out reports/...`.
+    """
+    out = f"reports/{safe_dirname(study_name)}/trial-{trial}"
+    parts = ["autocompress", "export", "--study", study_name, "--trial", str(trial)]
+    if storage_url and storage_url != DEFAULT_STORAGE:
+        parts += ["--storage", storage_url]
+    parts += ["--out", out]
+    return shlex.join(parts)
+
+
+def hypervolume(points: Sequence[Sequence[float]]) -> float:
+    """Exact volume dominated by `points` (every coordinate a gain, maximised) above the origin.
+
+    Coordinates at or below zero add nothing. Sweeps the third axis and sums 2-D areas:
+    exact, and fast for the few hundred points of a study.
+
+    Args:
+        points: (x, y, z) gains.
+
+    Returns:
+        The volume of the union of the boxes [0, x] x [0, y] x [0, z].
+    """
+    boxes = [tuple(max(0.0, float(c)) for c in p) for p in points]
+    boxes = [b for b in boxes if min(b) > 0.0]
+    levels = sorted({b[2] for b in boxes}, reverse=True)
+    volume = 0.0
+    for i, z in enumerate(levels):
+        below = levels[i + 1] if i + 1 < len(levels) else 0.0
+        volume += (z - below) * _area([(b[0], b[1]) for b in boxes if b[2] >= z])
+    return volume
+
+
+def _area(points: list[tuple[float, float]]) -> float:
+    """Area dominated by 2-D gain points above the origin."""
+    area, best_y = 0.0, 0.0
+    ordered = sorted(points, key=lambda p: (-p[0], -p[1]))
+    for i, (x, y) in enumerate(ordered):
+        best_y = max(best_y, y)
+        next_x = ordered[i + 1][0] if i + 1 < len(ordered) else 0.0
+        area += (x - next_x) * best_y
+    return area
+
+
+def _violation(trial: optuna.trial.FrozenTrial) -> float:
+    return sum(max(0.0, v) for v in trial.constraints.values())
+
+
+def _figures(trial: optuna.trial.FrozenTrial) -> tuple[float, float, float]:
+    attrs, values = trial.user_attrs, trial.values or [None, None, None]
+    return (
+        float(attrs.get("accuracy", values[0])),
+        float(attrs.get("latency_ms", values[1])),
+        float(attrs.get("size_bytes", values[2])),
+    )
+
+
+def _trial_rows(
+    study: optuna.Study, front: list[dict[str, Any]], storage_url: str | None
+) -> list[dict[str, Any]]:
+    """Every COMPLETE trial with the flags the front plot greys by."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    feasible = [t for t in done if _violation(t) <= 0.0]
+    pool = [_figures(t) for t in (feasible or done)]
+    on_front = {c["trial"] for c in front}
+    rows = []
+    for t in done:
+        accuracy, latency_ms, size = _figures(t)
+        is_feasible = _violation(t) <= 0.0
+        dominated = any(dominates(p, (accuracy, latency_ms, size)) for p in pool)
+        if t.number in on_front:
+            category = "front"
+        elif not is_feasible:
+            category = "infeasible"
+        else:
+            category = "dominated"
+        attrs = t.user_attrs
+        rows.append(
+            {
+                "trial": t.number,
+                "accuracy": accuracy,
+                "measured_ms": latency_ms,
+                "predicted_ms": attrs.get("predicted_ms"),
+                "size_bytes": size,
+                "params": attrs.get("params"),
+                "feasible": is_feasible,
+                "violations": {k: v for k, v in t.constraints.items() if v > 0},
+                "dominated": dominated,
+                "on_front": t.number in on_front,
+                "category": category,
+                "finetuned": attrs.get("finetuned", True),
+                "duplicate_of": attrs.get("duplicate_of"),
+                "warm_start": attrs.get("warm_start"),
+                "export": export_command(study.study_name, t.number, storage_url),
+            }
+        )
+    return rows
+
+
+def _accuracy_floor(baseline: dict[str, Any] | None, budget: dict[str, Any]) -> float | None:
+    if baseline is None or budget.get("max_drop") is None:
+        return None
+    return float(baseline["accuracy"]) - float(budget["max_drop"])
+
+
+def _hypervolume_history(
+    study: optuna.Study, baseline: dict[str, Any] | None, floor: float | None
+) -> dict[str, Any]:
+    """Hypervolume after each trial number (failed and infeasible trials add nothing)."""
+    hv_floor = 0.0 if floor is None else floor
+    caption = _HV_METHOD.format(
+        floor=f"dense accuracy minus --max-drop, {hv_floor:.4g}"
+        if floor is not None
+        else "0, since the study has no --max-drop"
+    )
+    result: dict[str, Any] = {"trials": [], "values": [], "floor": hv_floor, "caption": caption}
+    if baseline is None:
+        return result
+    base_ms, base_size = float(baseline["latency_ms"]), float(baseline["size_bytes"])
+    acc_span = float(baseline["accuracy"]) - hv_floor
+    points: list[tuple[float, float, float]] = []
+    value = 0.0
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state == optuna.trial.TrialState.COMPLETE and _violation(t) <= 0.0:
+            accuracy, latency_ms, size = _figures(t)
+            gain = (
+                1.0 - latency_ms / base_ms,
+                1.0 - size / base_size,
+                (accuracy - hv_floor) / acc_span if acc_span > 0 else 0.0,
+            )
+            if min(gain) > 0 and not any(_covers(p, gain) for p in points):
+                points = [p for p in points if not _covers(gain, p)] + [gain]
+                value = hypervolume(points)
+        result["trials"].append(t.number)
+        result["values"].append(value)
+    return result
+
+
+def _covers(a: Sequence[float], b: Sequence[float]) -> bool:
+    """True when gain point `a` is at least `b` everywhere (b adds no volume beside a)."""
+    return all(x >= y for x, y in zip(a, b, strict=True))
+
+
+def _timeline(study: optuna.Study) -> list[dict[str, Any]]:
+    """Start offset and duration of every trial that started, in seconds."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
+    if not trials:
+        return []
+    first = min(t.datetime_start for t in trials if t.datetime_start is not None)
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        assert t.datetime_start is not None
+        end = t.datetime_complete
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "start": t.datetime_start.isoformat(timespec="seconds"),
+                "start_s": (t.datetime_start - first).total_seconds(),
+                "duration_s": None if end is None else (end - t.datetime_start).total_seconds(),
+                "fail_reason": t.user_attrs.get("fail_reason"),
+            }
+        )
+    return rows
+
+
+def _natural_key(name: str) -> list[Any]:
+    """'layer10.conv1' after 'layer2.conv1': digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _heatmaps(study: optuna.Study, front: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-knob grids of the front's plans: one row per layer, one column per candidate."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    layers: set[str] = set()
+    for t in done:
+        layers.update(t.user_attrs.get("plan", {}).get("layers", {}))
+    names = sorted(layers, key=_natural_key)
+    knobs = sorted({k for c in front for cfg in c["plan"]["layers"].values() for k in cfg})
+    identity = LayerConfig()
+    known = {f.name for f in fields(identity)}
+    grids = {}
+    for knob in knobs:
+        default = getattr(identity, knob) if knob in known else None
+        grids[knob] = {
+            "identity": default,
+            "values": [
+                [c["plan"]["layers"].get(layer, {}).get(knob, default) for c in front]
+                for layer in names
+            ],
+        }
+    return {"layers": names, "trials": [c["trial"] for c in front], "knobs": grids}
+
+
+def _meta(study: optuna.Study, budget: dict[str, Any]) -> dict[str, Any]:
+    attrs = study.user_attrs
+    identity = attrs.get("identity") or {}
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    known = {k: budget.get(k) for k in ("latency_ms", "size_bytes", "max_drop")}
+    return {
+        "study": study.study_name,
+        "model": identity.get("model"),
+        "task": identity.get("task"),
+        "target": identity.get("target"),
+        "threads": identity.get("threads"),
+        "batch_size": identity.get("batch_size"),
+        "metric_name": attrs.get("metric_name", "accuracy"),
+        "fingerprint": attrs.get("fingerprint") or {},
+        "budget_text": Budget(**known).describe() if budget else "no budget recorded",
+        "space": attrs.get("space") or {},
+        "versions": attrs.get("versions") or {},
+        "trial_states": states,
+        "trials_total": sum(states.values()),
+    }
+
+
+def report_data(study: optuna.Study, *, storage_url: str | None = None) -> dict[str, Any]:
+    """Every number the report shows, JSON-ready, computed without any plotting library.
+
+    Args:
+        study: a study written by `autocompress search` (see `optimize/run.py` for its attrs).
+        storage_url: the storage it was read from; named in export commands when not default.
+
+    Returns:
+        A dict with `meta`, `baseline` (the dense row or None), `budget` (limits and the
+        accuracy floor), `front` (exactly `pareto_front(study)`, as `show --json` prints it),
+        `trials` (every complete trial with feasible / dominated / category flags and its
+        export command), `exports` (trial -> command for the front), `predicted` (trials that
+        carry `predicted_ms`), `heatmaps`, `hypervolume` and `timeline`.
+    """
+    baseline = study.user_attrs.get("baseline")
+    budget = dict(study.user_attrs.get("budget") or {})
+    floor = _accuracy_floor(baseline, budget)
+    front = pareto_front(study)
+    trials = _trial_rows(study, front, storage_url)
+    predicted = [
+        {"trial": r["trial"], "predicted_ms": r["predicted_ms"], "measured_ms": r["measured_ms"]}
+        for r in trials
+        if r["predicted_ms"] is not None
+    ]
+    return {
+        "meta": _meta(study, budget),
+        "baseline": baseline_row(study),
+        "budget": {
+            "latency_ms": budget.get("latency_ms"),
+            "size_bytes": budget.get("size_bytes"),
+            "max_drop": budget.get("max_drop"),
+            "accuracy_floor": floor,
+        },
+        "front": front,
+        "trials": trials,
+        "exports": {
+            str(c["trial"]): export_command(study.study_name, c["trial"], storage_url)
+            for c in front
+        },
+        "predicted": {"points": predicted, "band": PREDICTION_BAND},
+        "heatmaps": _heatmaps(study, front),
+        "hypervolume": _hypervolume_history(study, baseline, floor),
+        "timeline": _timeline(study),
+    }
