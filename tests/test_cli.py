@@ -43,6 +43,8 @@ def test_tiny_search_then_show_json(workdir: Path, capsys: pytest.CaptureFixture
     assert code == 0, err
     assert "Pareto front of study digits-cnn-cpu" in out
     assert (workdir / "reports" / "autocompress.db").is_file()
+    assert (workdir / "reports" / "digits-cnn-cpu" / "index.html").is_file()
+    assert "report: reports/digits-cnn-cpu/index.html" in out
 
     code, out, _ = run_cli("show", "--study", "digits-cnn-cpu", "--json", capsys=capsys)
     assert code == 0

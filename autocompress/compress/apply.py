@@ -1,8 +1,9 @@
-"""Apply a plan to a model: every method in its fixed order (prune first)."""
+"""Apply a plan to a model: every method in its fixed order, and the deployable build."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -10,15 +11,21 @@ from torch import nn
 from autocompress.compress.prune import prune_channels
 from autocompress.config import Plan
 
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def _as_tuple(example_input: Inputs) -> tuple[torch.Tensor, ...]:
+    return example_input if isinstance(example_input, tuple) else (example_input,)
+
 
 def apply(
-    model: nn.Module,
-    plan: Plan,
-    example_input: torch.Tensor | tuple[torch.Tensor, ...],
-    *,
-    inplace: bool = False,
+    model: nn.Module, plan: Plan, example_input: Inputs, *, inplace: bool = False
 ) -> nn.Module:
-    """Build the compressed model a plan describes.
+    """Build the compressed model a plan describes, ready to fine-tune.
+
+    The order is fixed: prune channels, factorize, sparsify (masks that survive training),
+    quantize (fake quantization with a straight-through estimator, so training and accuracy
+    see the plan's bits). `deploy` turns the result into real kernels.
 
     Args:
         model: the dense model.
@@ -29,7 +36,60 @@ def apply(
     Returns:
         The compressed model, in the training mode `model` was in.
     """
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    from autocompress.compress.factorize import factorize
+    from autocompress.compress.quantize import fake_quantize
+    from autocompress.compress.sparsify import sparsify
+
     target = model if inplace else copy.deepcopy(model)
-    prune_channels(target, plan, inputs)
+    prune_channels(target, plan, _as_tuple(example_input))
+    layers = plan.layers.items()
+    factorize(target, {n: c.rank_ratio for n, c in layers if c.rank_ratio < 1.0})
+    sparsify(target, {n: (c.sparsity, c.sparsity_pattern) for n, c in layers if c.sparsity > 0})
+    fake_quantize(target, {n: (c.weight_bits, c.act_bits) for n, c in layers if c.weight_bits < 32})
     return target
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """The float model `apply` stands for after training: masks made permanent, fake quant removed.
+
+    Args:
+        model: a model from `apply` (not modified).
+
+    Returns:
+        A copy with plain Conv/Linear layers whose weights hold the exact zeros.
+    """
+    from autocompress.compress import sparsify
+    from autocompress.compress.quantize import strip_fake_quant
+
+    plain = copy.deepcopy(model)
+    strip_fake_quant(plain)
+    sparsify.bake(plain)
+    return plain.eval()
+
+
+def deploy(
+    model: nn.Module,
+    plan: Plan,
+    example_input: Inputs,
+    calibration: Iterable[tuple[torch.Tensor, ...]],
+) -> Callable[..., torch.Tensor]:
+    """The deployable model with real kernels: static int8 for (8, 8) layers, dynamic int8 for
+    (8, 32) Linears, bf16 compute where the CPU has it, float elsewhere, in one compiled graph
+    (see `quantize_real.realize`); int4 and int8-weight convs count as size only.
+
+    Args:
+        model: a model from `apply`, usually fine-tuned (not modified).
+        plan: the plan it was built from.
+        example_input: one input batch at the batch size it will be run at.
+        calibration: input batches (as argument tuples) for static int8 ranges.
+
+    Returns:
+        A callable taking the model's inputs; the baked float model when nothing is quantized.
+    """
+    from autocompress.compress.quantize_real import realize
+
+    plain = bake(model)
+    bits = {n: (c.weight_bits, c.act_bits) for n, c in plan.layers.items() if c.weight_bits < 32}
+    if not bits:
+        return plain
+    return realize(plain, bits, _as_tuple(example_input), calibration)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -11,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.compress.apply import apply
+from autocompress.compress.apply import apply, bake, deploy
+from autocompress.compress.size import compressed_size_bytes
 from autocompress.config import Budget, Plan
 from autocompress.evaluate.finetune import finetune
 from autocompress.evaluate.metrics import param_count, size_bytes
@@ -105,6 +107,12 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def calibration_batches(task: Task, batches: int = 4) -> list[tuple[torch.Tensor, ...]]:
+    """A few training batches, as argument tuples, to calibrate static int8 ranges."""
+    picked = itertools.islice(task.train, batches)
+    return [x if isinstance(x, tuple) else (x,) for x, _ in picked]
+
+
 def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
     """Build, measure and score one plan.
 
@@ -116,12 +124,15 @@ def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
         finetune_s, measurement (the raw timing record).
     """
     candidate = apply(ctx.dense, plan, ctx.task.inputs())
-    measurement = ctx.target.measure(candidate, ctx.latency_inputs, reference=ctx.dense)
+    # Latency depends on the architecture and kernels, not on the weights' values, so the
+    # deployable build is timed before fine-tuning; a hopeless plan then skips the fine-tune.
+    deployable = deploy(candidate, plan, ctx.latency_inputs, calibration_batches(ctx.task))
+    measurement = ctx.target.measure(deployable, ctx.latency_inputs, reference=ctx.dense)
     assert measurement.ratio is not None
     figures: dict[str, Any] = {
         "latency_ratio": measurement.ratio,
         "latency_ms": measurement.ratio * ctx.baseline.latency_ms,
-        "size_bytes": size_bytes(candidate),
+        "size_bytes": compressed_size_bytes(bake(candidate), plan),
         "params": param_count(candidate),
         "measurement": measurement.to_dict(),
     }

@@ -15,7 +15,7 @@ import optuna
 import torch
 from torch import nn
 
-from autocompress.config import DEFAULT_FINETUNE_STEPS, Budget, LayerConfig, Plan
+from autocompress.config import DEFAULT_FINETUNE_STEPS, Budget
 from autocompress.errors import UserInputError
 from autocompress.hardware.targets import Target, resolve_target
 from autocompress.optimize.objectives import (
@@ -27,6 +27,7 @@ from autocompress.optimize.objectives import (
 )
 from autocompress.optimize.pareto import Candidate, baseline_row, pareto_front
 from autocompress.optimize.progress import SearchProgress
+from autocompress.optimize.reach import reachability_notes
 from autocompress.optimize.study import (
     OBJECTIVES,
     check_identity,
@@ -69,39 +70,6 @@ def _uniform_plans(knobs: list[Knob], round_to: int | None) -> list[dict[str, An
     shared = set.intersection(*(set(k.choices) for k in knobs)) if knobs else set()
     ratios = sorted((r for r in shared if 0.3 <= r < 1.0), reverse=True)[::2]
     return [{k.param: r for k in knobs} for r in ratios]
-
-
-def _smallest_plan(knobs: list[Knob], round_to: int | None) -> Plan:
-    layers = {name: LayerConfig(keep_ratio=min(k.choices)) for k in knobs for name in k.layers}
-    return Plan(layers=layers, round_to=round_to)
-
-
-def _reachability(ctx: SearchContext, knobs: list[Knob]) -> list[str]:
-    """Say up front when a budget is below anything this space can reach."""
-    budget = ctx.budget
-    if budget.latency_ms is None and budget.size_bytes is None:
-        return []
-    from autocompress.compress.apply import apply
-    from autocompress.evaluate.metrics import size_bytes
-
-    smallest = apply(ctx.dense, _smallest_plan(knobs, ctx.round_to), ctx.task.inputs())
-    notes = []
-    if budget.latency_ms is not None:
-        ratio = ctx.target.measure(smallest, ctx.latency_inputs, reference=ctx.dense).ratio or 1.0
-        fastest_ms = ratio * ctx.baseline.latency_ms
-        if fastest_ms > budget.latency_ms:
-            notes.append(
-                f"budget {budget.latency_ms:g} ms is below anything this search space reaches "
-                f"(its fastest plan measures {fastest_ms:.2f} ms); searching anyway, the closest "
-                "candidates will be marked infeasible"
-            )
-    if budget.size_bytes is not None and size_bytes(smallest) > budget.size_bytes:
-        notes.append(
-            f"--max-size {budget.size_bytes / 1000:.1f} kB is below the smallest plan in this "
-            f"space ({size_bytes(smallest) / 1000:.1f} kB); searching anyway, the closest "
-            "candidates will be marked infeasible"
-        )
-    return notes
 
 
 def _library_versions() -> dict[str, str]:
@@ -239,7 +207,7 @@ def search(
         latency_inputs=latency_inputs,
         baseline=baseline,
     )
-    notes += _reachability(ctx, knobs)
+    notes += reachability_notes(ctx)
     if existing == 0:
         for params in _uniform_plans(knobs, the_space.round_to):
             the_study.enqueue_trial(params, user_attrs={"warm_start": "uniform"})

@@ -12,17 +12,29 @@ Candidate = dict[str, Any]
 
 _CAPTION = (
     "drop: accuracy points lost vs dense; faster/smaller: ratio to dense; fits: within budget; "
-    "plan: mean channel keep ratio x layers pruned"
+    "plan: mean channel keep ratio x layers pruned, then layers per other method"
 )
 
 
 def _plan_summary(plan: dict[str, Any]) -> str:
-    """E.g. 'keep 0.62 x9': the mean channel keep ratio over the layers the plan prunes."""
+    """E.g. 'keep 0.62 x9, rank x2, int8 x4': what each method does, to how many layers."""
     layers = plan.get("layers", {})
     if not layers:
         return "dense"
-    keeps = [cfg.get("keep_ratio", 1.0) for cfg in layers.values()]
-    return f"keep {mean(keeps):.2f} x{len(layers)}"
+    configs = list(layers.values())
+    keeps = [c["keep_ratio"] for c in configs if "keep_ratio" in c]
+    parts = [f"keep {mean(keeps):.2f} x{len(keeps)}"] if keeps else []
+    for label, hit in (
+        ("rank", lambda c: "rank_ratio" in c),
+        ("sparse", lambda c: c.get("sparsity", 0) > 0),
+        ("int8", lambda c: c.get("weight_bits") == 8),
+        ("bf16", lambda c: c.get("weight_bits") == 16),
+        ("int4", lambda c: c.get("weight_bits") == 4),
+    ):
+        count = sum(1 for c in configs if hit(c))
+        if count:
+            parts.append(f"{label} x{count}")
+    return ", ".join(parts)
 
 
 def front_table(baseline: Candidate, front: Sequence[Candidate], *, title: str) -> Table:

@@ -33,11 +33,16 @@ def plan_from_trial(
         for layer in knob.layers:
             settings.setdefault(layer, {})[knob.setting] = value
     return Plan(
-        layers={name: LayerConfig(**_valid(s)) for name, s in settings.items()}, round_to=round_to
+        layers={name: LayerConfig(**valid_settings(s)) for name, s in settings.items()},
+        round_to=round_to,
     )
 
 
-def _valid(settings: dict[str, object]) -> dict[str, object]:
+def valid_settings(settings: dict[str, object]) -> dict[str, object]:
+    """Map impossible combinations to the nearest valid ones (in place; returned too).
+
+    int8 activations without int8 weights stay float; 2:4 sparsity zeroes exactly half.
+    """
     if settings.get("act_bits") == 8 and settings.get("weight_bits", 32) != 8:
         settings["act_bits"] = 32
     if settings.get("sparsity_pattern") == "2:4" and settings.get("sparsity", 0.0):

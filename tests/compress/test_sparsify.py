@@ -247,3 +247,15 @@ def test_faster_as_sparse_measures_once_per_shape(monkeypatch: pytest.MonkeyPatc
     assert faster_as_sparse(linear, 4) is True  # cached, not measured again
     assert faster_as_sparse(linear, 4, threads=2) is False  # another key: measured
     assert calls == [1, 2]
+
+
+def test_baking_a_copy_leaves_the_original_masked_model_working() -> None:
+    import copy
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
+    sparsify(model, {"0": (0.5, "unstructured")})
+    baked = copy.deepcopy(model)
+    bake(baked)
+    x = torch.randn(3, 8)
+    assert torch.equal(model(x), baked(x))  # the original still has its masked weight
+    assert type(baked[0]) is nn.Linear and parametrize.is_parametrized(model[0])

@@ -1,0 +1,54 @@
+"""Exact size of a compressed model as it is stored: quantized and sparse weights in their
+compact encodings, everything else as `torch.save` writes it."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from autocompress.compress._swap import leaves
+from autocompress.compress.quantize import quantized_weight_bytes
+from autocompress.compress.sparsify import sparse_weight_bytes, weight_bytes_by_format
+from autocompress.config import Plan
+from autocompress.evaluate.metrics import size_bytes
+
+
+def weight_storage_bytes(weight: Tensor, bits: int) -> int:
+    """Bytes of one weight at `bits`: its values in the smallest of dense, bitmask or CSR form
+    (`sparsify.weight_bytes_by_format`) plus the quantization scales (`quantized_weight_bytes`).
+
+    Args:
+        weight: the baked weight (zeros in place); first dimension = output channels.
+        bits: 32, 16, 8 or 4.
+
+    Returns:
+        The byte count.
+    """
+    scales = (
+        quantized_weight_bytes(weight, bits) - weight_bytes_by_format(weight, bits=bits)["dense"]
+    )
+    return sparse_weight_bytes(weight, bits=bits) + scales
+
+
+def compressed_size_bytes(model: nn.Module, plan: Plan) -> int:
+    """Bytes of `model` (a baked model: plain layers, zeros in place) stored the compact way.
+
+    The fp32 bytes of every planned weight are replaced by its compact encoding at the plan's
+    bits; the rest (biases, BatchNorm, unplanned layers, container overhead) counts as
+    `torch.save(state_dict)` writes it.
+
+    Args:
+        model: the baked compressed model (see `apply.bake`).
+        plan: the plan it was built from.
+
+    Returns:
+        The byte count.
+    """
+    total = size_bytes(model)
+    for name, config in plan.layers.items():
+        if config.weight_bits == 32 and config.sparsity == 0.0:
+            continue
+        for _, layer in leaves(model, name):
+            weight = layer.weight.detach()
+            total += weight_storage_bytes(weight, config.weight_bits)
+            total -= weight.numel() * weight.element_size()
+    return total

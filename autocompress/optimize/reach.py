@@ -1,0 +1,88 @@
+"""Say up front when a budget is below anything the search space can reach."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autocompress.config import LayerConfig, Plan
+from autocompress.optimize.objectives import SearchContext, calibration_batches
+from autocompress.space.sample import valid_settings
+from autocompress.space.spec import Knob
+
+# The most compressing choice of each knob, for speed and for size. Sparsity and 4-bit
+# weights shrink the stored model but have no faster kernel on this CPU.
+_FASTEST = {"keep_ratio": min, "rank_ratio": min}
+_SMALLEST = {
+    "keep_ratio": min,
+    "rank_ratio": min,
+    "sparsity": max,
+    "weight_bits": min,
+    "sparsity_pattern": lambda c: "unstructured" if "unstructured" in c else c[0],
+}
+
+
+def extreme_plan(
+    knobs: list[Knob], pick: dict[str, Any], round_to: int | None, **fixed: Any
+) -> Plan:
+    """The plan that takes, for every knob named in `pick`, the choice `pick[setting]` selects.
+
+    Args:
+        knobs: the resolved decisions.
+        pick: setting -> function choosing among its choices.
+        round_to: channel multiple for pruning.
+        fixed: settings forced on every layer where the space offers them (e.g. weight_bits=8).
+
+    Returns:
+        A valid plan (impossible combinations mapped as `plan_from_trial` does).
+    """
+    settings: dict[str, dict[str, Any]] = {}
+    for knob in knobs:
+        if knob.setting in fixed and fixed[knob.setting] in knob.choices:
+            value = fixed[knob.setting]
+        elif knob.setting in pick:
+            value = pick[knob.setting](knob.choices)
+        else:
+            continue
+        for layer in knob.layers:
+            settings.setdefault(layer, {})[knob.setting] = value
+    layers = {n: LayerConfig(**valid_settings(s)) for n, s in settings.items()}
+    return Plan(layers=layers, round_to=round_to)
+
+
+def reachability_notes(ctx: SearchContext) -> list[str]:
+    """Warnings for budgets below the fastest or smallest plan of the space (measured).
+
+    Returns:
+        Zero, one or two lines to show before the search starts.
+    """
+    from autocompress.compress.apply import apply, bake, deploy
+    from autocompress.compress.size import compressed_size_bytes
+
+    budget, knobs, notes = ctx.budget, list(ctx.knobs), []
+    if budget.latency_ms is not None:
+        plans = [extreme_plan(knobs, _FASTEST, ctx.round_to)]
+        int8 = extreme_plan(knobs, _FASTEST, ctx.round_to, weight_bits=8, act_bits=8)
+        if int8 != plans[0]:
+            plans.append(int8)
+        ratios = []
+        for plan in plans:
+            model = apply(ctx.dense, plan, ctx.task.inputs())
+            real = deploy(model, plan, ctx.latency_inputs, calibration_batches(ctx.task))
+            ratios.append(ctx.target.measure(real, ctx.latency_inputs, reference=ctx.dense).ratio)
+        fastest_ms = min(r for r in ratios if r is not None) * ctx.baseline.latency_ms
+        if fastest_ms > budget.latency_ms:
+            notes.append(
+                f"budget {budget.latency_ms:g} ms is below anything this search space reaches "
+                f"(its fastest plan measures {fastest_ms:.2f} ms); searching anyway, the closest "
+                "candidates will be marked infeasible"
+            )
+    if budget.size_bytes is not None:
+        plan = extreme_plan(knobs, _SMALLEST, ctx.round_to)
+        smallest = compressed_size_bytes(bake(apply(ctx.dense, plan, ctx.task.inputs())), plan)
+        if smallest > budget.size_bytes:
+            notes.append(
+                f"--max-size {budget.size_bytes / 1000:.1f} kB is below the smallest plan in this "
+                f"space ({smallest / 1000:.1f} kB); searching anyway, the closest candidates "
+                "will be marked infeasible"
+            )
+    return notes
