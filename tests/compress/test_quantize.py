@@ -269,3 +269,17 @@ def test_realize_compiled_runs_real_int8_kernels() -> None:
     # Like any model: eval()/train() do not fail, and no gradients are recorded.
     real.eval()
     assert not real(x).requires_grad
+
+
+def test_static_int8_conv1d_stays_float_and_runs_compiled() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(1, 8, 5, stride=2, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(160, 10)
+    ).eval()
+    x = torch.randn(1, 1, 40)
+    calib = [(torch.randn(16, 1, 40),) for _ in range(2)]
+    with pytest.warns(UserWarning, match="'0' stays fp32: static int8 Conv1d"):
+        real = realize(model, {"0": (8, 8), "3": (8, 8)}, (x,), calib)
+    assert real.layers["0"] == "int8 weights, size only"
+    assert real(x).shape == (1, 10)
+    assert float((real(x) - model(x)).abs().max()) < 0.1
