@@ -23,12 +23,22 @@ def param_count(model: nn.Module) -> int:
 
 @torch.no_grad()
 def top1(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy as a fraction in [0, 1] over `(x, y)` batches, in eval mode."""
+    """Top-1 accuracy as a fraction in [0, 1] over `(x, y)` batches.
+
+    The model is evaluated in eval mode; its previous mode is restored afterwards.
+
+    Raises:
+        ValueError: the loader yielded no samples.
+    """
+    was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in loader:
-        correct += int((model(x).argmax(dim=1) == y).sum())
-        total += int(y.numel())
+    try:
+        for x, y in loader:
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            total += int(y.numel())
+    finally:
+        model.train(was_training)
     if total == 0:
         raise ValueError("the validation loader yielded no samples")
     return correct / total

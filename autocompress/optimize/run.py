@@ -65,11 +65,13 @@ def _batch(inputs: tuple[torch.Tensor, ...], batch_size: int) -> tuple[torch.Ten
     return tuple(x[:1].expand(batch_size, *x.shape[1:]).contiguous() for x in inputs)
 
 
-def _uniform_plans(knobs: list[Knob], round_to: int | None) -> list[dict[str, Any]]:
-    """Warm-start points: the same keep ratio for every group, for each shared middle choice."""
-    shared = set.intersection(*(set(k.choices) for k in knobs)) if knobs else set()
+def _uniform_plans(knobs: list[Knob]) -> list[dict[str, Any]]:
+    """Warm-start points: every coupling group at the same keep ratio, for every other shared
+    choice in [0.3, 1); other knobs are left to the sampler."""
+    groups = [k for k in knobs if k.setting == "keep_ratio"]
+    shared = set.intersection(*(set(k.choices) for k in groups)) if groups else set()
     ratios = sorted((r for r in shared if 0.3 <= r < 1.0), reverse=True)[::2]
-    return [{k.param: r for k in knobs} for r in ratios]
+    return [{k.param: r for k in groups} for r in ratios]
 
 
 def _library_versions() -> dict[str, str]:
@@ -209,7 +211,7 @@ def search(
     )
     notes += reachability_notes(ctx)
     if existing == 0:
-        for params in _uniform_plans(knobs, the_space.round_to):
+        for params in _uniform_plans(knobs):
             the_study.enqueue_trial(params, user_attrs={"warm_start": "uniform"})
 
     run, failed = _optimize(the_study, ctx, trials, timeout_s, show_progress, notes)

@@ -1,4 +1,4 @@
-"""Training helpers shared by the zoo's classifiers: a seeded fit loop and top-1 accuracy."""
+"""The seeded training loop shared by the zoo's classifiers."""
 
 from __future__ import annotations
 
@@ -14,31 +14,6 @@ from autocompress.task import Task
 
 SEED = 0
 TRAIN_BATCH = 64
-
-
-@torch.no_grad()
-def top1_accuracy(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy of `model` on `loader`, as a fraction in [0, 1].
-
-    The model is evaluated in eval mode; its previous mode is restored afterwards.
-
-    Args:
-        model: called as ``model(x)``, returns class logits.
-        loader: yields ``(x, y)`` batches.
-
-    Returns:
-        The fraction of samples whose highest logit is the label.
-    """
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for x, y in loader:
-            correct += int((model(x).argmax(dim=1) == y).sum())
-            total += int(y.numel())
-    finally:
-        model.train(was_training)
-    return correct / max(total, 1)
 
 
 def fit_classifier(

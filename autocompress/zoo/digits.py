@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from autocompress.evaluate.metrics import top1
 from autocompress.task import Task
 from autocompress.zoo._registry import ZooEntry, register
-from autocompress.zoo._train import SEED, TRAIN_BATCH, fit_classifier, top1_accuracy
+from autocompress.zoo._train import SEED, TRAIN_BATCH, fit_classifier
 
 VAL_FRACTION = 0.3
 VAL_BATCH = 256
@@ -94,7 +95,7 @@ def _make_task(name: str, split: Split) -> Task:
         train=train,
         val=val,
         example_input=x_va[:1].clone(),
-        metric=top1_accuracy,
+        metric=top1,
         metric_name="top1",
     )
 

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from autocompress.evaluate.metrics import top1
 from autocompress.task import Task
 from autocompress.zoo._registry import ZooEntry, register
-from autocompress.zoo._train import SEED, TRAIN_BATCH, fit_classifier, top1_accuracy
+from autocompress.zoo._train import SEED, TRAIN_BATCH, fit_classifier
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,7 +55,7 @@ def mnist1d_task() -> Task:
         train=train,
         val=DataLoader(TensorDataset(x_va, y_va), batch_size=500),
         example_input=x_va[:1].clone(),
-        metric=top1_accuracy,
+        metric=top1,
         metric_name="top1",
     )
 

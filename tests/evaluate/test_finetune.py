@@ -216,6 +216,6 @@ def test_top1_counts_correct_predictions() -> None:
     y = torch.tensor([0, 1, 0, 3])
     model.train()
     assert top1(model, DataLoader(TensorDataset(x, y), batch_size=3)) == pytest.approx(0.75)
-    assert not model.training
+    assert model.training  # measured in eval mode, then the caller's mode is restored
     with pytest.raises(ValueError, match="no samples"):
         top1(model, DataLoader(TensorDataset(x[:0], y[:0]), batch_size=3))
