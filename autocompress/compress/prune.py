@@ -17,6 +17,7 @@ from autocompress.space.discover import (
     _PRUNABLE,
     coupling_groups,
     dependency_graph,
+    features,
     output_layers,
 )
 
@@ -66,10 +67,10 @@ def prune_channels(model: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...
         graph = dependency_graph(model, inputs)
         for leader_name, keep_ratio in _group_ratios(model, graph, wanted):
             leader = modules[leader_name]
-            channels = leader.out_features if isinstance(leader, nn.Linear) else leader.out_channels
+            channels = features(leader)[1]
             kept = kept_channels(channels, keep_ratio, plan.round_to)
             if kept < channels:
-                _drop_least_important(graph, leader, channels - kept)
+                _drop_least_important(graph, leader, channels, channels - kept)
     finally:
         model.train(was_training)
     return model
@@ -110,11 +111,11 @@ def _group_ratios(
     return per_group
 
 
-def _drop_least_important(graph: Any, leader: nn.Module, count: int) -> None:
-    """Remove the `count` output channels of `leader`'s group with the lowest L2 importance."""
+def _drop_least_important(graph: Any, leader: nn.Module, channels: int, count: int) -> None:
+    """Remove the `count` of `channels` output channels of `leader`'s group with the lowest
+    L2 importance."""
     import torch_pruning as tp
 
-    channels = leader.out_features if isinstance(leader, nn.Linear) else leader.out_channels
     prune_fn = _out_channel_fn(leader)
     with torch.no_grad():
         scores = tp.importance.GroupMagnitudeImportance(p=2)(
@@ -135,8 +136,4 @@ def _out_channel_fn(module: nn.Module):
 
 def channel_counts(model: nn.Module) -> dict[str, int]:
     """Output channels / features of every prunable layer (for reports and checks)."""
-    return {
-        name: (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
-        for name, m in model.named_modules()
-        if isinstance(m, _PRUNABLE)
-    }
+    return {name: features(m)[1] for name, m in model.named_modules() if isinstance(m, _PRUNABLE)}

@@ -39,7 +39,8 @@ class LayerInfo:
         return self.group is not None
 
 
-def _features(module: nn.Module) -> tuple[int, int]:
+def features(module: nn.Module) -> tuple[int, int]:
+    """(input, output) channels of a Conv, or (in_features, out_features) of a Linear."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     return module.in_channels, module.out_channels
@@ -134,7 +135,7 @@ def discover(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[LayerIn
     layers = []
     for name, module in model.named_modules():
         if isinstance(module, _PRUNABLE):
-            fan_in, fan_out = _features(module)
+            fan_in, fan_out = features(module)
             layers.append(
                 LayerInfo(
                     name=name,
