@@ -61,6 +61,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             storage=args.storage,
             batch_size=args.batch_size,
             train_threads=args.train_threads,
+            latency=args.latency,
             show_progress=not args.quiet,
         )
     except KeyboardInterrupt:
@@ -108,6 +109,32 @@ def _cmd_report(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.storage)
     path = write_report(study, args.out, storage_url=args.storage)
     print(f"report: {path}")
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from autocompress.optimize.latency import profile
+
+    result = profile(
+        args.model,
+        task=args.task,
+        target=args.target,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        space=args.space,
+        methods=args.methods.split(",") if args.methods else None,
+        check=args.check,
+        refresh=args.refresh,
+        plans=args.plans,
+        show_progress=not args.quiet,
+    )
+    print(
+        f"profile: {result.path} ({result.kernels} kernel sizes, {result.plans} whole plans, "
+        f"profiled in {result.seconds:.0f} s)"
+    )
+    if result.check is not None:
+        print(f"slowest prediction: {result.check.predict_ms:.2f} ms")
+        print(result.check.line())
     return 0
 
 
@@ -161,8 +188,38 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="Optuna storage URL (default: sqlite:///reports/autocompress.db)",
     )
+    s.add_argument(
+        "--latency",
+        choices=("predicted", "measured"),
+        default="predicted",
+        help="score trials with the profiled predictor (default; profiles on first use) or "
+        "measure every trial; the front is measured after the search either way",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=_cmd_search)
+
+    p = sub.add_parser(
+        "profile",
+        help="profile a model's latency on a target (cached); --check N tests the predictor",
+    )
+    p.add_argument("--model", default="digits-resnet", help="zoo name or pkg.mod:factory")
+    p.add_argument("--task", default=None, help="zoo task name or pkg.mod:factory")
+    p.add_argument("--target", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="threads when timing (default: 1)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--space", default="default", help="search space the predictor must cover")
+    p.add_argument("--methods", default=None, help="comma list of prune,quant,lowrank,sparse")
+    p.add_argument(
+        "--check",
+        type=int,
+        default=0,
+        metavar="N",
+        help="build and measure N fresh random plans and print the predictor's accuracy",
+    )
+    p.add_argument("--refresh", action="store_true", help="profile again even if cached")
+    p.add_argument("--plans", type=int, default=None, help="whole plans timed for calibration")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_profile)
 
     show = sub.add_parser("show", help="print a study's Pareto front")
     show.add_argument("--study", required=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,3 +43,8 @@ class Task:
         """The example input as a tuple of positional arguments."""
         ex = self.example_input
         return ex if isinstance(ex, tuple) else (ex,)
+
+    def calibration_batches(self, batches: int = 4) -> list[tuple[torch.Tensor, ...]]:
+        """A few training batches, as argument tuples, to calibrate static int8 ranges."""
+        picked = itertools.islice(self.train, batches)
+        return [x if isinstance(x, tuple) else (x,) for x, _ in picked]

@@ -49,7 +49,6 @@ from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.finetune import finetune
 from autocompress.evaluate.metrics import size_bytes
 from autocompress.hardware.timing import measure_latency
-from autocompress.optimize.objectives import calibration_batches
 from autocompress.space.discover import discover
 from autocompress.zoo import load_model, load_task
 
@@ -126,7 +125,7 @@ def bench_model(
     dense = load_model(name, task=task).eval()
     inputs = task.inputs()
     layers = discover(dense, inputs)
-    calibration = calibration_batches(task)
+    calibration = task.calibration_batches()
     dense_size = size_bytes(dense)
     dense_acc = task.metric(dense, task.val)
     info = {"layers": len(layers), "prunable": sum(info.prunable for info in layers)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,39 @@ def run_cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, s
 
 
 def search_args(*extra: str) -> list[str]:
-    return ["search", "--model", "digits-cnn", "--finetune-steps", "5", "--quiet", *extra]
+    """A tiny search that measures every trial (no profile to build first)."""
+    return [
+        "search", "--model", "digits-cnn", "--finetune-steps", "5", "--latency", "measured",
+        "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def test_profile_then_predicted_search_measures_its_front(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(
+        "profile", "--model", "digits-cnn", "--plans", "3", "--check", "2", "--quiet",
+        capsys=capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert re.fullmatch(
+        r"within10=\d\.\d\d mape=\d+\.\d{3} spearman=-?\d\.\d\d n=2", out.splitlines()[-1]
+    )
+    profiles = list((workdir / "cache" / "profiles" / "digits-cnn").glob("*.json"))
+    assert len(profiles) == 1 and str(profiles[0]) in out
+    stamp = profiles[0].stat().st_mtime_ns
+
+    search = [a for a in search_args("--trials", "2", "--budget", "10ms") if a != "measured"]
+    search.remove("--latency")
+    code, out, err = run_cli(*search, capsys=capsys)
+    assert code == 0, err
+    assert profiles[0].stat().st_mtime_ns == stamp, "the cached profile is used, not rebuilt"
+    code, out, _ = run_cli("show", "--study", "digits-cnn-cpu", "--json", capsys=capsys)
+    front = json.loads(out)
+    assert front
+    for c in front:
+        assert c["predicted_ms"] > 0 and c["measured_ms"] > 0  # predicted, then verified
+        assert c["latency_ms"] == c["measured_ms"]
 
 
 def test_tiny_search_then_show_json(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -99,6 +99,27 @@ def unsupported_reason(
     return None
 
 
+def factor_pair(
+    module: nn.Module, rank_ratio: float, *, conv_svd: ConvSVD = DEFAULT_CONV_SVD
+) -> tuple[nn.Module, nn.Module] | None:
+    """The shapes `low_rank` would build: the two layers, weights left at their initial values.
+
+    Cheap enough to call on the meta device (`with torch.device("meta"):`), which is how the
+    latency predictor learns a plan's layers without building the plan.
+
+    Args:
+        module: the layer (its weights are not read).
+        rank_ratio: the fraction of the full rank to keep.
+        conv_svd: the decomposition for Conv2d kernels larger than 1x1.
+
+    Returns:
+        (first, second), or None where `low_rank` returns None.
+    """
+    if unsupported_reason(module, rank_ratio, conv_svd=conv_svd) is not None:
+        return None
+    return _empty_pair(module, rank_for(module, rank_ratio, conv_svd=conv_svd), conv_svd)
+
+
 def low_rank(
     module: nn.Module, rank_ratio: float, *, conv_svd: ConvSVD = DEFAULT_CONV_SVD
 ) -> nn.Sequential | None:
@@ -121,9 +142,11 @@ def low_rank(
         The replacement, in the layer's dtype, device and training mode; None when the layer
         cannot be factorized or the kept rank would not make it smaller (see `unsupported_reason`).
     """
-    if unsupported_reason(module, rank_ratio, conv_svd=conv_svd) is not None:
+    pair = factor_pair(module, rank_ratio, conv_svd=conv_svd)
+    if pair is None:
         return None
-    rank = rank_for(module, rank_ratio, conv_svd=conv_svd)
+    first, second = pair
+    rank = first.weight.shape[0]
     weight = module.weight.detach()
     # float64: the product of the factors then matches the layer to ~1e-7 at full rank.
     u, s, vh = torch.linalg.svd(_as_matrix(module, conv_svd).double(), full_matrices=False)
@@ -131,7 +154,6 @@ def low_rank(
     root = s[:rank].sqrt()
     out_side = (u[:, :rank] * root).to(weight.dtype)  # (out [* kw], r)
     in_side = (root[:, None] * vh[:rank]).to(weight.dtype)  # (r, in [* kh * kw])
-    first, second = _empty_pair(module, rank, conv_svd)
     kw = module.kernel_size[1] if _is_spatial(module, conv_svd) else 1
     with torch.no_grad():
         first.weight.copy_(in_side.reshape(first.weight.shape))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from autocompress.compress.size import compressed_size_bytes
 from autocompress.config import Budget, Plan
 from autocompress.evaluate.finetune import finetune
 from autocompress.evaluate.metrics import param_count, size_bytes
+from autocompress.hardware.predictor import LatencyPredictor
 from autocompress.hardware.targets import Target
 from autocompress.hardware.timing import other_cores_busy
 from autocompress.space.spec import Knob
@@ -55,6 +55,7 @@ class SearchContext:
     train_threads: int | None
     latency_inputs: tuple[torch.Tensor, ...]
     baseline: Baseline
+    predictor: LatencyPredictor | None = None
 
 
 def measure_baseline(
@@ -107,35 +108,36 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def calibration_batches(task: Task, batches: int = 4) -> list[tuple[torch.Tensor, ...]]:
-    """A few training batches, as argument tuples, to calibrate static int8 ranges."""
-    picked = itertools.islice(task.train, batches)
-    return [x if isinstance(x, tuple) else (x,) for x, _ in picked]
-
-
 def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
     """Build, measure and score one plan.
 
-    Latency is the median of per-round ratios to the dense model, measured interleaved with it
-    on the target, times the study's dense latency: the ratio survives machine drift.
+    Latency is a ratio to the dense model times the study's dense latency: predicted by the
+    context's predictor, or else measured (the median of per-round ratios, interleaved with
+    the dense model on the target), so that it survives machine drift.
 
     Returns:
-        Figures: accuracy, latency_ms, latency_ratio, size_bytes, params, finetuned,
-        finetune_s, measurement (the raw timing record).
+        Figures: accuracy, latency_ms, latency_ratio, predicted_ms or measured_ms, size_bytes,
+        params, finetuned, finetune_s, and measurement (the raw timing record) when measured.
     """
     candidate = apply(ctx.dense, plan, ctx.task.inputs())
-    # Latency depends on the architecture and kernels, not on the weights' values, so the
-    # deployable build is timed before fine-tuning; a hopeless plan then skips the fine-tune.
-    deployable = deploy(candidate, plan, ctx.latency_inputs, calibration_batches(ctx.task))
-    measurement = ctx.target.measure(deployable, ctx.latency_inputs, reference=ctx.dense)
-    assert measurement.ratio is not None
     figures: dict[str, Any] = {
-        "latency_ratio": measurement.ratio,
-        "latency_ms": measurement.ratio * ctx.baseline.latency_ms,
         "size_bytes": compressed_size_bytes(bake(candidate), plan),
         "params": param_count(candidate),
-        "measurement": measurement.to_dict(),
     }
+    if ctx.predictor is not None:
+        ratio = ctx.predictor.predict_ratio(plan)
+        figures["predicted_ms"] = ratio * ctx.baseline.latency_ms
+    else:
+        # Latency depends on the architecture and kernels, not on the weights' values, so the
+        # deployable build is timed before fine-tuning; a hopeless plan then skips the fine-tune.
+        deployable = deploy(candidate, plan, ctx.latency_inputs, ctx.task.calibration_batches())
+        measurement = ctx.target.measure(deployable, ctx.latency_inputs, reference=ctx.dense)
+        assert measurement.ratio is not None
+        ratio = measurement.ratio
+        figures["measured_ms"] = ratio * ctx.baseline.latency_ms
+        figures["measurement"] = measurement.to_dict()
+    figures["latency_ratio"] = ratio
+    figures["latency_ms"] = ratio * ctx.baseline.latency_ms
     budget = ctx.budget
     hopeless = (
         budget.latency_ms is not None

@@ -33,22 +33,58 @@ def _violation(trial: optuna.trial.FrozenTrial) -> float:
     return sum(max(0.0, v) for v in trial.constraints.values())
 
 
-def candidate(trial: optuna.trial.FrozenTrial, baseline: dict[str, Any]) -> Candidate:
-    """One trial as the figures a person compares (the `show --json` schema)."""
+def measured_ms(trial: optuna.trial.FrozenTrial, verified: dict[str, Any]) -> float | None:
+    """A trial's measured latency: from the search (`--latency measured`) or the verify step."""
     attrs = trial.user_attrs
+    if "measured_ms" in attrs:
+        return attrs["measured_ms"]
+    if str(trial.number) in verified:
+        return verified[str(trial.number)]["measured_ms"]
+    if "predicted_ms" not in attrs and "latency_ms" in attrs:
+        return attrs["latency_ms"]  # studies from before the predictor measured every trial
+    return None
+
+
+def candidate(
+    trial: optuna.trial.FrozenTrial,
+    baseline: dict[str, Any],
+    *,
+    verified: dict[str, Any] | None = None,
+    budget: dict[str, Any] | None = None,
+) -> Candidate:
+    """One trial as the figures a person compares (the `show --json` schema).
+
+    Args:
+        trial: a complete trial.
+        baseline: the study's dense figures.
+        verified: the study's verify-step measurements (trial number -> figures).
+        budget: the study's budget; a measured latency over it makes the candidate infeasible.
+
+    Returns:
+        The candidate; `latency_ms` is the measured latency where there is one, else predicted.
+    """
+    attrs = trial.user_attrs
+    measured = measured_ms(trial, verified or {})
+    violations = {k: v for k, v in trial.constraints.items() if v > 0}
+    limit = (budget or {}).get("latency_ms")
+    if measured is not None and limit is not None and measured > limit:
+        violations["latency_ms"] = measured - limit
+    elif measured is not None and limit is not None:
+        violations.pop("latency_ms", None)
     return {
         "trial": trial.number,
         "accuracy": attrs["accuracy"],
         "baseline_accuracy": baseline["accuracy"],
+        "latency_ms": measured if measured is not None else attrs["latency_ms"],
         "predicted_ms": attrs.get("predicted_ms"),
-        "measured_ms": attrs["latency_ms"],
+        "measured_ms": measured,
         "baseline_ms": baseline["latency_ms"],
         "latency_ratio": attrs["latency_ratio"],
         "size_bytes": attrs["size_bytes"],
         "baseline_size_bytes": baseline["size_bytes"],
         "params": attrs["params"],
-        "feasible": _violation(trial) <= 0.0,
-        "violations": {k: v for k, v in trial.constraints.items() if v > 0},
+        "feasible": not violations,
+        "violations": violations,
         "finetuned": attrs.get("finetuned", True),
         "plan": attrs["plan"],
     }
@@ -59,6 +95,7 @@ def pareto_front(study: optuna.Study) -> list[Candidate]:
 
     The non-dominated feasible trials; when no trial is feasible, the non-dominated trials of
     all, each marked `feasible: false` with its violations, so the user sees how close it came.
+    A candidate whose measured latency (verify step) misses the budget is marked infeasible.
     Trials with identical figures (the same plan told twice) appear once.
     """
     baseline = study.user_attrs.get("baseline")
@@ -66,12 +103,16 @@ def pareto_front(study: optuna.Study) -> list[Candidate]:
         return []
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     pool = [t for t in done if _violation(t) <= 0.0] or done
-    front = [candidate(pool[i], baseline) for i in non_dominated([t.values for t in pool])]
-    front.sort(key=lambda c: (-c["accuracy"], c["measured_ms"], c["trial"]))
+    extra = {
+        "verified": study.user_attrs.get("verified") or {},
+        "budget": study.user_attrs.get("budget") or {},
+    }
+    front = [candidate(pool[i], baseline, **extra) for i in non_dominated([t.values for t in pool])]
+    front.sort(key=lambda c: (-c["accuracy"], c["latency_ms"], c["trial"]))
     seen: set[tuple[float, float, int]] = set()
     unique = []
     for c in front:
-        figures = (c["accuracy"], c["measured_ms"], c["size_bytes"])
+        figures = (c["accuracy"], c["latency_ms"], c["size_bytes"])
         if figures not in seen:
             seen.add(figures)
             unique.append(c)
@@ -87,6 +128,7 @@ def baseline_row(study: optuna.Study) -> Candidate | None:
         "trial": None,
         "accuracy": b["accuracy"],
         "baseline_accuracy": b["accuracy"],
+        "latency_ms": b["latency_ms"],
         "predicted_ms": None,
         "measured_ms": b["latency_ms"],
         "baseline_ms": b["latency_ms"],

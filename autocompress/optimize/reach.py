@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from autocompress.config import LayerConfig, Plan
-from autocompress.optimize.objectives import SearchContext, calibration_batches
+from autocompress.optimize.objectives import SearchContext
 from autocompress.space.sample import valid_settings
 from autocompress.space.spec import Knob
 
@@ -67,7 +67,7 @@ def reachability_notes(ctx: SearchContext) -> list[str]:
         ratios = []
         for plan in plans:
             model = apply(ctx.dense, plan, ctx.task.inputs())
-            real = deploy(model, plan, ctx.latency_inputs, calibration_batches(ctx.task))
+            real = deploy(model, plan, ctx.latency_inputs, ctx.task.calibration_batches())
             ratios.append(ctx.target.measure(real, ctx.latency_inputs, reference=ctx.dense).ratio)
         fastest_ms = min(r for r in ratios if r is not None) * ctx.baseline.latency_ms
         if fastest_ms > budget.latency_ms:

@@ -17,7 +17,9 @@ from torch import nn
 
 from autocompress.config import DEFAULT_FINETUNE_STEPS, Budget
 from autocompress.errors import UserInputError
+from autocompress.hardware.profiles import predictor_for
 from autocompress.hardware.targets import Target, resolve_target
+from autocompress.optimize.latency import batch_inputs
 from autocompress.optimize.objectives import (
     Baseline,
     SearchContext,
@@ -35,6 +37,7 @@ from autocompress.optimize.study import (
     open_study,
     resolve_storage,
 )
+from autocompress.optimize.verify import verify_front
 from autocompress.resolve import model_label, resolve_model, resolve_task
 from autocompress.space.discover import discover
 from autocompress.space.sample import plan_from_trial
@@ -57,12 +60,6 @@ class SearchResult:
     trials_failed: int
     notes: list[str] = field(default_factory=list)
     report: Path | None = None
-
-
-def _batch(inputs: tuple[torch.Tensor, ...], batch_size: int) -> tuple[torch.Tensor, ...]:
-    if batch_size < 1:
-        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
-    return tuple(x[:1].expand(batch_size, *x.shape[1:]).contiguous() for x in inputs)
 
 
 def _uniform_plans(knobs: list[Knob]) -> list[dict[str, Any]]:
@@ -119,6 +116,7 @@ def search(
     storage: str | None = None,
     batch_size: int = 1,
     train_threads: int | None = None,
+    latency: str = "predicted",
     show_progress: bool = True,
 ) -> SearchResult:
     """Search per-layer compression plans and return the Pareto front of accuracy, latency, size.
@@ -144,6 +142,9 @@ def search(
         batch_size: batch size latency is measured at.
         train_threads: threads for fine-tuning and evaluation; None chooses before each trial:
             all cores on a quiet machine, one while other processes are busy.
+        latency: "predicted" scores trials with the target's latency predictor for this model
+            and space (profiled first when not cached); "measured" builds and times every
+            trial. Either way the front is built and measured after the trials (verify step).
         show_progress: draw a progress bar on stderr.
 
     Returns:
@@ -156,6 +157,8 @@ def search(
         raise UserInputError(f"--finetune-steps must be 0 or more, got {finetune_steps}")
     if train_threads is not None and train_threads < 1:
         raise UserInputError(f"--train-threads must be at least 1, got {train_threads}")
+    if latency not in ("predicted", "measured"):
+        raise UserInputError(f"--latency must be predicted or measured, got {latency!r}")
     if sampler not in ("nsga2", "tpe", "random"):
         make_sampler(sampler, seed=seed, population_size=2)  # raises the listing error
     hw = resolve_target(target, threads=threads)
@@ -180,7 +183,7 @@ def search(
             f"search space {the_space.source} leaves nothing to search on {resolved.name}; "
             "give some layers more than one choice"
         )
-    latency_inputs = _batch(the_task.inputs(), batch_size)
+    latency_inputs = batch_inputs(the_task, batch_size)
 
     identity["task"] = the_task.name
     the_study = open_study(study_name, storage_obj, identity=identity)
@@ -209,12 +212,26 @@ def search(
         latency_inputs=latency_inputs,
         baseline=baseline,
     )
+    if latency == "predicted":
+        ctx.predictor, path = predictor_for(
+            dense,
+            the_task,
+            hw,
+            model=model_label(model),
+            layers=layers,
+            knobs=knobs,
+            round_to=the_space.round_to,
+            inputs=latency_inputs,
+            show_progress=show_progress,
+        )
+        notes.append(f"latency predicted from the profile {path}; the front is measured after")
     notes += reachability_notes(ctx)
     if existing == 0:
         for params in _uniform_plans(knobs):
             the_study.enqueue_trial(params, user_attrs={"warm_start": "uniform"})
 
     run, failed = _optimize(the_study, ctx, trials, timeout_s, show_progress, notes)
+    verify_front(the_study, ctx, show_progress=show_progress)
     report = _write_report(the_study, storage)
     return SearchResult(
         study=study_name,

@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 
 from autocompress.config import Budget, LayerConfig
-from autocompress.optimize.pareto import baseline_row, dominates, pareto_front
+from autocompress.optimize.pareto import baseline_row, dominates, measured_ms, pareto_front
 from autocompress.optimize.study import DEFAULT_STORAGE
 
 # Predicted latency within this fraction of the measured one counts as a good prediction.
@@ -112,6 +112,7 @@ def _trial_rows(
     feasible = [t for t in done if _violation(t) <= 0.0]
     pool = [_figures(t) for t in (feasible or done)]
     on_front = {c["trial"] for c in front}
+    verified = study.user_attrs.get("verified") or {}
     rows = []
     for t in done:
         accuracy, latency_ms, size = _figures(t)
@@ -128,7 +129,8 @@ def _trial_rows(
             {
                 "trial": t.number,
                 "accuracy": accuracy,
-                "measured_ms": latency_ms,
+                "latency_ms": latency_ms,
+                "measured_ms": measured_ms(t, verified),
                 "predicted_ms": attrs.get("predicted_ms"),
                 "size_bytes": size,
                 "params": attrs.get("params"),
@@ -287,7 +289,7 @@ def report_data(study: optuna.Study, *, storage_url: str | None = None) -> dict[
     predicted = [
         {"trial": r["trial"], "predicted_ms": r["predicted_ms"], "measured_ms": r["measured_ms"]}
         for r in trials
-        if r["predicted_ms"] is not None
+        if r["predicted_ms"] is not None and r["measured_ms"] is not None
     ]
     return {
         "meta": _meta(study, budget),

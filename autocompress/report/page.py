@@ -118,13 +118,13 @@ def _front_row(row: Data, base: Data, export: str | None) -> str:
         over = ", ".join(f"{k} +{v:.3g}" for k, v in row["violations"].items())
         fits = _cell(f'<span class="over">over</span> {_e(over)}', 0, "text")
     drop = 100 * (base["accuracy"] - row["accuracy"])
-    speedup = base["measured_ms"] / row["measured_ms"]
+    speedup = base["latency_ms"] / row["latency_ms"]
     shrink = base["size_bytes"] / row["size_bytes"]
     cells = [
         _cell("dense" if dense else _e(row["trial"]), -1 if dense else row["trial"]),
         _cell(f"{100 * row['accuracy']:.2f}", row["accuracy"]),
         _cell("" if dense else f"{drop:+.2f}", drop),
-        _cell(f"{row['measured_ms']:.3f}", row["measured_ms"]),
+        _cell(f"{row['latency_ms']:.3f}", row["latency_ms"]),
         _cell(f"{speedup:.2f}x", speedup),
         _cell(f"{row['size_bytes'] / 1000:.1f}", row["size_bytes"]),
         _cell(f"{shrink:.2f}x", shrink),

@@ -42,7 +42,7 @@ def _hover(row: Data, metric: str, export: str | None) -> str:
     lines = [
         f"<b>trial {row['trial']}</b>" if row.get("trial") is not None else "<b>dense model</b>",
         f"{escape(metric)}: {_pct(row['accuracy']):.2f} %",
-        f"latency: {row['measured_ms']:.3f} ms",
+        f"latency: {row['latency_ms']:.3f} ms",
         f"size: {row['size_bytes'] / 1000:.1f} kB",
     ]
     if row.get("violations"):
@@ -89,7 +89,7 @@ def front_3d(data: Data) -> Figure:
         name, colour, symbol = STYLES[key]
         fig.add_trace(
             go.Scatter3d(
-                x=[r["measured_ms"] for r in rows],
+                x=[r["latency_ms"] for r in rows],
                 y=[r["size_bytes"] / 1000 for r in rows],
                 z=[_pct(r["accuracy"]) for r in rows],
                 mode="markers",
@@ -107,7 +107,7 @@ def front_3d(data: Data) -> Figure:
     if base is not None:
         fig.add_trace(
             go.Scatter3d(
-                x=[base["measured_ms"]],
+                x=[base["latency_ms"]],
                 y=[base["size_bytes"] / 1000],
                 z=[_pct(base["accuracy"])],
                 mode="markers",
@@ -155,7 +155,7 @@ def front_2d(data: Data, *, width: int | None = None) -> Figure:
     )
     points = [(key, rows) for key, rows in _groups(data)]
     base = data["baseline"]
-    for col, (field, scale) in enumerate((("measured_ms", 1.0), ("size_bytes", 1e-3)), start=1):
+    for col, (field, scale) in enumerate((("latency_ms", 1.0), ("size_bytes", 1e-3)), start=1):
         for key, rows in points:
             name, colour, symbol = STYLES[key]
             fig.add_trace(

@@ -62,7 +62,7 @@ def front_table(baseline: Candidate, front: Sequence[Candidate], *, title: str) 
     ]:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     base_ms, base_size, base_acc = (
-        baseline["measured_ms"],
+        baseline["latency_ms"],
         baseline["size_bytes"],
         baseline["accuracy"],
     )
@@ -74,8 +74,8 @@ def front_table(baseline: Candidate, front: Sequence[Candidate], *, title: str) 
             "dense" if is_base else str(row["trial"]),
             f"{100 * row['accuracy']:.2f}",
             "" if is_base else f"{100 * (base_acc - row['accuracy']):+.2f}",
-            f"{row['measured_ms']:.3f}",
-            f"{base_ms / row['measured_ms']:.2f}x",
+            f"{row['latency_ms']:.3f}",
+            f"{base_ms / row['latency_ms']:.2f}x",
             f"{row['size_bytes'] / 1000:.1f}",
             f"{base_size / row['size_bytes']:.2f}x",
             feasible,

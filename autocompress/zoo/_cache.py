@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import tempfile
@@ -61,20 +62,32 @@ def load_weights(model: nn.Module, path: pathlib.Path) -> None:
 
 
 def save_weights(model: nn.Module, path: pathlib.Path) -> None:
-    """Write `model`'s state_dict to `path` atomically.
-
-    The bytes go to a temporary file in the same folder, which then replaces `path` in one
-    step, so a run killed mid-write never leaves a half file under the final name.
+    """Write `model`'s state_dict to `path` atomically (see `write_atomic`).
 
     Args:
         model: the trained model.
         path: the final file name; its folder is created if needed.
     """
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def write_atomic(path: pathlib.Path, payload: bytes) -> None:
+    """Write bytes to `path` atomically.
+
+    The bytes go to a temporary file in the same folder, which then replaces `path` in one
+    step, so a run killed mid-write never leaves a half file under the final name.
+
+    Args:
+        path: the final file name; its folder is created if needed.
+        payload: the file's content.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(model.state_dict(), f)
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)

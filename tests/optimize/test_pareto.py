@@ -97,6 +97,7 @@ def test_pareto_front_holds_exactly_the_non_dominated_feasible_trials() -> None:
         "trial": a,
         "accuracy": 0.90,
         "baseline_accuracy": 0.92,
+        "latency_ms": 2.0,
         "predicted_ms": None,
         "measured_ms": 2.0,
         "baseline_ms": 4.0,
@@ -184,3 +185,30 @@ def test_constraint_values_are_feasible_within_budget() -> None:
     assert all(v <= 0 for v in values.values())
     assert values["size_bytes"] == 0.0  # exactly on budget is feasible
     assert values["accuracy_drop"] == pytest.approx(-0.01)
+
+
+def test_verified_latency_replaces_the_prediction_and_can_break_the_budget() -> None:
+    study = _study()
+    study.set_user_attr("budget", {"latency_ms": 2.0, "size_bytes": None, "max_drop": None})
+    fits = _tell(study, 0.9, 1.5, 1000, {"latency_ms": -0.5}, predicted_ms=1.5)
+    misses = _tell(study, 0.8, 1.2, 900, {"latency_ms": -0.8}, predicted_ms=1.2)
+    unverified = _tell(study, 0.7, 1.0, 800, {"latency_ms": -1.0}, predicted_ms=1.0)
+    study.set_user_attr(
+        "verified",
+        {str(fits): {"measured_ms": 1.6}, str(misses): {"measured_ms": 2.3}},
+    )
+    front = {c["trial"]: c for c in pareto_front(study)}
+    assert front[fits]["measured_ms"] == front[fits]["latency_ms"] == 1.6
+    assert front[fits]["predicted_ms"] == 1.5 and front[fits]["feasible"]
+    assert not front[misses]["feasible"]
+    assert front[misses]["violations"]["latency_ms"] == pytest.approx(0.3)
+    assert front[unverified]["measured_ms"] is None
+    assert front[unverified]["latency_ms"] == 1.0 and front[unverified]["feasible"]
+
+
+def test_trials_measured_during_the_search_need_no_verification() -> None:
+    study = _study()
+    new = _tell(study, 0.9, 1.5, 1000, measured_ms=1.5)
+    old = _tell(study, 0.8, 1.2, 900)  # a study from before the predictor: latency_ms measured
+    front = {c["trial"]: c for c in pareto_front(study)}
+    assert front[new]["measured_ms"] == 1.5 and front[old]["measured_ms"] == 1.2

@@ -161,7 +161,8 @@ def make_study(
                 seen[key] = (keeps, user_attrs, number)
             if warm:
                 user_attrs["warm_start"] = "uniform"
-            if predicted:
+            if predicted:  # as if measured too (`--latency measured` or the verify step)
+                user_attrs["measured_ms"] = user_attrs["latency_ms"]
                 user_attrs["predicted_ms"] = user_attrs["latency_ms"] * rng.uniform(0.85, 1.15)
             trial = optuna.trial.create_trial(
                 values=[user_attrs["accuracy"], user_attrs["latency_ms"], user_attrs["size_bytes"]],

@@ -1,0 +1,153 @@
+"""Predict a plan's latency on a target from its profile, in well under a millisecond.
+
+Two layers of model, both fitted on what `hardware.profile` measured:
+1. Kernel times: a lookup table per Conv/Linear geometry over (input, output) channels,
+   bilinear between the measured points; a geometry the profile never timed falls back to a
+   scikit-learn ridge regression in log space over all timed kernels.
+2. Whole model: a non-negative linear regression (scikit-learn) from per-plan sums of those
+   kernel times and of output sizes, normalised by the dense model's, to the measured latency
+   ratio. Plans that deploy eagerly (every layer float) and plans compiled with int8/bf16
+   layers are fitted separately: compiled graphs fuse and their kernels differ.
+
+The prediction is a ratio to the dense model; times the study's dense latency it gives ms.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from autocompress.config import Plan
+from autocompress.hardware.profile import Profile
+from autocompress.hardware.shapes import BF16, FP32, INT8, Kernel, ModelShapes
+
+EAGER, COMPILED = "eager", "compiled"
+
+
+class _Table:
+    """Times of one geometry on a (cin x cout) grid; bilinear inside, clamped outside."""
+
+    def __init__(self, entries: Sequence[dict[str, Any]]) -> None:
+        self.cins = np.array(sorted({e["cin"] for e in entries}), dtype=float)
+        self.couts = np.array(sorted({e["cout"] for e in entries}), dtype=float)
+        self.ms = np.full((len(self.cins), len(self.couts)), np.nan)
+        for e in entries:
+            i = int(np.searchsorted(self.cins, e["cin"]))
+            j = int(np.searchsorted(self.couts, e["cout"]))
+            self.ms[i, j] = e["ms"]
+        self.complete = not np.isnan(self.ms).any()
+
+    def __call__(self, cin: int, cout: int) -> float:
+        rows = [np.interp(cout, self.couts, row) for row in self.ms]
+        return float(np.interp(cin, self.cins, rows))
+
+
+def _kernel_features(geometry: dict[str, Any], cin: int, cout: int, out_elems: int) -> list[float]:
+    """Log-space features of a kernel for the fallback regression."""
+    area = math.prod(geometry.get("kernel", [1]))
+    per_out = (1 if geometry.get("depthwise") else cin) * area
+    spatial = max(1, out_elems // max(cout, 1))
+    return [
+        math.log(per_out * out_elems),  # multiply-accumulates
+        math.log(out_elems),
+        math.log(cin * spatial),
+        math.log(area),
+        float(geometry["type"] == "Linear"),
+    ]
+
+
+class LatencyPredictor:
+    """A fitted predictor for one model on one target.
+
+    Args:
+        profile: what was measured (`hardware.profile.profile_model`).
+
+    Raises:
+        ValueError: the profile has no calibration plans.
+    """
+
+    def __init__(self, profile: Profile) -> None:
+        from sklearn.linear_model import LinearRegression, Ridge
+
+        if not profile.calibration:
+            raise ValueError("the profile has no measured plans to calibrate on")
+        self.profile = profile
+        self.shapes = ModelShapes.from_dict(profile.shapes)
+        by_geometry: dict[str, list[dict[str, Any]]] = {}
+        for entry in profile.lut:
+            by_geometry.setdefault(entry["geometry"], []).append(entry)
+        self._tables = {g: _Table(e) for g, e in by_geometry.items()}
+        self._tables = {g: t for g, t in self._tables.items() if t.complete}
+        x = [
+            _kernel_features(json.loads(e["geometry"]), e["cin"], e["cout"], e["out_elems"])
+            for e in profile.lut
+        ]
+        self._fallback = Ridge(alpha=1e-3).fit(x, [math.log(e["ms"]) for e in profile.lut])
+        self._dense = self._totals(self.shapes.kernels(Plan()))
+        samples: dict[str, tuple[list[list[float]], list[float]]] = {}
+        for point in profile.calibration:
+            regime, row = self.features(Plan.from_dict(point["plan"]))
+            xs, ys = samples.setdefault(regime, ([], []))
+            xs.append(row)
+            ys.append(point["ratio"])
+        # The dense model itself is an eager plan at ratio 1 by definition.
+        xs, ys = samples.setdefault(EAGER, ([], []))
+        xs.append(self.features(Plan())[1])
+        ys.append(1.0)
+        self._models = {
+            regime: LinearRegression(positive=True).fit(np.array(xs), np.array(ys))
+            for regime, (xs, ys) in samples.items()
+        }
+
+    def kernel_ms(self, kernel: Kernel) -> float:
+        """One kernel's fp32 eager time: from its lookup table, else the fallback regression."""
+        table = self._tables.get(kernel.geometry)
+        if table is not None:
+            return table(kernel.cin, kernel.cout)
+        geometry = json.loads(kernel.geometry)
+        row = _kernel_features(geometry, kernel.cin, kernel.cout, kernel.out_elems)
+        return float(math.exp(self._fallback.predict([row])[0]))
+
+    def _totals(self, kernels: Sequence[Kernel]) -> dict[str, float]:
+        totals = {"ms": 0.0, "elems": 0.0, "count": float(len(kernels))}
+        for compute in (FP32, INT8, BF16):
+            totals[f"ms_{compute}"] = totals[f"elems_{compute}"] = totals[f"n_{compute}"] = 0.0
+        for k in kernels:
+            ms = self.kernel_ms(k)
+            totals["ms"] += ms
+            totals["elems"] += k.out_elems
+            totals[f"ms_{k.compute}"] += ms
+            totals[f"elems_{k.compute}"] += k.out_elems
+            totals[f"n_{k.compute}"] += 1
+        return totals
+
+    def features(self, plan: Plan) -> tuple[str, list[float]]:
+        """The regime a plan deploys in and its regression features (relative to dense)."""
+        t = self._totals(self.shapes.kernels(plan))
+        d = self._dense
+        if not any(cfg.weight_bits < 32 for cfg in plan.layers.values()):
+            return EAGER, [t["ms"] / d["ms"], t["elems"] / d["elems"]]
+        return COMPILED, [
+            *(t[f"ms_{c}"] / d["ms"] for c in (FP32, INT8, BF16)),
+            *(t[f"elems_{c}"] / d["elems"] for c in (FP32, INT8, BF16)),
+            *(t[f"n_{c}"] / d["count"] for c in (INT8, BF16)),
+        ]
+
+    def predict_ratio(self, plan: Plan) -> float:
+        """The plan's deployed latency as a ratio to the dense model.
+
+        Raises:
+            ValueError: the plan deploys in a regime the profile measured no plan of.
+        """
+        regime, row = self.features(plan)
+        model = self._models.get(regime)
+        if model is None:
+            raise ValueError(
+                f"the profile measured no {regime} plans (with int8/bf16 layers); "
+                "re-profile with the search space you search"
+            )
+        return max(0.01, float(model.predict(np.array([row]))[0]))

@@ -1,0 +1,200 @@
+"""A model's latency predictor on a target: from the cache, else profiled and cached; and its
+accuracy on freshly measured plans (`autocompress profile --check N`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress.errors import UserInputError
+from autocompress.hardware.predictor import LatencyPredictor
+from autocompress.hardware.profile import (
+    DEFAULT_CALIBRATION_PLANS,
+    Profile,
+    measure_plan,
+    profile_model,
+    profile_path,
+    random_plans,
+    space_key,
+)
+from autocompress.hardware.shapes import ModelShapes
+from autocompress.hardware.targets import Target
+from autocompress.space.discover import LayerInfo
+from autocompress.space.spec import Knob
+from autocompress.task import Task
+from autocompress.zoo._cache import cache_dir, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def load_profile(path: Path) -> Profile | None:
+    """The profile cached at `path`; None when absent, or unreadable (with a warning)."""
+    if not path.exists():
+        return None
+    try:
+        return Profile.from_json(path.read_text())
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("latency profile %s is unreadable (%s); profiling again", path, exc)
+        return None
+
+
+def predictor_for(
+    dense: nn.Module,
+    task: Task,
+    target: Target,
+    *,
+    model: str,
+    layers: Sequence[LayerInfo],
+    knobs: Sequence[Knob],
+    round_to: int | None,
+    inputs: tuple[torch.Tensor, ...],
+    refresh: bool = False,
+    calibration_plans: int | None = None,
+    show_progress: bool = True,
+) -> tuple[LatencyPredictor, Path]:
+    """The latency predictor for a model and search space on a target.
+
+    Loaded from the cache (one file per model, target fingerprint, batch size and space)
+    unless `refresh`; otherwise profiled on the target now and cached.
+
+    Args:
+        dense: the dense model.
+        task: its task.
+        target: the target.
+        model: the model's label (names the cache folder).
+        layers: `discover(dense, ...)`.
+        knobs: the search space's knobs for the model.
+        round_to: the space's channel multiple.
+        inputs: the input batch latency is measured with.
+        refresh: profile again even when a cached profile exists.
+        calibration_plans: whole plans to time; None: 40 for spaces with bit-widths, else 30.
+        show_progress: draw a progress bar while profiling.
+
+    Returns:
+        (the predictor, the profile's path).
+    """
+    batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1
+    path = profile_path(cache_dir(), model, target, batch, space_key(knobs, round_to))
+    profile = None if refresh else load_profile(path)
+    if profile is None:
+        if calibration_plans is None:
+            has_bits = any(k.setting == "weight_bits" for k in knobs)
+            calibration_plans = DEFAULT_CALIBRATION_PLANS if has_bits else 30
+        profile = profile_model(
+            dense,
+            task,
+            target,
+            model=model,
+            shapes=ModelShapes.from_model(dense, task.inputs(), layers),
+            knobs=knobs,
+            round_to=round_to,
+            inputs=inputs,
+            calibration_plans=calibration_plans,
+            show_progress=show_progress,
+        )
+        write_atomic(path, profile.to_json().encode())
+    return LatencyPredictor(profile), path
+
+
+@dataclass(frozen=True)
+class PredictorCheck:
+    """A predictor's accuracy on plans it never saw, each built and measured.
+
+    Args:
+        predicted: predicted latency ratios to the dense model.
+        measured: measured ratios, same order.
+        predict_ms: the slowest single prediction, in milliseconds.
+    """
+
+    predicted: list[float]
+    measured: list[float]
+    predict_ms: float
+
+    @property
+    def errors(self) -> np.ndarray:
+        """Relative errors (predicted - measured) / measured."""
+        p, m = np.asarray(self.predicted), np.asarray(self.measured)
+        return (p - m) / m
+
+    def within(self, tolerance: float = 0.10) -> float:
+        """Fraction of plans predicted within +-tolerance of measured."""
+        return float(np.mean(np.abs(self.errors) <= tolerance))
+
+    def mape(self) -> float:
+        """Mean absolute percentage error, as a fraction."""
+        return float(np.mean(np.abs(self.errors)))
+
+    def spearman(self) -> float:
+        """Rank correlation of predicted and measured (1.0 for fewer than 2 distinct plans)."""
+        from scipy.stats import spearmanr
+
+        if len(set(self.measured)) < 2 or len(set(self.predicted)) < 2:
+            return 1.0
+        return float(spearmanr(self.predicted, self.measured).statistic)
+
+    def line(self) -> str:
+        """`within10=0.93 mape=0.045 spearman=0.96 n=30`."""
+        return (
+            f"within10={self.within():.2f} mape={self.mape():.3f} "
+            f"spearman={self.spearman():.2f} n={len(self.measured)}"
+        )
+
+
+def check_predictor(
+    predictor: LatencyPredictor,
+    dense: nn.Module,
+    task: Task,
+    target: Target,
+    *,
+    knobs: Sequence[Knob],
+    round_to: int | None,
+    inputs: tuple[torch.Tensor, ...],
+    plans: int,
+    seed: int = 1,
+    show_progress: bool = True,
+) -> PredictorCheck:
+    """Draw fresh random plans, predict each, then build and measure it.
+
+    The plans come from another seed than the profile's, so none was used in fitting (a
+    repeat is possible only in a tiny space).
+
+    Args:
+        predictor: the fitted predictor.
+        dense: the dense model.
+        task: its task.
+        target: the target the predictor was profiled on.
+        knobs: the search space's knobs.
+        round_to: the space's channel multiple.
+        inputs: the input batch to time with.
+        plans: how many plans.
+        seed: seed for drawing them (the profile uses 0).
+        show_progress: draw a progress bar.
+
+    Returns:
+        The predicted and measured ratios.
+    """
+    from autocompress.hardware.profile import _Bar
+
+    if plans < 1:
+        raise UserInputError(f"--check needs at least 1 plan, got {plans}")
+    has_bits = any(k.setting == "weight_bits" for k in knobs)
+    drawn = random_plans(
+        knobs, plans, seed=1000 + seed, round_to=round_to, float_every=4 if has_bits else 0
+    )
+    predicted, measured, slowest = [], [], 0.0
+    with _Bar(len(drawn), enabled=show_progress) as bar:
+        bar.describe(f"check: {len(drawn)} fresh plans")
+        for plan in drawn:
+            start = time.perf_counter()
+            predicted.append(predictor.predict_ratio(plan))
+            slowest = max(slowest, (time.perf_counter() - start) * 1e3)
+            measured.append(measure_plan(dense, plan, task, target, inputs))
+            bar.advance()
+    return PredictorCheck(predicted=predicted, measured=measured, predict_ms=slowest)

@@ -1,0 +1,300 @@
+"""The kernels a plan deploys, worked out from shapes alone: no model is built.
+
+The latency predictor needs, for any plan, every Conv/Linear kernel the deployed model runs
+(channel counts after pruning, the two halves of a factorized layer) and the number format it
+computes in. `ModelShapes` learns once, from the dense model, each layer's geometry, its
+input size and which coupling group's pruning shrinks its inputs; after that, `kernels(plan)`
+is arithmetic plus a few meta-device modules (under a millisecond per layer).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocompress.compress.factorize import factor_pair
+from autocompress.compress.prune import kept_channels
+from autocompress.config import LayerConfig, Plan
+from autocompress.space.discover import LayerInfo, features
+
+# Formats a kernel computes in; see `compress.quantize_real.realize` for what deploys as what.
+FP32, INT8, BF16 = "fp32", "int8", "bf16"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One Conv/Linear call of a deployed model.
+
+    Args:
+        geometry: JSON of everything but the channel counts (type, kernel size, stride, padding,
+            dilation, groups, bias, input size); kernels with one geometry share a lookup table.
+        cin: input channels (features).
+        cout: output channels (features).
+        out_elems: output elements per sample (cout times the output's spatial size).
+        compute: FP32, INT8 or BF16.
+    """
+
+    geometry: str
+    cin: int
+    cout: int
+    out_elems: int
+    compute: str
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """What the predictor knows of one compressible layer of the dense model.
+
+    Args:
+        name: module name.
+        geometry: the layer's geometry (see `Kernel.geometry`), as a dict.
+        in_features: dense input channels.
+        out_features: dense output channels.
+        group: the coupling group that prunes its outputs, or None.
+        in_group: the coupling group whose pruning shrinks its inputs, or None.
+        in_per_channel: input features removed per channel pruned from `in_group` (1 for a
+            convolution, the spatial size for a Linear after a flatten).
+    """
+
+    name: str
+    geometry: dict[str, Any]
+    in_features: int
+    out_features: int
+    group: str | None
+    in_group: str | None
+    in_per_channel: int
+
+
+def geometry_of(module: nn.Module, in_size: Sequence[int]) -> dict[str, Any]:
+    """A Conv/Linear layer's geometry without its channel counts (see `Kernel.geometry`)."""
+    if isinstance(module, nn.Linear):
+        return {"type": "Linear", "bias": module.bias is not None, "in_size": list(in_size)}
+    return {
+        "type": type(module).__name__,
+        "kernel": list(module.kernel_size),
+        "stride": list(module.stride),
+        "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
+        "dilation": list(module.dilation),
+        "depthwise": module.groups > 1 and module.groups == module.in_channels,
+        "bias": module.bias is not None,
+        "in_size": list(in_size),
+    }
+
+
+def build_layer(geometry: dict[str, Any], cin: int, cout: int) -> nn.Module:
+    """A layer of this geometry and these channel counts, on the current default device."""
+    kind = geometry["type"]
+    if kind == "Linear":
+        return nn.Linear(cin, cout, bias=geometry["bias"])
+    conv = {"Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d}[kind]
+    padding = geometry["padding"]
+    return conv(
+        cin,
+        cout,
+        tuple(geometry["kernel"]),
+        tuple(geometry["stride"]),
+        padding if isinstance(padding, str) else tuple(padding),
+        tuple(geometry["dilation"]),
+        groups=cin if geometry["depthwise"] else 1,
+        bias=geometry["bias"],
+    )
+
+
+def example_input(geometry: dict[str, Any], cin: int, batch: int) -> torch.Tensor:
+    """A random input of the right shape for `build_layer(geometry, cin, ...)`."""
+    size = geometry["in_size"]
+    if geometry["type"] == "Linear":
+        return torch.randn(batch, *size, cin)
+    return torch.randn(batch, cin, *size)
+
+
+class ModelShapes:
+    """A model's compressible layers as shapes, to list the kernels of any plan quickly.
+
+    Args:
+        layers: one LayerShape per compressible layer, in module order.
+        group_channels: output channels of each coupling group in the dense model.
+        bf16_compute: whether this CPU computes bf16 layers in bf16 (else they run fp32).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[LayerShape],
+        group_channels: dict[str, int],
+        *,
+        bf16_compute: bool,
+    ) -> None:
+        self.layers = list(layers)
+        self.group_channels = dict(group_channels)
+        self.bf16_compute = bf16_compute
+        self.layer_kernels = lru_cache(maxsize=65536)(self._layer_kernels)
+
+    @classmethod
+    def from_model(
+        cls, model: nn.Module, inputs: tuple[torch.Tensor, ...], layers: Sequence[LayerInfo]
+    ) -> ModelShapes:
+        """Learn the shapes from the dense model: one forward pass, then one trial pruning per
+        coupling group to see whose inputs shrink with it.
+
+        Args:
+            model: the dense model (not modified).
+            inputs: an example input batch.
+            layers: `discover(model, inputs)`.
+        """
+        from autocompress.compress.apply import apply
+
+        modules = dict(model.named_modules())
+        in_sizes: dict[str, list[int]] = {}
+        hooks = [
+            modules[info.name].register_forward_hook(_record_in_size(info.name, in_sizes))
+            for info in layers
+        ]
+        try:
+            with torch.no_grad():
+                model.eval()(*inputs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        groups: dict[str, list[str]] = {}
+        for info in layers:
+            if info.group is not None:
+                groups.setdefault(info.group, []).append(info.name)
+        channels = {g: next(i.out_features for i in layers if i.group == g) for g in groups}
+        in_group: dict[str, tuple[str, int]] = {}
+        dense_in = {info.name: info.in_features for info in layers}
+        for group, members in groups.items():
+            kept = kept_channels(channels[group], 0.5)
+            removed = channels[group] - kept
+            if removed == 0:
+                continue
+            plan = Plan(layers={m: LayerConfig(keep_ratio=0.5) for m in members})
+            pruned = dict(apply(model, plan, inputs).named_modules())
+            for name in dense_in:
+                fan_in = features(pruned[name])[0]
+                if fan_in != dense_in[name]:
+                    in_group[name] = (group, (dense_in[name] - fan_in) // removed)
+        shapes = [
+            LayerShape(
+                name=info.name,
+                geometry=geometry_of(modules[info.name], in_sizes[info.name]),
+                in_features=info.in_features,
+                out_features=info.out_features,
+                group=info.group,
+                in_group=in_group.get(info.name, (None, 0))[0],
+                in_per_channel=in_group.get(info.name, (None, 0))[1],
+            )
+            for info in layers
+        ]
+        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return cls(shapes, channels, bf16_compute=bf16)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; `ModelShapes.from_dict(s.to_dict())` rebuilds it."""
+        return {
+            "layers": [asdict(layer) for layer in self.layers],
+            "group_channels": self.group_channels,
+            "bf16_compute": self.bf16_compute,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelShapes:
+        """Inverse of `to_dict`."""
+        return cls(
+            [LayerShape(**layer) for layer in data["layers"]],
+            data["group_channels"],
+            bf16_compute=data["bf16_compute"],
+        )
+
+    def kernels(self, plan: Plan) -> list[Kernel]:
+        """Every Conv/Linear kernel the plan's deployed model runs, in module order.
+
+        Args:
+            plan: the plan (its sparsity does not change kernels: sparse layers deploy dense).
+
+        Returns:
+            The kernels; a factorized layer gives two.
+        """
+        kept = {
+            group: self.kept(group, plan.config(members[0]).keep_ratio, plan.round_to)
+            for group, members in self._members().items()
+        }
+        compiled = any(cfg.weight_bits < 32 for cfg in plan.layers.values())
+        found: list[Kernel] = []
+        for index, layer in enumerate(self.layers):
+            cout = kept[layer.group] if layer.group else layer.out_features
+            cin = layer.in_features
+            if layer.in_group is not None:
+                pruned = self.group_channels[layer.in_group] - kept[layer.in_group]
+                cin -= layer.in_per_channel * pruned
+            cfg = plan.config(layer.name)
+            compute = self._compute(layer, cfg) if compiled else FP32
+            found.extend(self.layer_kernels(index, cin, cout, cfg.rank_ratio, compute))
+        return found
+
+    def _members(self) -> dict[str, list[str]]:
+        members: dict[str, list[str]] = {}
+        for layer in self.layers:
+            if layer.group is not None:
+                members.setdefault(layer.group, []).append(layer.name)
+        return members
+
+    def kept(self, group: str, keep_ratio: float, round_to: int | None) -> int:
+        """Channels a coupling group keeps at a keep ratio."""
+        return kept_channels(self.group_channels[group], keep_ratio, round_to)
+
+    def _compute(self, layer: LayerShape, cfg: LayerConfig) -> str:
+        """The format the layer computes in once realized (mirrors `quantize_real.realize`)."""
+        kind = layer.geometry["type"]
+        if (cfg.weight_bits, cfg.act_bits) == (8, 8) and kind != "Conv1d":
+            return INT8
+        if (cfg.weight_bits, cfg.act_bits) == (8, 32) and kind == "Linear":
+            return INT8
+        if cfg.weight_bits == 16 and self.bf16_compute:
+            return BF16
+        return FP32
+
+    def _layer_kernels(
+        self, index: int, cin: int, cout: int, rank_ratio: float, compute: str
+    ) -> tuple[Kernel, ...]:
+        """The kernels of layer `index` at these channel counts and rank (cached per instance
+        as `layer_kernels`)."""
+        layer = self.layers[index]
+        with torch.device("meta"):
+            module = build_layer(layer.geometry, cin, cout)
+            parts = factor_pair(module, rank_ratio) if rank_ratio < 1.0 else None
+            x = example_input(layer.geometry, cin, 1)
+            kernels = []
+            for part in parts or (module,):
+                y = part(x)
+                geometry = geometry_of(
+                    part, list(x.shape[1:-1] if _is_linear(part) else x.shape[2:])
+                )
+                kernels.append(
+                    Kernel(
+                        geometry=json.dumps(geometry, sort_keys=True),
+                        cin=int(x.shape[-1] if _is_linear(part) else x.shape[1]),
+                        cout=int(y.shape[-1] if _is_linear(part) else y.shape[1]),
+                        out_elems=int(y[0].numel()),
+                        compute=compute,
+                    )
+                )
+                x = y
+        return tuple(kernels)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear)
+
+
+def _record_in_size(name: str, sizes: dict[str, list[int]]) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        x = args[0]
+        sizes[name] = list(x.shape[1:-1] if isinstance(module, nn.Linear) else x.shape[2:])
+
+    return hook

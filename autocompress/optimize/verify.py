@@ -1,0 +1,46 @@
+"""The verify step: after a search, build and measure every front candidate on the target."""
+
+from __future__ import annotations
+
+import optuna
+
+from autocompress.config import Plan
+from autocompress.hardware.profile import _Bar, measure_plan
+from autocompress.optimize.objectives import SearchContext
+from autocompress.optimize.pareto import pareto_front
+
+
+def verify_front(study: optuna.Study, ctx: SearchContext, *, show_progress: bool = True) -> int:
+    """Measure each front candidate that has no measured latency yet, and store the figures.
+
+    A candidate's measured latency replaces its predicted one in `show`, the report and
+    `--pick`; one that misses the latency budget when measured is flagged infeasible there.
+    The figures go to the study's `verified` attribute (trial number -> `measured_ms`,
+    `ratio`, `predicted_ms`), since finished trials cannot be changed.
+
+    Args:
+        study: the study, after its trials.
+        ctx: the search context (dense model, task, target, inputs, baseline).
+        show_progress: draw a progress bar.
+
+    Returns:
+        How many candidates were measured now.
+    """
+    todo = [c for c in pareto_front(study) if c["measured_ms"] is None]
+    if not todo:
+        return 0
+    verified = dict(study.user_attrs.get("verified") or {})
+    with _Bar(len(todo), enabled=show_progress) as bar:
+        bar.describe(f"verify: measuring {len(todo)} front candidates")
+        for c in todo:
+            ratio = measure_plan(
+                ctx.dense, Plan.from_dict(c["plan"]), ctx.task, ctx.target, ctx.latency_inputs
+            )
+            verified[str(c["trial"])] = {
+                "measured_ms": ratio * ctx.baseline.latency_ms,
+                "ratio": ratio,
+                "predicted_ms": c["predicted_ms"],
+            }
+            bar.advance()
+    study.set_user_attr("verified", verified)
+    return len(todo)

@@ -1,0 +1,162 @@
+"""The latency predictor on a real (small) profile of TinyResNet, measured on this machine.
+
+Timing is noisy, so the assertions are about structure and order, never absolute times.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from autocompress.config import LayerConfig, Plan
+from autocompress.evaluate.metrics import top1
+from autocompress.hardware.predictor import LatencyPredictor, _Table
+from autocompress.hardware.profile import Profile, lut_grid, profile_model
+from autocompress.hardware.profiles import PredictorCheck, check_predictor, predictor_for
+from autocompress.hardware.shapes import ModelShapes
+from autocompress.hardware.targets import CpuTarget
+from autocompress.space.discover import discover
+from autocompress.space.spec import SearchSpace
+from autocompress.task import Task
+from tests.conftest import TINY_GROUPS, make_tiny_resnet
+
+SPACE = SearchSpace(defaults={"keep_ratio": (1.0, 0.5)})
+
+
+def _task() -> Task:
+    x = torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 10, (32,))), batch_size=8)
+    return Task("synthetic", loader, loader, x[:1], top1, "top1")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, task = make_tiny_resnet(), _task()
+    layers = discover(model, task.inputs())
+    knobs = SPACE.knobs(layers)
+    return model, task, layers, knobs, CpuTarget(rounds=5)
+
+
+@pytest.fixture(scope="module")
+def profile(setup) -> Profile:
+    model, task, layers, knobs, target = setup
+    return profile_model(
+        model,
+        task,
+        target,
+        model="tiny",
+        shapes=ModelShapes.from_model(model, task.inputs(), layers),
+        knobs=knobs,
+        round_to=None,
+        inputs=task.inputs(),
+        calibration_plans=4,
+        show_progress=False,
+    )
+
+
+def _uniform(keep: float) -> Plan:
+    return Plan(layers={m: LayerConfig(keep_ratio=keep) for ms in TINY_GROUPS.values() for m in ms})
+
+
+def test_table_is_exact_on_a_bilinear_function() -> None:
+    f = lambda cin, cout: 0.5 + 0.01 * cin + 0.02 * cout + 0.001 * cin * cout  # noqa: E731
+    entries = [{"cin": a, "cout": b, "ms": f(a, b)} for a in (4, 8, 16) for b in (8, 32)]
+    table = _Table(entries)
+    for cin, cout in [(4, 8), (6, 20), (12, 31), (16, 32)]:
+        assert table(cin, cout) == pytest.approx(f(cin, cout), rel=1e-9)
+
+
+def test_grid_covers_every_geometry_at_its_extremes(setup) -> None:
+    model, task, layers, knobs, _ = setup
+    grid = lut_grid(ModelShapes.from_model(model, task.inputs(), layers), knobs, None)
+    stem = next(axes for g, axes in grid.items() if '"in_size": [16, 16]' in g and "[3, 3]" in g)
+    assert stem[1] == [8, 16]  # the stem group at keep 0.5 and 1.0
+    fc = next(axes for g, axes in grid.items() if '"Linear"' in g)
+    assert fc == ([16, 32], [10])  # inputs follow layer2's group; the output layer stays 10
+
+
+def test_profile_round_trips_and_refuses_other_versions(profile: Profile) -> None:
+    assert Profile.from_json(profile.to_json()) == profile
+    data = json.loads(profile.to_json())
+    data["version"] = 0
+    with pytest.raises(ValueError, match="not a version-1 latency profile"):
+        Profile.from_json(json.dumps(data))
+    assert len(profile.calibration) == 4
+    assert all(e["ms"] > 0 and e["out_elems"] > 0 for e in profile.lut)
+
+
+def test_predictions_order_plans_by_how_much_they_prune(profile: Profile) -> None:
+    predictor = LatencyPredictor(profile)
+    dense, half, quarter = (predictor.predict_ratio(_uniform(k)) for k in (1.0, 0.5, 0.25))
+    assert quarter < half < dense
+    assert 0.7 < dense < 1.3  # the dense model is a calibration point at 1.0
+
+
+def test_unprofiled_geometry_falls_back_to_the_regression(profile: Profile) -> None:
+    predictor = LatencyPredictor(profile)
+    kernels = predictor.shapes.kernels(Plan(layers={"layer2.conv1": LayerConfig(rank_ratio=0.5)}))
+    halves = [k for k in kernels if k.geometry not in predictor._tables]
+    assert len(halves) == 2  # the space has no ranks, so the 3x1 / 1x3 halves were never timed
+    times = [predictor.kernel_ms(k) for k in halves]
+    assert all(math.isfinite(t) and t > 0 for t in times)
+
+
+def test_a_compiled_plan_needs_a_profile_that_measured_some(profile: Profile) -> None:
+    predictor = LatencyPredictor(profile)
+    with pytest.raises(ValueError, match="measured no compiled plans"):
+        predictor.predict_ratio(Plan(layers={"stem.0": LayerConfig(weight_bits=8, act_bits=8)}))
+
+
+def test_check_line_has_the_documented_form() -> None:
+    check = PredictorCheck(predicted=[1.0, 0.5, 0.32], measured=[1.05, 0.5, 0.4], predict_ms=0.4)
+    assert check.line() == "within10=0.67 mape=0.083 spearman=1.00 n=3"
+    assert np.allclose(check.errors, [-0.0476, 0.0, -0.2], atol=1e-4)
+
+
+def test_check_measures_fresh_plans(setup, profile: Profile) -> None:
+    model, task, _, knobs, target = setup
+    result = check_predictor(
+        LatencyPredictor(profile),
+        model,
+        task,
+        target,
+        knobs=knobs,
+        round_to=None,
+        inputs=task.inputs(),
+        plans=3,
+        show_progress=False,
+    )
+    assert len(result.measured) == 3 and all(m > 0 for m in result.measured)
+    assert result.predict_ms > 0
+
+
+def test_cache_is_reused_and_a_corrupt_file_is_profiled_again(
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, task, layers, knobs, target = setup
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path))
+    kwargs = dict(
+        model="tiny",
+        layers=layers,
+        knobs=knobs[:1],  # one group varies: few kernel sizes to time
+        round_to=None,
+        inputs=task.inputs(),
+        calibration_plans=1,
+        show_progress=False,
+    )
+    first, path = predictor_for(model, task, target, **kwargs)
+    assert path.is_file() and path.is_relative_to(tmp_path / "profiles" / "tiny")
+    stamp = path.stat().st_mtime_ns
+    again, same = predictor_for(model, task, target, **kwargs)
+    assert same == path and path.stat().st_mtime_ns == stamp
+    assert again.profile == first.profile
+    path.write_text("{not json")
+    fresh, _ = predictor_for(model, task, target, **kwargs)
+    assert "unreadable" in caplog.text
+    assert Profile.from_json(path.read_text()) == fresh.profile

@@ -1,0 +1,91 @@
+"""`ModelShapes.kernels(plan)` lists exactly the layers `apply` builds, without building them."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress.compress.apply import apply, bake
+from autocompress.config import LayerConfig, Plan
+from autocompress.hardware.profile import random_plans
+from autocompress.hardware.shapes import BF16, FP32, INT8, ModelShapes
+from autocompress.space.discover import discover
+from autocompress.space.spec import load_space
+from tests.conftest import make_tiny_resnet
+
+
+def _real_channels(model: nn.Module) -> list[tuple[int, int]]:
+    found = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            found.append((m.in_features, m.out_features))
+        elif isinstance(m, nn.Conv1d | nn.Conv2d):
+            found.append((m.in_channels, m.out_channels))
+    return found
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[nn.Module, tuple[torch.Tensor, ...], ModelShapes]:
+    model = make_tiny_resnet()
+    inputs = (torch.randn(1, 1, 16, 16),)
+    return model, inputs, ModelShapes.from_model(model, inputs, discover(model, inputs))
+
+
+def test_inputs_follow_the_group_that_feeds_them(tiny) -> None:
+    _, _, shapes = tiny
+    by_name = {layer.name: layer for layer in shapes.layers}
+    assert by_name["stem.0"].in_group is None
+    assert by_name["layer1.conv1"].in_group == "stem.0"
+    assert by_name["layer1.conv2"].in_group == "layer1.conv1"
+    assert by_name["layer2.downsample.0"].in_group == "stem.0"
+    assert (by_name["fc"].in_group, by_name["fc"].in_per_channel) == ("layer2.conv2", 1)
+    assert by_name["fc"].group is None  # the output layer keeps its width
+
+
+def test_kernels_match_the_built_model_for_random_joint_plans(tiny) -> None:
+    model, inputs, shapes = tiny
+    knobs = load_space("cnn").knobs(discover(model, inputs))
+    for plan in random_plans(knobs, 12, seed=0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = bake(apply(model, plan, inputs))
+        assert [(k.cin, k.cout) for k in shapes.kernels(plan)] == _real_channels(built)
+
+
+def test_factorized_layer_is_two_kernels_with_the_rank_between(tiny) -> None:
+    _, _, shapes = tiny
+    plan = Plan(layers={"layer2.conv1": LayerConfig(rank_ratio=0.25)})
+    kernels = shapes.kernels(plan)
+    assert len(kernels) == len(shapes.layers) + 1
+    first, second = kernels[3], kernels[4]  # stem, layer1 x2, then layer2.conv1 in two
+    assert first.cin == 16 and second.cout == 32 and first.cout == second.cin == 12  # 48 x 0.25
+    assert '"kernel": [3, 1]' in first.geometry and '"kernel": [1, 3]' in second.geometry
+    # The stride-2 halves: 16x16 in, 8x8 out.
+    assert second.out_elems == 32 * 8 * 8
+
+
+def test_compute_format_follows_what_deploy_realizes(tiny) -> None:
+    _, _, shapes = tiny
+    plan = Plan(
+        layers={
+            "stem.0": LayerConfig(weight_bits=8, act_bits=8),
+            "layer1.conv1": LayerConfig(weight_bits=8, act_bits=32),  # conv: size only
+            "layer1.conv2": LayerConfig(weight_bits=4),
+            "layer2.conv1": LayerConfig(weight_bits=16),
+            "fc": LayerConfig(weight_bits=8, act_bits=32),  # dynamic int8 Linear
+        }
+    )
+    compute = [k.compute for k in shapes.kernels(plan)]
+    bf16 = BF16 if shapes.bf16_compute else FP32
+    assert compute == [INT8, FP32, FP32, bf16, FP32, FP32, INT8]
+    assert {k.compute for k in shapes.kernels(Plan())} == {FP32}
+
+
+def test_round_trips_through_json(tiny) -> None:
+    _, _, shapes = tiny
+    again = ModelShapes.from_dict(shapes.to_dict())
+    plan = Plan(layers={"layer2.conv1": LayerConfig(keep_ratio=0.5, rank_ratio=0.5)})
+    assert again.kernels(plan) == shapes.kernels(plan)
