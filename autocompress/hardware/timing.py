@@ -18,6 +18,9 @@ import torch
 
 _NS_PER_MS = 1e6
 
+# Times one call of its argument, in nanoseconds.
+Clock = Callable[[Callable[[], object]], float]
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -61,6 +64,7 @@ def measure_latency(
     min_block_ms: float = 20.0,
     max_spread: float = 0.5,
     max_retries: int = 3,
+    clock: Clock | None = None,
 ) -> Measurement:
     """Time `candidate` (and `reference`, interleaved block by block) on this machine.
 
@@ -79,6 +83,8 @@ def measure_latency(
         min_block_ms: target duration of one block; sets calls_per_block (at least 3).
         max_spread: in-block (p90 - p10) / median above which a block counts as contended.
         max_retries: re-timings allowed per contended block; the last attempt is kept.
+        clock: times one call of its argument and returns nanoseconds; None for the wall
+            clock (`perf_counter_ns`). A GPU target passes one built on its device's events.
 
     Returns:
         A Measurement; `ratio` and `reference_ms` are None when `reference` is None.
@@ -96,7 +102,8 @@ def measure_latency(
     gc_was_enabled = gc.isenabled()
     torch.set_num_threads(threads)
     try:
-        per_call_ns = min(_warm_up(fn, warmup_s) for fn in fns)
+        tick = clock or wall_clock
+        per_call_ns = min(_warm_up(fn, warmup_s, tick) for fn in fns)
         calls = max(3, math.ceil(min_block_ms * _NS_PER_MS / max(per_call_ns, 1.0)))
         # A collection in the middle of a block is noise that belongs to neither callable.
         gc.disable()
@@ -106,7 +113,7 @@ def measure_latency(
         for r in range(rounds):
             order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
             for i in order:
-                times, retried = _time_clean_block(fns[i], calls, max_spread, max_retries)
+                times, retried = _time_clean_block(fns[i], calls, max_spread, max_retries, tick)
                 remeasured += retried
                 block_medians[i].append(float(np.median(times)))
                 if i == 0:
@@ -135,25 +142,30 @@ def measure_latency(
     )
 
 
-def _warm_up(fn: Callable[[], object], warmup_s: float) -> float:
+def wall_clock(fn: Callable[[], object]) -> float:
+    """Call `fn` once; return the wall time it took in nanoseconds."""
+    start = time.perf_counter_ns()
+    fn()
+    return float(time.perf_counter_ns() - start)
+
+
+def _warm_up(fn: Callable[[], object], warmup_s: float, clock: Clock) -> float:
     """Call `fn` for about `warmup_s` seconds (at least 3 calls); return its median call in ns."""
-    times: list[int] = []
+    times: list[float] = []
     deadline = time.perf_counter_ns() + warmup_s * 1e9
     while len(times) < 3 or time.perf_counter_ns() < deadline:
-        start = time.perf_counter_ns()
-        fn()
-        times.append(time.perf_counter_ns() - start)
+        times.append(clock(fn))
     # The first calls pay for allocation and caches; judge the speed on the second half.
     return float(np.median(times[len(times) // 2 :]))
 
 
 def _time_clean_block(
-    fn: Callable[[], object], calls: int, max_spread: float, max_retries: int
+    fn: Callable[[], object], calls: int, max_spread: float, max_retries: int, clock: Clock
 ) -> tuple[np.ndarray, bool]:
     """Time one block, re-timing it while it looks contended; return (call times in ns, retried)."""
     attempts = 0
     while True:
-        times, other_cores = _time_block(fn, calls)
+        times, other_cores = _time_block(fn, calls, clock)
         p10, p50, p90 = np.percentile(times, [10, 50, 90])
         spread = (p90 - p10) / p50 if p50 > 0 else 0.0
         contended = spread > max_spread or (other_cores is not None and other_cores > 0.5)
@@ -162,15 +174,15 @@ def _time_clean_block(
         attempts += 1
 
 
-def _time_block(fn: Callable[[], object], calls: int) -> tuple[np.ndarray, float | None]:
+def _time_block(
+    fn: Callable[[], object], calls: int, clock: Clock
+) -> tuple[np.ndarray, float | None]:
     """Call `fn` `calls` times; return the call times in ns and the cores other processes used."""
     times = np.empty(calls, dtype=np.float64)
     before = _cpu_jiffies()
     block_start = time.perf_counter_ns()
     for k in range(calls):
-        start = time.perf_counter_ns()
-        fn()
-        times[k] = time.perf_counter_ns() - start
+        times[k] = clock(fn)
     wall_s = (time.perf_counter_ns() - block_start) / 1e9
     after = _cpu_jiffies()
     if before is None or after is None or wall_s <= 0:

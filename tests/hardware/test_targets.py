@@ -95,3 +95,32 @@ def test_threads_below_one_is_a_user_error(threads: int) -> None:
 def test_target_base_is_abstract() -> None:
     with pytest.raises(TypeError):
         Target()  # type: ignore[abstract]
+
+
+def test_cuda_target_without_a_gpu_says_so() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(UserInputError, match="--target cuda needs a CUDA GPU"):
+        resolve_target("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_target_times_with_events() -> None:
+    target = resolve_target("cuda")
+    assert target.fingerprint()["runtime"] == "pytorch-eager-cuda"
+    m = target.measure(_mlp(1024), (torch.randn(64, 64),), reference=_mlp(64), rounds=3)
+    assert m.median_ms > 0 and m.ratio is not None and m.ratio > 0
+
+
+def test_a_custom_clock_is_what_the_protocol_reads() -> None:
+    from autocompress.hardware.timing import measure_latency
+
+    calls = []
+
+    def fixed(fn):
+        calls.append(fn())
+        return 2e6  # every call "takes" 2 ms
+
+    m = measure_latency(lambda: 1, lambda: 2, rounds=3, warmup_s=0.0, clock=fixed)
+    assert m.median_ms == pytest.approx(2.0) and m.ratio == pytest.approx(1.0)
+    assert set(calls) == {1, 2}
