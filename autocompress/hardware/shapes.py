@@ -60,6 +60,7 @@ class LayerShape:
         in_group: the coupling group whose pruning shrinks its inputs, or None.
         in_per_channel: input features removed per channel pruned from `in_group` (1 for a
             convolution, the spatial size for a Linear after a flatten).
+        out_size: the output's size per channel per sample (spatial positions, or tokens).
     """
 
     name: str
@@ -69,6 +70,7 @@ class LayerShape:
     group: str | None
     in_group: str | None
     in_per_channel: int
+    out_size: int
 
 
 def geometry_of(module: nn.Module, in_size: Sequence[int]) -> dict[str, Any]:
@@ -133,6 +135,7 @@ class ModelShapes:
         self.layers = list(layers)
         self.group_channels = dict(group_channels)
         self.bf16_compute = bf16_compute
+        self._geometry_json = [json.dumps(x.geometry, sort_keys=True) for x in self.layers]
         self.layer_kernels = lru_cache(maxsize=65536)(self._layer_kernels)
 
     @classmethod
@@ -151,8 +154,9 @@ class ModelShapes:
 
         modules = dict(model.named_modules())
         in_sizes: dict[str, list[int]] = {}
+        out_sizes: dict[str, int] = {}
         hooks = [
-            modules[info.name].register_forward_hook(_record_in_size(info.name, in_sizes))
+            modules[info.name].register_forward_hook(_record_sizes(info.name, in_sizes, out_sizes))
             for info in layers
         ]
         try:
@@ -188,6 +192,7 @@ class ModelShapes:
                 group=info.group,
                 in_group=in_group.get(info.name, (None, 0))[0],
                 in_per_channel=in_group.get(info.name, (None, 0))[1],
+                out_size=out_sizes[info.name],
             )
             for info in layers
         ]
@@ -265,6 +270,9 @@ class ModelShapes:
         """The kernels of layer `index` at these channel counts and rank (cached per instance
         as `layer_kernels`)."""
         layer = self.layers[index]
+        if rank_ratio >= 1.0:  # one kernel of the layer's own geometry: no module needed
+            geometry = self._geometry_json[index]
+            return (Kernel(geometry, cin, cout, cout * layer.out_size, compute),)
         with torch.device("meta"):
             module = build_layer(layer.geometry, cin, cout)
             parts = factor_pair(module, rank_ratio) if rank_ratio < 1.0 else None
@@ -292,9 +300,10 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear)
 
 
-def _record_in_size(name: str, sizes: dict[str, list[int]]) -> Any:
-    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+def _record_sizes(name: str, in_sizes: dict[str, list[int]], out_sizes: dict[str, int]) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         x = args[0]
-        sizes[name] = list(x.shape[1:-1] if isinstance(module, nn.Linear) else x.shape[2:])
+        in_sizes[name] = list(x.shape[1:-1] if isinstance(module, nn.Linear) else x.shape[2:])
+        out_sizes[name] = output[0].numel() // features(module)[1]
 
     return hook

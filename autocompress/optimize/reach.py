@@ -55,8 +55,9 @@ def reachability_notes(ctx: SearchContext) -> list[str]:
     Returns:
         Zero, one or two lines to show before the search starts.
     """
-    from autocompress.compress.apply import apply, bake, deploy
+    from autocompress.compress.apply import apply, bake
     from autocompress.compress.size import compressed_size_bytes
+    from autocompress.hardware.profile import measure_plan
 
     budget, knobs, notes = ctx.budget, list(ctx.knobs), []
     if budget.latency_ms is not None:
@@ -64,12 +65,11 @@ def reachability_notes(ctx: SearchContext) -> list[str]:
         int8 = extreme_plan(knobs, _FASTEST, ctx.round_to, weight_bits=8, act_bits=8)
         if int8 != plans[0]:
             plans.append(int8)
-        ratios = []
-        for plan in plans:
-            model = apply(ctx.dense, plan, ctx.task.inputs())
-            real = deploy(model, plan, ctx.latency_inputs, ctx.task.calibration_batches())
-            ratios.append(ctx.target.measure(real, ctx.latency_inputs, reference=ctx.dense).ratio)
-        fastest_ms = min(r for r in ratios if r is not None) * ctx.baseline.latency_ms
+        ratios = [
+            measure_plan(ctx.dense, plan, ctx.task, ctx.target, ctx.latency_inputs)
+            for plan in plans
+        ]
+        fastest_ms = min(ratios) * ctx.baseline.latency_ms
         if fastest_ms > budget.latency_ms:
             notes.append(
                 f"budget {budget.latency_ms:g} ms is below anything this search space reaches "
