@@ -151,7 +151,7 @@ def test_export_input_errors_exit_2_with_one_line(
         ],
     }  # fmt: skip
     for expected, argv in cases.items():
-        code, out, err = run_cli(capsys, *argv)
+        code, _, err = run_cli(capsys, *argv)
         assert code == 2, (expected, err)
         assert expected in err and len(err.strip().splitlines()) == 1, err
     both = [*base, "--study", name, "--trial", "0", "--pick", "fastest", "--out", "x"]
