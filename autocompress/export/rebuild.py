@@ -45,8 +45,8 @@ def select_trial(
     Args:
         study: an existing study.
         trial: a trial number; exactly one of `trial` and `pick`.
-        pick: "fastest", "smallest" or "most-accurate": among the front's candidates that meet
-            every budget (latency re-measured where the trial records `measured_ms`).
+        pick: "fastest", "smallest" or "most-accurate": on the front of the trials that meet
+            every budget, latency taken as re-measured where a trial records `measured_ms`.
 
     Returns:
         The completed trial.
@@ -73,14 +73,21 @@ def select_trial(
         return chosen
     if pick not in PICKS:
         raise UnknownNameError("pick", str(pick), list(PICKS))
-    from autocompress.optimize.pareto import pareto_front
+    from autocompress.optimize.pareto import candidate, non_dominated
 
     budget = Budget(**(study.user_attrs.get("budget") or {}))
-    pool = [
-        (c, trials[c["trial"]])
-        for c in pareto_front(study)
-        if c["feasible"] and _feasible(c, trials[c["trial"]], budget)
+    baseline = study.user_attrs.get("baseline") or {}
+    done = [t for t in trials.values() if t.state == optuna.trial.TrialState.COMPLETE]
+    feasible = [
+        (c, t)
+        for t in done
+        if "plan" in t.user_attrs
+        for c in [candidate(t, baseline)]
+        if _feasible(c, t, budget)
     ]
+    # The front of the feasible trials, with latency as re-measured where a trial has it.
+    points = [(c["accuracy"], _latency(c, t), c["size_bytes"]) for c, t in feasible]
+    pool = [feasible[i] for i in non_dominated(points)]
     if not pool:
         raise UserInputError(
             f"study {name!r} has no candidate within its budgets ({budget.describe()}) to pick "

@@ -185,3 +185,32 @@ def test_export_refuses_a_failed_trial_and_a_study_with_nothing_feasible(
     )  # fmt: skip
     assert code == 2 and "did not complete" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_pick_judges_latency_by_the_remeasured_figure_where_a_trial_has_one() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("baseline", {"accuracy": 0.99, "latency_ms": 2.0, "size_bytes": 1000})
+    study.set_user_attr("budget", {"latency_ms": 1.0, "size_bytes": None, "max_drop": None})
+
+    def add(accuracy: float, latency_ms: float, measured_ms: float | None) -> int:
+        attrs = {
+            "accuracy": accuracy, "latency_ms": latency_ms, "latency_ratio": latency_ms / 2,
+            "size_bytes": 500, "params": 10, "plan": {"version": 1, "layers": {}},
+        }  # fmt: skip
+        if measured_ms is not None:
+            attrs["measured_ms"] = measured_ms
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[accuracy, latency_ms, 500],
+                user_attrs=attrs,
+                constraints={"latency_ms": latency_ms - 1.0},
+            )
+        )
+        return study.trials[-1].number
+
+    add(0.98, 0.5, measured_ms=1.5)  # fast as searched, over budget when re-measured
+    slower = add(0.97, 0.8, measured_ms=0.9)
+    unmeasured = add(0.96, 0.95, measured_ms=None)
+    assert select_trial(study, pick="fastest").number == slower
+    assert select_trial(study, pick="most-accurate").number == slower
+    assert select_trial(study, trial=unmeasured).number == unmeasured
