@@ -25,6 +25,7 @@ from autocompress.export.artifact import (
     PROGRAM_FILE,
     archive_bytes,
     export_program,
+    fold_batchnorm,
     has_int8,
     load,
     load_program,
@@ -161,7 +162,9 @@ def export(
     try:
         built = rebuild(the_study, chosen, model=model, task=task, train_threads=train_threads)
         program_path = work / PROGRAM_FILE
-        save_program(export_program(built.graph, built.latency_inputs), program_path)
+        # An int8 graph had its BatchNorms folded by PT2E already.
+        graph = built.graph if built.graph is not built.deployable else fold_batchnorm(built.graph)
+        save_program(export_program(graph, built.latency_inputs), program_path)
         metrics, failures = _verify(the_study, chosen, built, program_path, target)
         val_inputs = [x for x, _ in built.task.val]
         onnx = write_onnx(
@@ -260,14 +263,25 @@ def _verify(
         failures.append(f"model.pt2 stores tensors no node reads: {', '.join(unused[:5])}")
     sparse = sorted(n for n, c in built.plan.layers.items() if c.sparsity > 0)
     size_notes = []
+    size_only = sorted(
+        n for n, kind in getattr(built.deployable, "layers", {}).items() if "size only" in kind
+    )
     within = abs(on_disk["file"] - attrs["size_bytes"]) <= SIZE_TOLERANCE * attrs["size_bytes"]
     if not within:
-        why = (
-            f"sparse layers ({', '.join(sparse)}) are stored dense in model.pt2; the count "
-            "assumes their compact (bitmask/CSR) encoding"
-            if sparse
-            else "the rest is container overhead (graph JSON; torch.save's zip and pickle in "
-            "the count) and BatchNorm folded into int8 convolutions"
+        reasons = []
+        if sparse:
+            reasons.append(
+                f"sparse layers ({', '.join(sparse)}) are stored dense; the count assumes their "
+                "compact (bitmask/CSR) encoding"
+            )
+        if size_only:
+            reasons.append(
+                f"low-bit weights that count as size only ({', '.join(size_only)}) are stored "
+                "as float; the count assumes their packed bits"
+            )
+        why = "; ".join(reasons) or (
+            "the rest is container overhead (graph JSON here; torch.save's zip and pickle in "
+            "the count) and BatchNorm folded into the convolutions"
         )
         size_notes.append(
             f"model.pt2 is {on_disk['file']} bytes, {on_disk['file'] / attrs['size_bytes']:.3f}x "
@@ -298,6 +312,7 @@ def _verify(
             "artifact_vs_size_bytes": on_disk["file"] / attrs["size_bytes"],
             "within_2pct": within,
             "sparse_layers_stored_dense": sparse,
+            "size_only_layers_stored_float": size_only,
             "unused_tensors": unused,
             "notes": size_notes,
         },
