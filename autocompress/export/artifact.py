@@ -1,11 +1,15 @@
 """model.pt2: write a deployable model as a compact `torch.export` program, read it back safely.
 
 `torch.export.save` stores the graph as uncompressed JSON (about 190 kB for a ResNet-20, 18%
-of its weights) and, by default, pickled example inputs. Here the JSON entries are deflated
-(190 kB -> 8 kB; `torch.export.load` reads deflated entries), example inputs are left out and
-tensors stay uncompressed. Loading refuses any archive entry that `torch.export.load` would
-unpickle (`use_pickle` payloads, custom or opaque objects, example inputs): an artifact is data,
-never code.
+of its weights) and, by default, pickled example inputs. Here example inputs are left out and
+every entry that deflate shrinks by more than 10% is deflated (`torch.export.load` reads
+deflated entries): the JSON (190 kB -> 8 kB) and the weights that are mostly zeros or few
+distinct values (sparse, int4 levels held as float), which brings such plans from 1.7-2.1x
+their counted compact size to 0.93-1.03x (digits-resnet, joint space); dense float and int8
+weights do not compress and stay stored as they are.
+
+Loading refuses any archive entry that `torch.export.load` would unpickle (`use_pickle`
+payloads, custom or opaque objects, example inputs): an artifact is data, never code.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import copy
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -24,6 +29,9 @@ from autocompress.errors import AutocompressError
 
 PROGRAM_FILE = "model.pt2"
 
+# An archive entry is deflated when that saves more than 10% of it.
+_DEFLATE_BELOW = 0.9
+_LEVEL = 6
 # Node metadata that only helps debugging and would store the user's source paths.
 _DEBUG_META = ("stack_trace", "from_node")
 
@@ -73,7 +81,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
-    """Write `program` to `path` (a .pt2 file): JSON deflated, tensors stored, no example inputs.
+    """Write `program` to `path` (a .pt2 file): compressible entries deflated, no example inputs.
 
     Args:
         program: from `export_program`; its debug metadata and example inputs are dropped.
@@ -89,8 +97,9 @@ def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
         with zipfile.ZipFile(raw) as source, zipfile.ZipFile(path, "w") as target:
             for info in source.infolist():
                 data = source.read(info.filename)
-                method = zipfile.ZIP_DEFLATED if info.filename.endswith(".json") else None
-                target.writestr(info, data, compress_type=method or zipfile.ZIP_STORED)
+                small = len(zlib.compress(data, _LEVEL)) < _DEFLATE_BELOW * len(data)
+                method = zipfile.ZIP_DEFLATED if small else zipfile.ZIP_STORED
+                target.writestr(info, data, compress_type=method, compresslevel=_LEVEL)
     finally:
         raw.unlink(missing_ok=True)
 
@@ -180,17 +189,24 @@ def archive_bytes(path: Path) -> dict[str, int]:
     """How the bytes of a .pt2 file divide: the whole file, tensor payloads, everything else.
 
     Returns:
-        ``{"file": ..., "tensors": ..., "overhead": ...}`` in bytes.
+        ``{"file", "tensors", "tensors_uncompressed", "overhead"}`` in bytes; "tensors" is what
+        the tensor entries take on disk (deflated where that paid), "overhead" the rest.
     """
     total = path.stat().st_size
     with zipfile.ZipFile(path) as archive:
-        tensors = sum(
-            info.file_size
+        entries = [
+            info
             for info in archive.infolist()
             if "/data/weights/weight_" in info.filename
             or "/data/constants/tensor_" in info.filename
-        )
-    return {"file": total, "tensors": tensors, "overhead": total - tensors}
+        ]
+    stored = sum(info.compress_size for info in entries)
+    return {
+        "file": total,
+        "tensors": stored,
+        "tensors_uncompressed": sum(info.file_size for info in entries),
+        "overhead": total - stored,
+    }
 
 
 def unused_tensors(program: torch.export.ExportedProgram) -> list[str]:

@@ -307,6 +307,7 @@ def _verify(
         "artifact_bytes": on_disk["file"],
         "size": {
             "tensor_bytes": on_disk["tensors"],
+            "tensor_bytes_uncompressed": on_disk["tensors_uncompressed"],
             "counted_tensor_bytes": counted_tensors,
             "overhead_bytes": on_disk["overhead"],
             "artifact_vs_size_bytes": on_disk["file"] / attrs["size_bytes"],

@@ -63,7 +63,7 @@ def test_int8_artifact_stores_int8_weights_and_no_float_copies(
     fp32_bytes = 4 * int8_bytes
     # The payload is the int8 weights plus per-channel scales, zero points and biases:
     # far from the fp32 weights it would hold with float copies.
-    assert int8_bytes <= archive_bytes(path)["tensors"] < int8_bytes + fp32_bytes / 4
+    assert int8_bytes <= archive_bytes(path)["tensors_uncompressed"] < int8_bytes + fp32_bytes / 4
 
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
@@ -83,6 +83,29 @@ def test_float_artifact_runs_any_batch_size(tmp_path: Path, tiny_input: torch.Te
         assert not any("stack_trace" in archive.read(n).decode(errors="ignore") for n in names)
         sample = [i for i in archive.infolist() if "sample_inputs" in i.filename]
         assert all(i.file_size == 0 for i in sample)  # no pickled example inputs
+
+
+def test_sparse_weights_are_stored_deflated_near_their_counted_size(
+    tmp_path: Path, tiny_input: torch.Tensor
+) -> None:
+    from autocompress.compress.apply import apply, bake
+    from autocompress.compress.size import compressed_size_bytes
+    from autocompress.config import LayerConfig, Plan
+
+    plan = Plan(layers={name: LayerConfig(sparsity=0.9) for name in LAYERS[1:5]})
+    baked = bake(apply(make_tiny_resnet(), plan, tiny_input))
+    path = tmp_path / "model.pt2"
+    save_program(export_program(baked, (tiny_input,)), path)
+    on_disk = archive_bytes(path)
+    dense_bytes = sum(t.numel() * t.element_size() for t in baked.state_dict().values())
+    # 90% zeros: the weights deflate to a fraction of their dense bytes, and the file comes
+    # near the count that assumes the compact sparse encoding (far below the dense size).
+    assert on_disk["tensors"] < 0.5 * on_disk["tensors_uncompressed"]
+    assert on_disk["file"] < 0.6 * dense_bytes
+    assert on_disk["file"] < 1.1 * compressed_size_bytes(baked, plan)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(load(path)(x), baked(x), rtol=1e-5, atol=1e-5)
 
 
 class _Payload:
