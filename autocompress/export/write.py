@@ -271,13 +271,13 @@ def _verify(
         reasons = []
         if sparse:
             reasons.append(
-                f"sparse layers ({', '.join(sparse)}) are stored dense; the count assumes their "
-                "compact (bitmask/CSR) encoding"
+                f"sparse layers ({', '.join(sparse)}) are stored as dense tensors (deflated); "
+                "the count assumes their compact (bitmask/CSR) encoding"
             )
         if size_only:
             reasons.append(
                 f"low-bit weights that count as size only ({', '.join(size_only)}) are stored "
-                "as float; the count assumes their packed bits"
+                "as float (deflated); the count assumes their packed bits"
             )
         why = "; ".join(reasons) or (
             "the rest is container overhead (graph JSON here; torch.save's zip and pickle in "
