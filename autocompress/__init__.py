@@ -1,6 +1,7 @@
 """autocompress: hardware-aware compression search for PyTorch models.
 
-The front door is small: `search`, `apply`, `load_space`, `Plan`, `LayerConfig`, `Budget`, `Task`.
+The front door is small: `search`, `apply`, `load`, `load_space`, `Plan`, `LayerConfig`, `Budget`,
+`Task`.
 Heavy modules (torch, optuna) load on first use, so `autocompress --help` stays instant.
 """
 
@@ -12,15 +13,17 @@ from autocompress.config import Budget, LayerConfig, Plan
 
 if TYPE_CHECKING:
     from autocompress.compress.apply import apply
+    from autocompress.export.artifact import load
     from autocompress.optimize.run import search
     from autocompress.space.spec import load_space
     from autocompress.task import Task
 
-__all__ = ["Budget", "LayerConfig", "Plan", "Task", "apply", "load_space", "search"]
+__all__ = ["Budget", "LayerConfig", "Plan", "Task", "apply", "load", "load_space", "search"]
 __version__ = "0.1.0"
 
 _LAZY = {
     "apply": "autocompress.compress.apply",
+    "load": "autocompress.export.artifact",
     "search": "autocompress.optimize.run",
     "load_space": "autocompress.space.spec",
     "Task": "autocompress.task",

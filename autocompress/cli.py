@@ -138,6 +138,38 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from autocompress.export import export
+
+    result = export(
+        args.study,
+        out=args.out,
+        trial=args.trial,
+        pick=args.pick,
+        storage=args.storage,
+        model=args.model,
+        task=args.task,
+        train_threads=args.train_threads,
+    )
+    m = result.metrics
+    name = m["metric_name"]
+    print(f"exported trial {result.trial} of study {m['study']} to {result.out}")
+    print(
+        f"  {name} {m['accuracy']:.4f} (study {m['study_accuracy']:.4f}), "
+        f"latency {m['latency_ms']:.3f} ms measured now (study {m['study_latency_ms']:.3f} ms), "
+        f"model.pt2 {m['artifact_bytes']} bytes (size_bytes {m['size_bytes']})"
+    )
+    onnx = m["onnx"]
+    if onnx["written"]:
+        agreement = onnx["top1_agreement"]
+        said = "" if agreement is None else f": top-1 agrees with PyTorch on {agreement:.2%}"
+        print(f"  model.onnx checked in ONNX Runtime{said}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    print(f"  files: {', '.join(result.files)}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autocompress",
@@ -232,6 +264,25 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", default=None)
     report.add_argument("--out", default=None, help="folder (default: reports/<study>/)")
     report.set_defaults(run=_cmd_report)
+
+    exp = sub.add_parser(
+        "export", help="write one candidate as a deployable, verified model (model.pt2, ...)"
+    )
+    exp.add_argument("--study", required=True)
+    exp.add_argument("--storage", default=None)
+    exp.add_argument("--trial", type=int, default=None, help="the trial number to export")
+    exp.add_argument(
+        "--pick",
+        default=None,
+        help="fastest, smallest or most-accurate among the candidates within the budgets",
+    )
+    exp.add_argument("--out", required=True, help="a new folder for the artifact")
+    exp.add_argument("--model", default=None, help="pkg.mod:factory, for a model outside the zoo")
+    exp.add_argument("--task", default=None, help="pkg.mod:factory, for a task outside the zoo")
+    exp.add_argument(
+        "--train-threads", type=int, default=1, help="threads for the replayed fine-tune"
+    )
+    exp.set_defaults(run=_cmd_export)
     return parser
 
 

@@ -108,6 +108,30 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+# The seed of every trial's fine-tune data order: each plan trains on the same batches, and
+# `export` replays a trial's fine-tune exactly (same plan + same steps -> same weights).
+FINETUNE_DATA_SEED = 0
+
+
+@contextmanager
+def fixed_data_order(task: Task, seed: int = FINETUNE_DATA_SEED) -> Iterator[None]:
+    """Within the block, the training loader shuffles as if freshly made with `seed`.
+
+    A DataLoader's shuffling draws from its generator, so without this a trial's batches would
+    depend on every trial before it. Loaders without a generator are left as they are.
+    """
+    generator = getattr(task.train, "generator", None)
+    if not isinstance(generator, torch.Generator):
+        yield
+        return
+    saved = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        generator.set_state(saved)
+
+
 def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
     """Build, measure and score one plan.
 
@@ -147,7 +171,7 @@ def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
         and figures["size_bytes"] > FAR_OVER_BUDGET * budget.size_bytes
     )
     steps = 0 if hopeless else ctx.finetune_steps
-    with torch_threads(ctx.train_threads or training_threads()):
+    with torch_threads(ctx.train_threads or training_threads()), fixed_data_order(ctx.task):
         result = finetune(candidate, ctx.dense, ctx.task, steps=steps)
         figures["accuracy"] = float(ctx.task.metric(candidate, ctx.task.val))
     figures["finetuned"] = steps > 0

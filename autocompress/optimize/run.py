@@ -200,6 +200,7 @@ def search(
     the_study.set_user_attr("space", {"source": the_space.source, "knobs": len(knobs)})
     the_study.set_user_attr("versions", _library_versions())
     the_study.set_user_attr("metric_name", the_task.metric_name)
+    the_study.set_user_attr("finetune_steps", finetune_steps)  # export replays the same recipe
     ctx = SearchContext(
         dense=dense,
         task=the_task,
