@@ -34,7 +34,7 @@ from autocompress.space.sample import plan_from_trial
 from autocompress.space.spec import Knob
 from autocompress.task import Task
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: layers record their output size
 DEFAULT_CALIBRATION_PLANS = 40
 # Per lookup-table entry: few rounds, since entries are many and each is small and steady.
 LUT_ROUNDS = 3

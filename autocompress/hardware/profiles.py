@@ -83,23 +83,27 @@ def predictor_for(
     batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1
     path = profile_path(cache_dir(), model, target, batch, space_key(knobs, round_to))
     profile = None if refresh else load_profile(path)
-    if profile is None:
-        if calibration_plans is None:
-            has_bits = any(k.setting == "weight_bits" for k in knobs)
-            calibration_plans = DEFAULT_CALIBRATION_PLANS if has_bits else 30
-        profile = profile_model(
-            dense,
-            task,
-            target,
-            model=model,
-            shapes=ModelShapes.from_model(dense, task.inputs(), layers),
-            knobs=knobs,
-            round_to=round_to,
-            inputs=inputs,
-            calibration_plans=calibration_plans,
-            show_progress=show_progress,
-        )
-        write_atomic(path, profile.to_json().encode())
+    if profile is not None:
+        try:
+            return LatencyPredictor(profile), path
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("latency profile %s does not fit (%s); profiling again", path, exc)
+    if calibration_plans is None:
+        has_bits = any(k.setting == "weight_bits" for k in knobs)
+        calibration_plans = DEFAULT_CALIBRATION_PLANS if has_bits else 30
+    profile = profile_model(
+        dense,
+        task,
+        target,
+        model=model,
+        shapes=ModelShapes.from_model(dense, task.inputs(), layers),
+        knobs=knobs,
+        round_to=round_to,
+        inputs=inputs,
+        calibration_plans=calibration_plans,
+        show_progress=show_progress,
+    )
+    write_atomic(path, profile.to_json().encode())
     return LatencyPredictor(profile), path
 
 

@@ -85,7 +85,7 @@ def test_profile_round_trips_and_refuses_other_versions(profile: Profile) -> Non
     assert Profile.from_json(profile.to_json()) == profile
     data = json.loads(profile.to_json())
     data["version"] = 0
-    with pytest.raises(ValueError, match="not a version-1 latency profile"):
+    with pytest.raises(ValueError, match="not a version-2 latency profile"):
         Profile.from_json(json.dumps(data))
     assert len(profile.calibration) == 4
     assert all(e["ms"] > 0 and e["out_elems"] > 0 for e in profile.lut)
