@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +16,32 @@ DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, latency_ms, size_
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 
 
-def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
+def resolve_storage(
+    url: str | None, *, heartbeat_s: int | None = None
+) -> optuna.storages.BaseStorage:
     """Turn `--storage` into an Optuna storage; SQLite parent folders are created.
 
     Args:
         url: an RDB URL (sqlite:///path.db, postgresql://...), or None for the default.
+        heartbeat_s: when set, running trials record a heartbeat this often (seconds), and a
+            trial silent for twice as long is failed and queued again (its worker died).
 
     Raises:
         UserInputError: the storage cannot be opened; says which URL and why.
     """
+    from autocompress.optimize.heartbeat import storage_options
+
     url = url or DEFAULT_STORAGE
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        with warnings.catch_warnings():  # optuna 5 calls heartbeats "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **storage_options(url, heartbeat_s))
     except Exception as exc:  # SQLAlchemy raises many kinds; the user needs the URL and the cause
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, ModuleNotFoundError) and url.startswith("postgresql"):
+            first += " (install the driver: pip install psycopg2-binary)"
         raise UserInputError(f"cannot open storage {url!r}: {first}") from None
 
 
