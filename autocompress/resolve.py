@@ -137,7 +137,7 @@ def check_task_fits(name: str, model: nn.Module, task: Task) -> None:
                     shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                     detail = " ".join(str(exc).split())[:200]
                     raise UserInputError(
-                        f"model {name!r} cannot run on task {task.name!r}'s {what} (shape "
+                        f"model {name!r} cannot run on the {what} of task {task.name!r} (shape "
                         f"{shape}): {type(exc).__name__}: {detail}; give a task whose data fits"
                     ) from None
     finally:
