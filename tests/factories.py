@@ -109,3 +109,17 @@ def _nan_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, batch: objec
 def nan_loss_task() -> Task:
     """A task whose fine-tuning loss is NaN from the first step."""
     return _task("nan-loss", loss=_nan_loss)
+
+
+class OutOfMemoryMLP(TinyMLP):
+    """TinyMLP that runs out of memory in every training step (as a too-large batch would)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            raise torch.OutOfMemoryError("tried to allocate 20.00 GiB")
+        return super().forward(x)
+
+
+def out_of_memory_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return OutOfMemoryMLP().eval()

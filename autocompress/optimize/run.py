@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,7 +225,8 @@ def search(
         latency_inputs=latency_inputs,
         baseline=baseline,
     )
-    notes += reachability_notes(ctx)
+    if not worker:  # the parent process already measured and printed these
+        notes += _reachability(ctx)
     if existing == 0:
         for params in _uniform_plans(knobs)[:trials]:
             the_study.enqueue_trial(params, user_attrs={"warm_start": "uniform"})
@@ -257,6 +259,13 @@ def search(
         notes=notes,
         report=report,
     )
+
+
+def _reachability(ctx: SearchContext) -> list[str]:
+    try:
+        return reachability_notes(ctx)
+    except Exception as exc:  # the same failure will be recorded for each trial that meets it
+        return [f"cannot tell whether the budget is reachable: {failure_reason(exc)}"]
 
 
 def _write_report(study: optuna.Study, storage: str | None) -> Path | None:
@@ -293,7 +302,9 @@ def _optimize(
             for number in fail_stale_trials(study, storage):
                 progress.trial_failed(f"#{number}: its worker died; queued again")
             seen = _scored_plans(study)  # other workers may have scored plans meanwhile
-            trial = study.ask()
+            with warnings.catch_warnings():  # we keep the heartbeats ourselves (heartbeat.py)
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                trial = study.ask()
             trial.set_user_attr("worker", _WORKER)
             try:
                 with heartbeat(storage, trial._trial_id):
