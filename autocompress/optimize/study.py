@@ -40,8 +40,8 @@ def resolve_storage(
             return optuna.storages.RDBStorage(url, **storage_options(url, heartbeat_s))
     except Exception as exc:  # SQLAlchemy raises many kinds; the user needs the URL and the cause
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, ModuleNotFoundError) and url.startswith("postgresql"):
-            first += " (install the driver: pip install psycopg2-binary)"
+        if isinstance(exc, ImportError) and url.startswith("postgresql"):
+            first = "no PostgreSQL driver; install it with: pip install 'autocompress[postgres]'"
         raise UserInputError(f"cannot open storage {url!r}: {first}") from None
 
 
