@@ -30,7 +30,8 @@ def storage_options(url: str, heartbeat_s: int | None) -> dict[str, Any]:
     reported quickly; a dropped connection is reopened.
     """
     if url.startswith("sqlite"):
-        engine: dict[str, Any] = {"connect_args": {"timeout": 60}}
+        # isolation_level None: the driver leaves transactions to serialize_sqlite_transactions
+        engine: dict[str, Any] = {"connect_args": {"timeout": 60, "isolation_level": None}}
     elif url.startswith(("postgresql", "mysql")):
         engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     else:
@@ -44,6 +45,21 @@ def storage_options(url: str, heartbeat_s: int | None) -> dict[str, Any]:
     else:
         options["heartbeat_interval"] = None
     return options
+
+
+def serialize_sqlite_transactions(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it begins (BEGIN IMMEDIATE).
+
+    Python's sqlite3 driver runs a SELECT outside any transaction, so two workers could both
+    read a queued trial as WAITING and both take it (Optuna's SELECT ... FOR UPDATE means
+    nothing to SQLite); seen here with 2 local workers. Serialized, the second one waits and
+    then sees the trial RUNNING. The waits are short: a transaction is a few statements.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _interval(storage: optuna.storages.BaseStorage) -> int | None:

@@ -29,7 +29,7 @@ def resolve_storage(
     Raises:
         UserInputError: the storage cannot be opened; says which URL and why.
     """
-    from autocompress.optimize.heartbeat import storage_options
+    from autocompress.optimize.heartbeat import serialize_sqlite_transactions, storage_options
 
     url = url or DEFAULT_STORAGE
     if url.startswith("sqlite:///"):
@@ -37,12 +37,15 @@ def resolve_storage(
     try:
         with warnings.catch_warnings():  # optuna 5 calls heartbeats "experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, **storage_options(url, heartbeat_s))
+            storage = optuna.storages.RDBStorage(url, **storage_options(url, heartbeat_s))
     except Exception as exc:  # SQLAlchemy raises many kinds; the user needs the URL and the cause
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, ImportError) and url.startswith("postgresql"):
             first = "no PostgreSQL driver; install it with: pip install 'autocompress[postgres]'"
         raise UserInputError(f"cannot open storage {url!r}: {first}") from None
+    if url.startswith("sqlite"):
+        serialize_sqlite_transactions(storage.engine)
+    return storage
 
 
 def make_sampler(name: str, *, seed: int, population_size: int) -> optuna.samplers.BaseSampler:

@@ -112,6 +112,11 @@ def test_killed_worker_trial_is_failed_and_retried_on_resume(tmp_path: Path) -> 
               "--study", name, "--heartbeat", "1"]  # fmt: skip
     # a quick trial (no fine-tune steps, so no sleeping), then one that is killed mid-trial
     assert _finish(_search(tmp_path, *common, "--finetune-steps", "0", "--trials", "1"))[0] == 0
+    done = optuna.load_study(study_name=name, storage=storage).trials[0]
+    ((param, distribution),) = done.distributions.items()  # tiny_mlp has one knob
+    fresh = next(c for c in distribution.choices if c != done.params[param])
+    # queue a plan not scored yet, so the next run fine-tunes (a scored plan is told again)
+    optuna.load_study(study_name=name, storage=storage).enqueue_trial({param: fresh})
     proc = _search(tmp_path, *common, "--finetune-steps", "400", "--trials", "1")
     killed = _wait_running(storage, name, proc)
     proc.send_signal(signal.SIGKILL)
