@@ -68,7 +68,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print(
-            "\ninterrupted; the running trial is recorded as failed. Resume with: "
+            "\ninterrupted; running trials are recorded as failed. Resume with: "
             + _resume_command(args),
             file=sys.stderr,
         )
