@@ -56,9 +56,13 @@ ROWS = [
     (["search", *TINY, "--storage", "postgresql://nobody@127.0.0.1:1/x"],
      "cannot open storage 'postgresql://nobody@127.0.0.1:1/x'"),
     (["search", *TINY, "--storage", "nosuchdb://x"], "cannot open storage 'nosuchdb://x'"),
+    (["show", "--study", "mine", "--storage", "sqlite:///afile"],
+     "cannot open storage 'sqlite:///afile': (sqlite3.DatabaseError) file is not a database"),
     (["search", "--model", "digits-resnet", "--study", "mine"],
      "study 'mine' was made for model 'digits-cnn', not 'digits-resnet'"),
     (["show", "--study", "nope"], "no study 'nope'"),
+    (["show", "--study", "s", "--storage", "postgresql://me:secret@127.0.0.1:1/x"],
+     "cannot open storage 'postgresql://me:***@127.0.0.1:1/x'"),
     (["report", "--study", "mine", "--out", "afile/report"], "cannot write the report to"),
 ]  # fmt: skip
 

@@ -42,10 +42,23 @@ def resolve_storage(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, ImportError) and url.startswith("postgresql"):
             first = "no PostgreSQL driver; install it with: pip install 'autocompress[postgres]'"
-        raise UserInputError(f"cannot open storage {url!r}: {first}") from None
+        raise UserInputError(
+            f"cannot open storage {shown_url(url)!r}: {first}; check the URL and that the "
+            "database is reachable"
+        ) from None
     if url.startswith("sqlite"):
         serialize_sqlite_transactions(storage.engine)
     return storage
+
+
+def shown_url(url: str) -> str:
+    """The storage URL as messages show it: any password replaced by ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: nothing to hide in it
+        return url
 
 
 def make_sampler(name: str, *, seed: int, population_size: int) -> optuna.samplers.BaseSampler:
@@ -133,6 +146,6 @@ def load_study(name: str, storage_url: str | None) -> optuna.Study:
     if name not in names:
         listing = ", ".join(names) if names else "none yet (run autocompress search first)"
         raise StudyError(
-            f"no study {name!r} in {storage_url or DEFAULT_STORAGE}; studies: {listing}"
+            f"no study {name!r} in {shown_url(storage_url or DEFAULT_STORAGE)}; studies: {listing}"
         )
     return optuna.load_study(study_name=name, storage=storage)
