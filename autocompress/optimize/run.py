@@ -229,7 +229,10 @@ def search(
         notes += _reachability(ctx)
     if existing == 0:
         for params in _uniform_plans(knobs)[:trials]:
-            the_study.enqueue_trial(params, user_attrs={"warm_start": "uniform"})
+            # skip_if_exists: workers on several machines may start a new study at once
+            the_study.enqueue_trial(
+                params, user_attrs={"warm_start": "uniform"}, skip_if_exists=True
+            )
 
     if workers > 1:
         check_picklable(model=model, task=task, space=space)

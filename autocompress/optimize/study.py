@@ -17,7 +17,7 @@ OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 
 
 def resolve_storage(
-    url: str | None, *, heartbeat_s: int | None = None
+    url: str | None, *, heartbeat_s: int | None = None, read_only: bool = False
 ) -> optuna.storages.BaseStorage:
     """Turn `--storage` into an Optuna storage; SQLite parent folders are created.
 
@@ -25,6 +25,8 @@ def resolve_storage(
         url: an RDB URL (sqlite:///path.db, postgresql://...), or None for the default.
         heartbeat_s: when set, running trials record a heartbeat this often (seconds), and a
             trial silent for twice as long is failed and queued again (its worker died).
+        read_only: only reads (show, report): SQLite transactions need not take the write lock,
+            so a database file the user can only read still opens.
 
     Raises:
         UserInputError: the storage cannot be opened; says which URL and why.
@@ -46,7 +48,7 @@ def resolve_storage(
             f"cannot open storage {shown_url(url)!r}: {first}; check the URL and that the "
             "database is reachable"
         ) from None
-    if url.startswith("sqlite"):
+    if url.startswith("sqlite") and not read_only:
         serialize_sqlite_transactions(storage.engine)
     return storage
 
@@ -141,7 +143,7 @@ def load_study(name: str, storage_url: str | None) -> optuna.Study:
     Raises:
         StudyError: no such study; lists the studies the storage holds.
     """
-    storage = resolve_storage(storage_url)
+    storage = resolve_storage(storage_url, read_only=True)
     names = [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
     if name not in names:
         listing = ", ".join(names) if names else "none yet (run autocompress search first)"

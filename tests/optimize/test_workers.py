@@ -106,6 +106,31 @@ def test_two_workers_fill_one_study_exactly(tmp_path: Path, kind: str) -> None:
             optuna.delete_study(study_name=name, storage=storage)
 
 
+@pytest.mark.skipif(not POSTGRES, reason="set AUTOCOMPRESS_TEST_POSTGRES=postgresql://...")
+def test_separate_searches_share_one_postgres_study(tmp_path: Path) -> None:
+    """What runs on each of several machines: the same search, its own seed, one storage."""
+    assert POSTGRES is not None
+    name = f"machines-{uuid.uuid4().hex[:8]}"
+    procs = [
+        _search(tmp_path, "--model", f"{F}:tiny_mlp", "--task", f"{F}:tiny_task",
+                "--finetune-steps", "1", "--trials", "3", "--seed", str(seed),
+                "--storage", POSTGRES, "--study", name)
+        for seed in (1, 2)
+    ]  # fmt: skip
+    try:
+        for proc in procs:
+            code, _out, err = _finish(proc)
+            assert code == 0, err
+        study = optuna.load_study(study_name=name, storage=POSTGRES)
+        trials = study.get_trials(deepcopy=False)
+        assert _states(study) == {"COMPLETE": 6}
+        assert sorted(t.number for t in trials) == list(range(6))
+        per_machine = collections.Counter(t.user_attrs["worker"] for t in trials)
+        assert sorted(per_machine.values()) == [3, 3], "each search ran its own --trials"
+    finally:
+        optuna.delete_study(study_name=name, storage=POSTGRES)
+
+
 def test_killed_worker_trial_is_failed_and_retried_on_resume(tmp_path: Path) -> None:
     storage, name = f"sqlite:///{tmp_path / 'studies.db'}", "crash"
     common = ["--model", f"{F}:slow_mlp", "--task", f"{F}:tiny_task", "--storage", storage,
