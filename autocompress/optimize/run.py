@@ -47,6 +47,7 @@ from autocompress.task import Task
 
 DEFAULT_MODEL = "digits-resnet"
 _WORKER = f"{platform.node()}:{os.getpid()}"  # which process ran a trial, for many-machine runs
+_BOOKKEEPING = frozenset({"worker", "warm_start", "retry_of", "duplicate_of", "fail_reason"})
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,9 @@ def _optimize(
                     plan = plan_from_trial(trial, ctx.knobs, round_to=ctx.round_to)
                     key = json.dumps(plan.to_dict(), sort_keys=True)
                     if key in seen:
-                        figures = dict(seen[key].user_attrs)
+                        figures = {  # its figures, not who ran it or why it was queued
+                            k: v for k, v in seen[key].user_attrs.items() if k not in _BOOKKEEPING
+                        }
                         figures["duplicate_of"] = seen[key].number
                     else:
                         figures = evaluate_plan(ctx, plan)
