@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from autocompress.config import DEFAULT_FINETUNE_STEPS
 from autocompress.errors import AutocompressError
+from autocompress.optimize.heartbeat import DEFAULT_HEARTBEAT_S
 
 
 def _console():
@@ -63,12 +64,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
             train_threads=args.train_threads,
             latency=args.latency,
             show_progress=not args.quiet,
+            workers=args.workers,
+            heartbeat_s=args.heartbeat or None,
         )
     except KeyboardInterrupt:
-        study = args.study or f"{args.model}-{args.target}"
         print(
-            f"\ninterrupted; the running trial is recorded as failed. Resume with: "
-            f"autocompress search --model {args.model} --study {study} --trials N",
+            "\ninterrupted; running trials are recorded as failed. Resume with: "
+            + _resume_command(args),
             file=sys.stderr,
         )
         return 130
@@ -84,21 +86,43 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_command(args: argparse.Namespace) -> str:
+    """The search command that continues this run's study (same model, task, storage, budgets)."""
+    import shlex
+
+    from autocompress.resolve import model_label
+
+    study = args.study or f"{model_label(args.model)}-{args.target}"
+    words = ["autocompress", "search", "--model", args.model, "--study", study]
+    for flag in ("task", "storage", "space", "budget", "max_size", "max_drop", "workers"):
+        value = getattr(args, flag)
+        if value not in (None, 1, "default"):
+            words += [f"--{flag.replace('_', '-')}", str(value)]
+    return shlex.join([*words, "--trials", "N"])
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
+    from autocompress.optimize.failures import describe_failures, failed_trials
     from autocompress.optimize.pareto import baseline_row, pareto_front
     from autocompress.optimize.study import load_study
     from autocompress.report.table import front_table
 
     study = load_study(args.study, args.storage)
     front = pareto_front(study)
-    if args.json:
+    failures = describe_failures(failed_trials(study))
+    if args.json:  # stdout stays the candidate list; failures go to stderr
         print(json.dumps(front, indent=2))
+        for line in failures:
+            print(line, file=sys.stderr)
         return 0
     baseline = baseline_row(study)
     if baseline is None:
         print(f"study {args.study!r} has no finished trial yet", file=sys.stderr)
-        return 0
-    _console().print(front_table(baseline, front, title=f"Pareto front of study {args.study}"))
+    else:
+        title = f"Pareto front of study {args.study}"
+        _console().print(front_table(baseline, front, title=title))
+    for line in failures:
+        print(line)
     return 0
 
 
@@ -226,6 +250,20 @@ def _parser() -> argparse.ArgumentParser:
         default="predicted",
         help="score trials with the profiled predictor (default; profiles on first use) or "
         "measure every trial; the front is measured after the search either way",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local processes filling the study together; --trials is their total (default: 1)",
+    )
+    s.add_argument(
+        "--heartbeat",
+        type=int,
+        default=DEFAULT_HEARTBEAT_S,
+        metavar="SECONDS",
+        help=f"a running trial's heartbeat interval; one silent for twice as long is failed "
+        f"and retried (default: {DEFAULT_HEARTBEAT_S}; 0: off)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=_cmd_search)

@@ -103,3 +103,42 @@ def resolve_task(spec: str | Task | None, model: ResolvedModel) -> Task:
             "(or give pkg.module:factory)"
         )
     return zoo.load_task(spec)
+
+
+def check_task_fits(name: str, model: nn.Module, task: Task) -> None:
+    """Fail early, with the reason, when the task's data cannot judge the model.
+
+    Runs the model once on the example input and on one validation batch (no gradients).
+
+    Raises:
+        UserInputError: an empty validation or training set, or data the model cannot take.
+    """
+    import torch
+
+    splits = {"val": "validation", "train": "training"}
+    with torch.random.fork_rng(devices=[]):  # a shuffling loader draws from the global RNG
+        first = {split: next(iter(getattr(task, split)), None) for split in splits}
+    for split, words in splits.items():
+        if first[split] is None:
+            raise UserInputError(
+                f"task {task.name!r} has an empty {words} set; give it at least one batch"
+            )
+    batch = first["val"]
+    inputs = batch[0] if isinstance(batch, tuple | list) else batch  # batches are (x, y)
+    checks = {"example input": task.example_input, "validation data": inputs}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for what, x in checks.items():
+                try:
+                    model(*x) if isinstance(x, tuple | list) else model(x)
+                except Exception as exc:
+                    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                    detail = " ".join(str(exc).split())[:200]
+                    raise UserInputError(
+                        f"model {name!r} cannot run on the {what} of task {task.name!r} (shape "
+                        f"{shape}): {type(exc).__name__}: {detail}; give a task whose data fits"
+                    ) from None
+    finally:
+        model.train(was_training)

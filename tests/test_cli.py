@@ -133,34 +133,6 @@ def test_unreachable_budget_runs_and_marks_infeasible(
     assert all(c["violations"]["latency_ms"] > 0 for c in front)
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["search", "--model", "no-such-model"], "unknown model 'no-such-model'; choose one of:"),
-        (["search", "--budget", "50parsecs"], "unknown unit 'parsecs' in --budget"),
-        (["search", "--budget=-3ms"], "--budget must be positive"),
-        (["search", "--max-size", "5 furlongs"], "--max-size"),
-        (["search", "--target", "tpu"], "unknown target 'tpu'; choose one of: cpu"),
-        (["search", "--sampler", "grid"], "unknown sampler 'grid'; choose one of: nsga2"),
-        (["search", "--trials", "0"], "--trials must be at least 1"),
-        (["search", "--space", "missing.yaml"], "search space 'missing.yaml' not found"),
-        (["show", "--study", "nope"], "no study 'nope'"),
-    ],
-)
-def test_bad_input_exits_2_with_one_line(
-    workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
-) -> None:
-    code, _out, err = run_cli(*argv, capsys=capsys)
-    assert code == 2
-    assert message in err
-    assert len(err.strip().splitlines()) == 1
-
-
-def test_unknown_model_lists_zoo(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _, _, err = run_cli("search", "--model", "resnet9000", capsys=capsys)
-    assert "digits-cnn" in err and "digits-resnet" in err
-
-
 def test_study_for_another_model_is_refused(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

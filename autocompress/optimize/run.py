@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from autocompress.config import DEFAULT_FINETUNE_STEPS, Budget
 from autocompress.errors import UserInputError
 from autocompress.hardware.profiles import predictor_for
 from autocompress.hardware.targets import Target, resolve_target
+from autocompress.optimize.heartbeat import DEFAULT_HEARTBEAT_S, fail_stale_trials, heartbeat
 from autocompress.optimize.latency import batch_inputs
 from autocompress.optimize.objectives import (
     Baseline,
@@ -38,13 +41,16 @@ from autocompress.optimize.study import (
     resolve_storage,
 )
 from autocompress.optimize.verify import verify_front
-from autocompress.resolve import model_label, resolve_model, resolve_task
+from autocompress.optimize.workers import check_picklable, run_workers, split_trials
+from autocompress.resolve import check_task_fits, model_label, resolve_model, resolve_task
 from autocompress.space.discover import discover
 from autocompress.space.sample import plan_from_trial
 from autocompress.space.spec import Knob, SearchSpace, load_space, settings_for_methods
 from autocompress.task import Task
 
 DEFAULT_MODEL = "digits-resnet"
+_WORKER = f"{platform.node()}:{os.getpid()}"  # which process ran a trial, for many-machine runs
+_BOOKKEEPING = frozenset({"worker", "warm_start", "retry_of", "duplicate_of", "fail_reason"})
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,9 @@ def search(
     train_threads: int | None = None,
     latency: str = "predicted",
     show_progress: bool = True,
+    workers: int = 1,
+    heartbeat_s: int | None = DEFAULT_HEARTBEAT_S,
+    worker: bool = False,
 ) -> SearchResult:
     """Search per-layer compression plans and return the Pareto front of accuracy, latency, size.
 
@@ -146,6 +155,12 @@ def search(
             and space (profiled first when not cached); "measured" builds and times every
             trial. Either way the front is built and measured after the trials (verify step).
         show_progress: draw a progress bar on stderr.
+        workers: local processes filling the study together (`trials` is split between them);
+            workers on other machines are more searches on the same study and storage.
+        heartbeat_s: seconds between a running trial's heartbeats; a trial silent for twice
+            as long (its worker was killed) is failed and queued again. None: no heartbeats.
+        worker: this call is one of `workers` processes: no notes, no report (the parent
+            process prints and writes them).
 
     Returns:
         The front over all the study's trials, the dense baseline row, and this run's counts.
@@ -159,11 +174,12 @@ def search(
         raise UserInputError(f"--train-threads must be at least 1, got {train_threads}")
     if latency not in ("predicted", "measured"):
         raise UserInputError(f"--latency must be predicted or measured, got {latency!r}")
+    split_trials(trials, workers)  # validates --workers before anything is loaded
     if sampler not in ("nsga2", "tpe", "random"):
         make_sampler(sampler, seed=seed, population_size=2)  # raises the listing error
     hw = resolve_target(target, threads=threads)
     study_name = study or f"{model_label(model)}-{hw.name}"
-    storage_obj = resolve_storage(storage)
+    storage_obj = resolve_storage(storage, heartbeat_s=heartbeat_s)
     identity = {
         "model": model_label(model),
         "target": hw.name,
@@ -175,6 +191,7 @@ def search(
     check_identity(study_name, storage_obj, identity)
     resolved = resolve_model(model)
     the_task = resolve_task(task, resolved)
+    check_task_fits(resolved.name, resolved.model, the_task)
     dense = resolved.model.eval()
     layers = discover(dense, the_task.inputs())
     knobs = the_space.knobs(layers, methods=methods)
@@ -213,7 +230,7 @@ def search(
         latency_inputs=latency_inputs,
         baseline=baseline,
     )
-    if latency == "predicted":
+    if latency == "predicted":  # profiled here once; worker processes find it in the cache
         ctx.predictor, path = predictor_for(
             dense,
             the_task,
@@ -226,14 +243,35 @@ def search(
             show_progress=show_progress,
         )
         notes.append(f"latency predicted from the profile {path}; the front is measured after")
-    notes += reachability_notes(ctx)
+    if not worker:  # the parent process already measured and printed these
+        notes += _reachability(ctx)
     if existing == 0:
-        for params in _uniform_plans(knobs):
-            the_study.enqueue_trial(params, user_attrs={"warm_start": "uniform"})
+        for params in _uniform_plans(knobs)[:trials]:
+            # skip_if_exists: workers on several machines may start a new study at once
+            the_study.enqueue_trial(
+                params, user_attrs={"warm_start": "uniform"}, skip_if_exists=True
+            )
 
-    run, failed = _optimize(the_study, ctx, trials, timeout_s, show_progress, notes)
-    verify_front(the_study, ctx, show_progress=show_progress)
-    report = _write_report(the_study, storage)
+    if workers > 1:
+        check_picklable(model=model, task=task, space=space)
+        child = dict(
+            model=model, task=task, target=target, threads=threads, budget=budget, space=space,
+            methods=methods, timeout_s=timeout_s, sampler=sampler, finetune_steps=finetune_steps,
+            study=study_name, storage=storage, batch_size=batch_size, show_progress=False,
+            heartbeat_s=heartbeat_s, latency=latency, worker=True,
+        )  # fmt: skip
+        run, failed = run_workers(
+            search, child, study=the_study, workers=workers, trials=trials, seed=seed,
+            train_threads=train_threads, show_progress=show_progress, notes=notes,
+        )  # fmt: skip
+    else:
+        run, failed = _optimize(
+            the_study, storage_obj, ctx, trials, timeout_s, show_progress, [] if worker else notes
+        )
+    report = None
+    if not worker:
+        verify_front(the_study, ctx, show_progress=show_progress)
+        report = _write_report(the_study, storage)
     return SearchResult(
         study=study_name,
         storage=storage or "sqlite:///reports/autocompress.db",
@@ -245,6 +283,13 @@ def search(
         notes=notes,
         report=report,
     )
+
+
+def _reachability(ctx: SearchContext) -> list[str]:
+    try:
+        return reachability_notes(ctx)
+    except Exception as exc:  # the same failure will be recorded for each trial that meets it
+        return [f"cannot tell whether the budget is reachable: {failure_reason(exc)}"]
 
 
 def _write_report(study: optuna.Study, storage: str | None) -> Path | None:
@@ -260,52 +305,81 @@ def _write_report(study: optuna.Study, storage: str | None) -> Path | None:
 
 def _optimize(
     study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
     ctx: SearchContext,
     trials: int,
     timeout_s: float | None,
     show_progress: bool,
     notes: list[str],
 ) -> tuple[int, int]:
-    """The ask/tell loop: one plan per trial; a plan already scored is told again, not re-run."""
-    seen = {
-        json.dumps(t.user_attrs["plan"], sort_keys=True): t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if "plan" in t.user_attrs
-    }
+    """The ask/tell loop: one plan per trial; a plan already scored is told again, not re-run.
+
+    Each trial keeps a heartbeat while it runs; before each trial, trials whose worker died
+    are failed and queued again (a queued trial is the next one asked for).
+    """
     started = time.monotonic()
     run = failed = 0
     with SearchProgress(total=trials, enabled=show_progress, notes=notes) as progress:
         for _ in range(trials):
             if timeout_s is not None and time.monotonic() - started > timeout_s:
                 break
-            trial = study.ask()
+            for number in fail_stale_trials(study, storage):
+                progress.trial_failed(f"#{number}: its worker died; queued again")
+            seen = _scored_plans(study)  # other workers may have scored plans meanwhile
+            with warnings.catch_warnings():  # we keep the heartbeats ourselves (heartbeat.py)
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                trial = study.ask()
+            trial.set_user_attr("worker", _WORKER)
             try:
-                plan = plan_from_trial(trial, ctx.knobs, round_to=ctx.round_to)
-                key = json.dumps(plan.to_dict(), sort_keys=True)
-                if key in seen:
-                    figures = dict(seen[key].user_attrs)
-                    figures["duplicate_of"] = seen[key].number
-                else:
-                    figures = evaluate_plan(ctx, plan)
-                    figures["plan"] = plan.to_dict()
+                with heartbeat(storage, trial._trial_id):
+                    plan = plan_from_trial(trial, ctx.knobs, round_to=ctx.round_to)
+                    key = json.dumps(plan.to_dict(), sort_keys=True)
+                    if key in seen:
+                        figures = {  # its figures, not who ran it or why it was queued
+                            k: v for k, v in seen[key].user_attrs.items() if k not in _BOOKKEEPING
+                        }
+                        figures["duplicate_of"] = seen[key].number
+                    else:
+                        figures = evaluate_plan(ctx, plan)
+                        figures["plan"] = plan.to_dict()
                 for name, value in figures.items():
                     trial.set_user_attr(name, value)
                 for name, value in constraint_values(ctx.budget, ctx.baseline, figures).items():
                     trial.set_constraint(name, value)
                 frozen = study.tell(trial, [figures[o] for o in OBJECTIVES])
-                seen.setdefault(key, frozen)
                 progress.trial_done(
                     figures, feasible=all(v <= 0 for v in frozen.constraints.values())
                 )
             except KeyboardInterrupt:
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                _record_failure(study, trial, "interrupted (Ctrl-C)")
                 raise
             except Exception as exc:  # any failure of one plan is recorded and the search goes on
-                reason = f"{type(exc).__name__}: {exc}"
-                trial.set_user_attr("fail_reason", reason)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                reason = failure_reason(exc)
+                _record_failure(study, trial, reason)
                 failed += 1
                 progress.trial_failed(reason)
             run += 1
     return run, failed
+
+
+def _scored_plans(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    """Completed trials by plan (sorted JSON), the first one for each plan."""
+    seen: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if "plan" in t.user_attrs:
+            seen.setdefault(json.dumps(t.user_attrs["plan"], sort_keys=True), t)
+    return seen
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a trial failed, for `show` and the report."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        return f"out of memory ({type(exc).__name__}: {detail[:200]})"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _record_failure(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr("fail_reason", reason)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)

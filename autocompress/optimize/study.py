@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +16,51 @@ DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, latency_ms, size_
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 
 
-def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
+def resolve_storage(
+    url: str | None, *, heartbeat_s: int | None = None, read_only: bool = False
+) -> optuna.storages.BaseStorage:
     """Turn `--storage` into an Optuna storage; SQLite parent folders are created.
 
     Args:
         url: an RDB URL (sqlite:///path.db, postgresql://...), or None for the default.
+        heartbeat_s: when set, running trials record a heartbeat this often (seconds), and a
+            trial silent for twice as long is failed and queued again (its worker died).
+        read_only: only reads (show, report): SQLite transactions need not take the write lock,
+            so a database file the user can only read still opens.
 
     Raises:
         UserInputError: the storage cannot be opened; says which URL and why.
     """
+    from autocompress.optimize.heartbeat import serialize_sqlite_transactions, storage_options
+
     url = url or DEFAULT_STORAGE
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        with warnings.catch_warnings():  # optuna 5 calls heartbeats "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, **storage_options(url, heartbeat_s))
     except Exception as exc:  # SQLAlchemy raises many kinds; the user needs the URL and the cause
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserInputError(f"cannot open storage {url!r}: {first}") from None
+        if isinstance(exc, ImportError) and url.startswith("postgresql"):
+            first = "no PostgreSQL driver; install it with: pip install 'autocompress[postgres]'"
+        raise UserInputError(
+            f"cannot open storage {shown_url(url)!r}: {first}; check the URL and that the "
+            "database is reachable"
+        ) from None
+    if url.startswith("sqlite") and not read_only:
+        serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def shown_url(url: str) -> str:
+    """The storage URL as messages show it: any password replaced by ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: nothing to hide in it
+        return url
 
 
 def make_sampler(name: str, *, seed: int, population_size: int) -> optuna.samplers.BaseSampler:
@@ -114,11 +143,11 @@ def load_study(name: str, storage_url: str | None) -> optuna.Study:
     Raises:
         StudyError: no such study; lists the studies the storage holds.
     """
-    storage = resolve_storage(storage_url)
+    storage = resolve_storage(storage_url, read_only=True)
     names = [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
     if name not in names:
         listing = ", ".join(names) if names else "none yet (run autocompress search first)"
         raise StudyError(
-            f"no study {name!r} in {storage_url or DEFAULT_STORAGE}; studies: {listing}"
+            f"no study {name!r} in {shown_url(storage_url or DEFAULT_STORAGE)}; studies: {listing}"
         )
     return optuna.load_study(study_name=name, storage=storage)

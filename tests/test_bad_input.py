@@ -1,0 +1,181 @@
+"""Bad input, one row each: exit code 2, one line on stderr naming the problem, nothing on disk
+changed (a study database and a cache file exist beforehand and must stay byte-identical)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autocompress.cli import _parser, main
+
+F = "tests.factories"
+TINY = ["--model", f"{F}:tiny_mlp", "--task", f"{F}:tiny_task"]
+
+SPACES = {
+    "unknown-key.yaml": "version: 1\nrulez: []\n",
+    "wrong-type.yaml": "version: 1\ndefaults:\n  keep_ratio: 0.5\n",
+    "empty-choices.yaml": "version: 1\ndefaults:\n  keep_ratio: []\n",
+    "no-layer.yaml": (
+        "version: 1\ndefaults:\n  keep_ratio: [1.0, 0.5]\n"
+        "rules:\n  - match: {name: 'encoder.*'}\n    keep_ratio: [1.0]\n"
+    ),
+    "broken.yaml": "version: 1\ndefaults: [keep_ratio: {\n",
+}
+
+ROWS = [
+    (["search", "--budget", "50parsecs"], "unknown unit 'parsecs' in --budget"),
+    (["search", "--budget=-3ms"], "--budget must be positive"),
+    (["search", "--budget", "0ms"], "--budget must be positive"),
+    (["search", "--max-size", "5 furlongs"], "unknown unit 'furlongs' in --max-size"),
+    (["search", "--max-size", "0MB"], "--max-size must be positive"),
+    (["search", "--max-drop", "1 point"], "unknown unit 'point' in --max-drop"),
+    (["search", "--trials", "0"], "--trials must be at least 1"),
+    (["search", "--workers", "0"], "--workers must be at least 1"),
+    (["search", "--finetune-steps", "-1"], "--finetune-steps must be 0 or more"),
+    (["search", "--model", "no-such-model"], "unknown model 'no-such-model'; choose one of:"),
+    (["search", *TINY[:2], "--task", "no-such-task"], "unknown task 'no-such-task'"),
+    (["search", *TINY[:2]], "needs --task pkg.module:factory"),
+    (["search", "--target", "tpu"], "unknown target 'tpu'; choose one of: cpu"),
+    (["search", "--sampler", "grid"], "unknown sampler 'grid'; choose one of: nsga2"),
+    (["search", "--model", f"{F}:raises"], "raised FileNotFoundError: weights.pt not found"),
+    (["search", "--model", f"{F}:not_a_module"], "returned dict, not a torch.nn.Module"),
+    (["search", "--model", "no_such_pkg.models:make"], "cannot import 'no_such_pkg.models'"),
+    (["search", "--model", f"{F}:tiny_mlp", "--task", f"{F}:wrong_shape_task"],
+     "cannot run on the example input of task 'wrong-shape' (shape (1, 5))"),
+    (["search", "--model", f"{F}:tiny_mlp", "--task", f"{F}:empty_val_task"],
+     "task 'empty-val' has an empty validation set"),
+    (["search", *TINY, "--space", "unknown-key.yaml"], "unknown key 'rulez'"),
+    (["search", *TINY, "--space", "wrong-type.yaml"], "expected a non-empty list of choices"),
+    (["search", *TINY, "--space", "empty-choices.yaml"], "expected a non-empty list of choices"),
+    (["search", *TINY, "--space", "no-layer.yaml"], "rule with name 'encoder.*' matches no layer"),
+    (["search", *TINY, "--space", "broken.yaml"], "broken.yaml: not valid YAML"),
+    (["search", "--space", "missing.yaml"], "search space 'missing.yaml' not found"),
+    (["search", *TINY, "--storage", "postgresql://nobody@127.0.0.1:1/x"],
+     "cannot open storage 'postgresql://nobody@127.0.0.1:1/x'"),
+    (["search", *TINY, "--storage", "nosuchdb://x"], "cannot open storage 'nosuchdb://x'"),
+    (["show", "--study", "mine", "--storage", "sqlite:///afile"],
+     "cannot open storage 'sqlite:///afile': (sqlite3.DatabaseError) file is not a database"),
+    (["search", "--model", "digits-resnet", "--study", "mine"],
+     "study 'mine' was made for model 'digits-cnn', not 'digits-resnet'"),
+    (["show", "--study", "nope"], "no study 'nope'"),
+    (["show", "--study", "s", "--storage", "postgresql://me:secret@127.0.0.1:1/x"],
+     "cannot open storage 'postgresql://me:***@127.0.0.1:1/x'"),
+    (["report", "--study", "mine", "--out", "afile/report"], "cannot write the report to"),
+]  # fmt: skip
+
+EXPORT_ROWS = [
+    (["export", "--study", "mine", "--trial", "99", "--out", "out"], "no trial 99"),
+    (["export", "--study", "mine", "--trial", "0", "--out", "full"], "not empty"),
+    (["export", "--study", "mine", "--trial", "0", "--out", "afile/out"], "afile"),
+]
+has_export = "export" in _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with a study 'mine' (for digits-cnn) in the default storage, a cached weights
+    file, a file where an output folder is asked for, a non-empty folder and bad space files."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "reports").mkdir()
+    storage = f"sqlite:///{tmp_path / 'reports' / 'autocompress.db'}"
+    study = optuna.create_study(study_name="mine", storage=storage, directions=["maximize"] * 3)
+    study.set_user_attr("identity", {"model": "digits-cnn", "target": "cpu"})
+    (tmp_path / "cache" / "zoo").mkdir(parents=True)
+    (tmp_path / "cache" / "zoo" / "digits-cnn-v1.pt").write_bytes(b"cached weights")
+    (tmp_path / "afile").write_text("a file where a folder is expected\n")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("already here\n")
+    for name, text in SPACES.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def _check(workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str):
+    before = _snapshot(workdir)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("autocompress: error: ")
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert _snapshot(workdir) == before
+
+
+def test_table_has_at_least_20_rows() -> None:
+    assert len(ROWS) >= 20
+
+
+@pytest.mark.parametrize(("argv", "message"), ROWS, ids=[" ".join(r[0])[:60] for r in ROWS])
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(
+    workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    _check(workdir, capsys, argv, message)
+
+
+@pytest.mark.skipif(not has_export, reason="the export command is not in this build yet")
+@pytest.mark.parametrize(("argv", "message"), EXPORT_ROWS)
+def test_bad_export_exits_2(
+    workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    _check(workdir, capsys, argv, message)
+
+
+def test_unknown_model_lists_zoo(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "--model", "resnet9000"]) == 2
+    err = capsys.readouterr().err
+    assert "digits-cnn" in err and "digits-resnet" in err
+
+
+class _Planted:
+    """Unpickling this would create a file: the proof that a pickle ran code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_cache_loads_weights_only_and_never_runs_code(tmp_path: Path) -> None:
+    from autocompress.zoo._cache import load_weights
+    from tests.factories import tiny_mlp
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "weights.pt"
+    with path.open("wb") as f:
+        pickle.dump({"fc1.weight": _Planted(str(marker))}, f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError):
+        load_weights(tiny_mlp(), path)
+    assert not marker.exists()
+
+
+def test_space_yaml_python_tags_are_refused(tmp_path: Path) -> None:
+    from autocompress.errors import SpaceError
+    from autocompress.space.spec import load_space
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"version: 1\ndefaults: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_space(path)
+    assert not marker.exists()
+
+
+def test_plan_json_allows_only_known_keys_and_types() -> None:
+    from autocompress.config import Plan
+    from autocompress.errors import PlanError
+
+    with pytest.raises(PlanError, match="unknown plan key"):
+        Plan.from_dict({"version": 1, "layers": {}, "__class__": "os.system"})
+    with pytest.raises(PlanError):
+        Plan.from_dict({"version": 1, "layers": {"fc1": {"keep_ratio": "__import__('os')"}}})
+    with pytest.raises(PlanError, match="unknown setting"):
+        Plan.from_dict({"version": 1, "layers": {"fc1": {"exec": "print(1)"}}})
