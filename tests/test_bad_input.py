@@ -68,7 +68,7 @@ ROWS = [
 
 EXPORT_ROWS = [
     (["export", "--study", "mine", "--trial", "99", "--out", "out"], "no trial 99"),
-    (["export", "--study", "mine", "--trial", "0", "--out", "full"], "not empty"),
+    (["export", "--study", "mine", "--trial", "0", "--out", "full"], "not an empty folder"),
     (["export", "--study", "mine", "--trial", "0", "--out", "afile/out"], "afile"),
 ]
 has_export = "export" in _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
@@ -88,6 +88,13 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     storage = f"sqlite:///{tmp_path / 'reports' / 'autocompress.db'}"
     study = optuna.create_study(study_name="mine", storage=storage, directions=["maximize"] * 3)
     study.set_user_attr("identity", {"model": "digits-cnn", "target": "cpu"})
+    figures = {"accuracy": 0.9, "latency_ms": 0.1, "latency_ratio": 0.9, "size_bytes": 1000}
+    study.add_trial(  # trial 0, complete: export gets as far as checking its --out
+        optuna.trial.create_trial(
+            values=[0.9, 0.1, 1000],
+            user_attrs={**figures, "params": 250, "plan": {"version": 1, "layers": {}}},
+        )
+    )
     (tmp_path / "cache" / "zoo").mkdir(parents=True)
     (tmp_path / "cache" / "zoo" / "digits-cnn-v1.pt").write_bytes(b"cached weights")
     (tmp_path / "afile").write_text("a file where a folder is expected\n")
