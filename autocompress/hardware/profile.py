@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import time
 import warnings
@@ -33,6 +34,8 @@ from autocompress.hardware.targets import Target
 from autocompress.space.sample import plan_from_trial
 from autocompress.space.spec import Knob
 from autocompress.task import Task
+
+log = logging.getLogger(__name__)
 
 PROFILE_VERSION = 2  # 2: layers record their output size
 DEFAULT_CALIBRATION_PLANS = 40
@@ -306,8 +309,12 @@ def profile_model(
         bar.describe(f"profile {model}: {len(plans)} whole plans")
         calibration = []
         for plan in plans:
-            ratio = measure_plan(dense, plan, task, target, inputs)
-            calibration.append({"plan": plan.to_dict(), "ratio": ratio})
+            try:
+                ratio = measure_plan(dense, plan, task, target, inputs)
+            except Exception as exc:  # a plan the model cannot take fails its trial, not this
+                log.warning("calibration plan skipped: %s: %s", type(exc).__name__, exc)
+            else:
+                calibration.append({"plan": plan.to_dict(), "ratio": ratio})
             bar.advance()
     return Profile(
         model=model,
