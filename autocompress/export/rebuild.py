@@ -177,8 +177,9 @@ def rebuild(
     """
     from autocompress.compress.apply import apply, deploy
     from autocompress.evaluate.finetune import finetune
+    from autocompress.hardware.timing import torch_threads
     from autocompress.optimize.latency import batch_inputs
-    from autocompress.optimize.objectives import fixed_data_order, torch_threads
+    from autocompress.optimize.objectives import fixed_data_order
 
     dense, the_task = resolve_study_model(study, model=model, task=task)
     identity = study.user_attrs.get("identity") or {}

@@ -10,7 +10,8 @@ import gc
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -98,30 +99,28 @@ def measure_latency(
             f"got {threads}, {rounds}, {max_retries}"
         )
     fns = [candidate] if reference is None else [candidate, reference]
-    previous_threads = torch.get_num_threads()
     gc_was_enabled = gc.isenabled()
-    torch.set_num_threads(threads)
-    try:
-        tick = clock or wall_clock
-        per_call_ns = min(_warm_up(fn, warmup_s, tick) for fn in fns)
-        calls = max(3, math.ceil(min_block_ms * _NS_PER_MS / max(per_call_ns, 1.0)))
-        # A collection in the middle of a block is noise that belongs to neither callable.
-        gc.disable()
-        block_medians: list[list[float]] = [[] for _ in fns]
-        candidate_calls: list[np.ndarray] = []
-        remeasured = 0
-        for r in range(rounds):
-            order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
-            for i in order:
-                times, retried = _time_clean_block(fns[i], calls, max_spread, max_retries, tick)
-                remeasured += retried
-                block_medians[i].append(float(np.median(times)))
-                if i == 0:
-                    candidate_calls.append(times)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-        torch.set_num_threads(previous_threads)
+    with torch_threads(threads):
+        try:
+            tick = clock or wall_clock
+            per_call_ns = min(_warm_up(fn, warmup_s, tick) for fn in fns)
+            calls = max(3, math.ceil(min_block_ms * _NS_PER_MS / max(per_call_ns, 1.0)))
+            # A collection in the middle of a block is noise that belongs to neither callable.
+            gc.disable()
+            block_medians: list[list[float]] = [[] for _ in fns]
+            candidate_calls: list[np.ndarray] = []
+            remeasured = 0
+            for r in range(rounds):
+                order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+                for i in order:
+                    times, retried = _time_clean_block(fns[i], calls, max_spread, max_retries, tick)
+                    remeasured += retried
+                    block_medians[i].append(float(np.median(times)))
+                    if i == 0:
+                        candidate_calls.append(times)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
     all_calls = np.concatenate(candidate_calls)
     ref_ms = ratio = None
@@ -140,6 +139,17 @@ def measure_latency(
         threads=threads,
         remeasured_blocks=remeasured,
     )
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Set torch's intra-op threads for a block and restore them after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def wall_clock(fn: Callable[[], object]) -> float:

@@ -18,7 +18,7 @@ from autocompress.evaluate.finetune import finetune
 from autocompress.evaluate.metrics import param_count, size_bytes
 from autocompress.hardware.predictor import LatencyPredictor
 from autocompress.hardware.targets import Target
-from autocompress.hardware.timing import other_cores_busy
+from autocompress.hardware.timing import other_cores_busy, torch_threads
 from autocompress.space.spec import Knob
 from autocompress.task import Task
 
@@ -95,17 +95,6 @@ def training_threads() -> int:
     cores = os.cpu_count() or 1
     busy = other_cores_busy()
     return cores if busy is not None and busy < 0.3 else 1
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Set torch's intra-op threads for a block and restore them after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # The seed of every trial's fine-tune data order: each plan trains on the same batches, and

@@ -24,7 +24,7 @@ def test_training_threads_follows_the_neighbours(
 
 def test_torch_threads_restores_after_an_error() -> None:
     before = torch.get_num_threads()
-    with pytest.raises(RuntimeError), objectives.torch_threads(before + 1):
+    with pytest.raises(RuntimeError), timing.torch_threads(before + 1):
         assert torch.get_num_threads() == before + 1
         raise RuntimeError("boom")
     assert torch.get_num_threads() == before
