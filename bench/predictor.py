@@ -6,13 +6,10 @@ What it measures, for each model and search space asked for:
 - check: N random plans from the space drawn with another seed than the profile's (none used
   in fitting), each predicted, then built and measured interleaved with the dense model:
   fraction within +-10% of measured, mean absolute percentage error, Spearman rank
-  correlation, and the slowest single prediction;
-- budget (optional, --search-trials T): a T-trial search with predicted latency and a budget
-  of 0.7x the dense latency; of the front candidates predicted within the budget, how many
-  meet it when the verify step measures them.
+  correlation, and the slowest single prediction.
 
 Usage: python bench/predictor.py [--models NAME ...] [--space default] [--plans 100]
-       [--search-trials 0] [--out reports/benchmarks/predictor.md]
+       [--out reports/benchmarks/predictor.md]
 Writes the table to --out (one section per space, replaced on a re-run) and prints it.
 """
 
@@ -21,38 +18,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-from autocompress.config import Budget
 from autocompress.hardware.targets import CpuTarget
 from autocompress.optimize.latency import profile
-from autocompress.optimize.run import search
 
 MODELS = ("digits-cnn", "digits-resnet", "mnist1d-cnn")
-
-
-def _budget_row(model: str, space: str, trials: int) -> str:
-    """Run a predicted-latency search with a tight budget; count verified-feasible candidates."""
-    with tempfile.TemporaryDirectory() as tmp:
-        storage = f"sqlite:///{tmp}/bench.db"
-        probe = search(model, space=space, trials=1, storage=storage, study="probe",
-                       finetune_steps=0, show_progress=False)  # fmt: skip
-        limit = round(0.7 * probe.baseline["latency_ms"], 4)
-        result = search(
-            model, space=space, trials=trials, storage=storage, study="budget",
-            budget=Budget(latency_ms=limit), train_threads=1, show_progress=False,
-        )  # fmt: skip
-    predicted_ok = [c for c in result.front if c["predicted_ms"] <= limit]
-    verified_ok = [c for c in predicted_ok if c["measured_ms"] <= limit]
-    return (
-        f"| {model} | {trials} | {limit:.3f} | {len(result.front)} | {len(predicted_ok)} | "
-        f"{len(verified_ok)} |"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--space", default="default")
     parser.add_argument("--plans", type=int, default=100, help="fresh plans per model")
-    parser.add_argument("--search-trials", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/predictor.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -81,18 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{(time.monotonic() - started) / 60:.1f} |"
         )
         print(rows[-1], flush=True)
-    budget_rows = []
-    if args.search_trials:
-        for model in args.models:
-            budget_rows.append(_budget_row(model, args.space, args.search_trials))
-            print(budget_rows[-1], flush=True)
 
     cpu = CpuTarget().fingerprint()["cpu_model"]
     lines = [
         f"## Latency predictor, space `{args.space}` ({datetime.date.today()})",
         "",
         f"`python bench/predictor.py --space {args.space} --plans {args.plans}"
-        + (f" --search-trials {args.search_trials}" if args.search_trials else "")
         + f"` on {cpu}, torch {torch.__version__}, 1 thread, batch 1. Fresh plans: drawn with",
         "another seed than the profile's; each predicted, then built and measured interleaved",
         "with the dense model (ratio to dense). within10: fraction within +-10% of measured.",
@@ -103,16 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         *rows,
         "",
     ]
-    if budget_rows:
-        lines += [
-            "Budget searches (budget 0.7x dense latency; predicted latency, front verified):",
-            "",
-            "| model | trials | budget ms | front | predicted feasible | of those, measured "
-            "feasible |",
-            "|---|---|---|---|---|---|",
-            *budget_rows,
-            "",
-        ]
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
