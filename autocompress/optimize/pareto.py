@@ -38,8 +38,10 @@ def measured_ms(trial: optuna.trial.FrozenTrial, verified: dict[str, Any]) -> fl
     attrs = trial.user_attrs
     if "measured_ms" in attrs:
         return attrs["measured_ms"]
-    if str(trial.number) in verified:
-        return verified[str(trial.number)]["measured_ms"]
+    # A plan told again (`duplicate_of`) was measured under its first trial's number.
+    for number in (trial.number, attrs.get("duplicate_of")):
+        if number is not None and str(number) in verified:
+            return verified[str(number)]["measured_ms"]
     if "predicted_ms" not in attrs and "latency_ms" in attrs:
         return attrs["latency_ms"]  # studies from before the predictor measured every trial
     return None

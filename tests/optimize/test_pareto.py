@@ -9,7 +9,13 @@ import pytest
 
 from autocompress.config import Budget, LayerConfig, Plan
 from autocompress.optimize.objectives import Baseline, constraint_values
-from autocompress.optimize.pareto import baseline_row, dominates, non_dominated, pareto_front
+from autocompress.optimize.pareto import (
+    baseline_row,
+    dominates,
+    measured_ms,
+    non_dominated,
+    pareto_front,
+)
 
 BASELINE = {"accuracy": 0.92, "latency_ms": 4.0, "size_bytes": 2000, "params": 500}
 
@@ -212,3 +218,14 @@ def test_trials_measured_during_the_search_need_no_verification() -> None:
     old = _tell(study, 0.8, 1.2, 900)  # a study from before the predictor: latency_ms measured
     front = {c["trial"]: c for c in pareto_front(study)}
     assert front[new]["measured_ms"] == 1.5 and front[old]["measured_ms"] == 1.2
+
+
+def test_a_plan_told_again_shares_its_first_trials_measurement() -> None:
+    study = _study()
+    first = _tell(study, 0.9, 1.5, 1000, predicted_ms=1.5)
+    again = _tell(study, 0.9, 1.5, 1000, predicted_ms=1.5, duplicate_of=first)
+    study.set_user_attr("verified", {str(first): {"measured_ms": 1.4}})
+    front = pareto_front(study)
+    assert [c["trial"] for c in front] == [first]  # same figures once verified: shown once
+    trials = {t.number: t for t in study.trials}
+    assert measured_ms(trials[again], study.user_attrs["verified"]) == 1.4
