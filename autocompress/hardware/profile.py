@@ -105,7 +105,7 @@ def random_plans(
     *,
     seed: int,
     round_to: int | None = None,
-    float_every: int = 0,
+    keep_float_plans: bool = False,
 ) -> list[Plan]:
     """`count` plans drawn uniformly from the knobs' choices (as a random-sampler trial would).
 
@@ -114,18 +114,20 @@ def random_plans(
         count: how many plans.
         seed: random seed; the same seed gives the same plans.
         round_to: channel multiple for pruning.
-        float_every: when above 0, every this many plans (from the first) keep all weights
-            at 32 bits, so that a mixed-precision space still yields float plans.
+        keep_float_plans: in a space with bit-widths, every fourth plan (from the first) keeps
+            all weights at 32 bits: almost every random mixed-precision plan deploys compiled,
+            and float plans (which deploy eagerly) must be measured too.
 
     Returns:
         The plans (duplicates possible in tiny spaces).
     """
     rng = random.Random(seed)
+    has_bits = any(k.setting == "weight_bits" for k in knobs)
+    float_every = 4 if keep_float_plans and has_bits else 0
     plans = []
     for i in range(count):
         params = {k.param: rng.choice(list(k.choices)) for k in knobs}
         if float_every and i % float_every == 0:
-            # All-float plans deploy eagerly, unlike almost every random mixed-precision one.
             params.update({k.param: 32 for k in knobs if k.setting == "weight_bits"})
         plans.append(plan_from_trial(optuna.trial.FixedTrial(params), knobs, round_to=round_to))
     return plans
@@ -156,11 +158,8 @@ def lut_grid(
         if layer.group is not None:
             outs = _counts(shapes, layer.group, keeps[layer.group], round_to)
         if layer.in_group is not None:
-            full = shapes.group_channels[layer.in_group]
-            ins = [
-                layer.in_features - layer.in_per_channel * (full - kept)
-                for kept in _counts(shapes, layer.in_group, keeps[layer.in_group], round_to)
-            ]
+            kept_in = _counts(shapes, layer.in_group, keeps[layer.in_group], round_to)
+            ins = [shapes.fan_in(layer, kept) for kept in kept_in]
         for cin in ins:
             for cout in outs:
                 for rank in choices.get((layer.name, "rank_ratio"), [1.0]):
@@ -231,7 +230,7 @@ def measure_lut(
         grid: from `lut_grid`.
         target: where to time.
         batch: batch size.
-        progress: a `_Bar` to advance per entry, or None.
+        progress: a `Bar` to advance per entry, or None.
 
     Returns:
         `{"geometry", "cin", "cout", "out_elems", "ms"}` per entry.
@@ -295,14 +294,13 @@ def profile_model(
     if calibration_plans < 1:
         raise UserInputError(f"calibration plans must be at least 1, got {calibration_plans}")
     started = time.monotonic()
-    batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1
+    batch = batch_size_of(inputs)
     grid = lut_grid(shapes, knobs, round_to)
     points = sum(len(c) * len(o) for c, o in grid.values())
-    has_bits = any(k.setting == "weight_bits" for k in knobs)
     plans = random_plans(
-        knobs, calibration_plans, seed=seed, round_to=round_to, float_every=4 if has_bits else 0
+        knobs, calibration_plans, seed=seed, round_to=round_to, keep_float_plans=True
     )
-    with _Bar(points + len(plans), enabled=show_progress) as bar:
+    with Bar(points + len(plans), enabled=show_progress) as bar:
         bar.describe(f"profile {model}: {points} kernel sizes")
         lut = measure_lut(grid, target, batch, progress=bar)
         dense_ms = target.measure(dense, inputs, rounds=2 * target.rounds).median_ms
@@ -329,7 +327,12 @@ def profile_model(
     )
 
 
-class _Bar:
+def batch_size_of(inputs: tuple[torch.Tensor, ...]) -> int:
+    """The batch size of a model's input batch (1 for a scalar first input)."""
+    return int(inputs[0].shape[0]) if inputs[0].dim() else 1
+
+
+class Bar:
     """A rich progress bar on stderr (or nothing when disabled)."""
 
     def __init__(self, total: int, *, enabled: bool) -> None:
@@ -353,7 +356,7 @@ class _Bar:
         )
         self._task = self._progress.add_task("profile", total=total)
 
-    def __enter__(self) -> _Bar:
+    def __enter__(self) -> Bar:
         self._progress.start()
         return self
 

@@ -17,7 +17,9 @@ from autocompress.errors import UserInputError
 from autocompress.hardware.predictor import LatencyPredictor
 from autocompress.hardware.profile import (
     DEFAULT_CALIBRATION_PLANS,
+    Bar,
     Profile,
+    batch_size_of,
     measure_plan,
     profile_model,
     profile_path,
@@ -80,7 +82,7 @@ def predictor_for(
     Returns:
         (the predictor, the profile's path).
     """
-    batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1
+    batch = batch_size_of(inputs)
     path = profile_path(cache_dir(), model, target, batch, space_key(knobs, round_to))
     profile = None if refresh else load_profile(path)
     if profile is not None:
@@ -184,16 +186,11 @@ def check_predictor(
     Returns:
         The predicted and measured ratios.
     """
-    from autocompress.hardware.profile import _Bar
-
     if plans < 1:
         raise UserInputError(f"--check needs at least 1 plan, got {plans}")
-    has_bits = any(k.setting == "weight_bits" for k in knobs)
-    drawn = random_plans(
-        knobs, plans, seed=1000 + seed, round_to=round_to, float_every=4 if has_bits else 0
-    )
+    drawn = random_plans(knobs, plans, seed=1000 + seed, round_to=round_to, keep_float_plans=True)
     predicted, measured, slowest = [], [], 0.0
-    with _Bar(len(drawn), enabled=show_progress) as bar:
+    with Bar(len(drawn), enabled=show_progress) as bar:
         bar.describe(f"check: {len(drawn)} fresh plans")
         for plan in drawn:
             start = time.perf_counter()

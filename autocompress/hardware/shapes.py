@@ -138,6 +138,10 @@ class ModelShapes:
         self.layers = list(layers)
         self.group_channels = dict(group_channels)
         self.bf16_compute = bf16_compute
+        self._group_members: dict[str, list[str]] = {}
+        for layer in self.layers:
+            if layer.group is not None:
+                self._group_members.setdefault(layer.group, []).append(layer.name)
         self._geometry_json = [json.dumps(x.geometry, sort_keys=True) for x in self.layers]
         self.layer_kernels = lru_cache(maxsize=65536)(self._layer_kernels)
 
@@ -236,7 +240,7 @@ class ModelShapes:
         """
         kept = {
             group: self.kept(group, plan.config(members[0]).keep_ratio, plan.round_to)
-            for group, members in self._members().items()
+            for group, members in self._group_members.items()
         }
         compiled = any(cfg.weight_bits < 32 for cfg in plan.layers.values())
         found: list[Kernel] = []
@@ -244,19 +248,17 @@ class ModelShapes:
             cout = kept[layer.group] if layer.group else layer.out_features
             cin = layer.in_features
             if layer.in_group is not None:
-                pruned = self.group_channels[layer.in_group] - kept[layer.in_group]
-                cin -= layer.in_per_channel * pruned
+                cin = self.fan_in(layer, kept[layer.in_group])
             cfg = plan.config(layer.name)
             compute = self._compute(layer, cfg) if compiled else FP32
             found.extend(self.layer_kernels(index, cin, cout, cfg.rank_ratio, compute))
         return found
 
-    def _members(self) -> dict[str, list[str]]:
-        members: dict[str, list[str]] = {}
-        for layer in self.layers:
-            if layer.group is not None:
-                members.setdefault(layer.group, []).append(layer.name)
-        return members
+    def fan_in(self, layer: LayerShape, kept_in: int) -> int:
+        """A layer's input channels when its `in_group` keeps `kept_in` channels."""
+        assert layer.in_group is not None
+        pruned = self.group_channels[layer.in_group] - kept_in
+        return layer.in_features - layer.in_per_channel * pruned
 
     def kept(self, group: str, keep_ratio: float, round_to: int | None) -> int:
         """Channels a coupling group keeps at a keep ratio."""

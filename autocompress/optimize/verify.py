@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 
 from autocompress.config import Plan
-from autocompress.hardware.profile import _Bar, measure_plan
+from autocompress.hardware.profile import Bar, measure_plan
 from autocompress.optimize.objectives import SearchContext
 from autocompress.optimize.pareto import pareto_front
 
@@ -30,7 +30,7 @@ def verify_front(study: optuna.Study, ctx: SearchContext, *, show_progress: bool
     if not todo:
         return 0
     verified = dict(study.user_attrs.get("verified") or {})
-    with _Bar(len(todo), enabled=show_progress) as bar:
+    with Bar(len(todo), enabled=show_progress) as bar:
         bar.describe(f"verify: measuring {len(todo)} front candidates")
         for c in todo:
             ratio = measure_plan(
