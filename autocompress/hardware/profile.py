@@ -31,6 +31,7 @@ from autocompress.config import Plan
 from autocompress.errors import UserInputError
 from autocompress.hardware.shapes import FP32, ModelShapes, build_layer, example_input
 from autocompress.hardware.targets import Target
+from autocompress.hardware.timing import Measurement
 from autocompress.space.sample import plan_from_trial
 from autocompress.space.spec import Knob
 from autocompress.task import Task
@@ -206,15 +207,44 @@ def measure_plan(
     Returns:
         The latency ratio, deployed plan / dense model (median of paired rounds).
     """
-    from autocompress.compress.apply import apply, deploy
+    from autocompress.compress.apply import apply
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # layers kept float are reported by the search itself
         candidate = apply(dense, plan, task.inputs())
-        deployed = deploy(candidate, plan, inputs, task.calibration_batches())
-    measurement = target.measure(deployed, inputs, reference=dense, rounds=rounds)
+        measurement = measure_candidate(candidate, plan, dense, task, target, inputs, rounds=rounds)
     assert measurement.ratio is not None
     return measurement.ratio
+
+
+def measure_candidate(
+    candidate: nn.Module,
+    plan: Plan,
+    dense: nn.Module,
+    task: Task,
+    target: Target,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    rounds: int | None = None,
+) -> Measurement:
+    """Deploy a model built by `apply` (real kernels) and time it interleaved with `dense`.
+
+    Args:
+        candidate: `apply(dense, plan, ...)`, fine-tuned or not (not modified).
+        plan: the plan it was built from.
+        dense: the reference model.
+        task: gives the int8 calibration batches.
+        target: where to time it.
+        inputs: the input batch to time with.
+        rounds: timing rounds; None for the target's default.
+
+    Returns:
+        The Measurement; its `ratio` is deployed candidate / dense.
+    """
+    from autocompress.compress.apply import deploy
+
+    deployed = deploy(candidate, plan, inputs, task.calibration_batches())
+    return target.measure(deployed, inputs, reference=dense, rounds=rounds)
 
 
 def measure_lut(

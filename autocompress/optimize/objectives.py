@@ -11,12 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.compress.apply import apply, bake, deploy
+from autocompress.compress.apply import apply, bake
 from autocompress.compress.size import compressed_size_bytes
 from autocompress.config import Budget, Plan
 from autocompress.evaluate.finetune import finetune
 from autocompress.evaluate.metrics import param_count, size_bytes
 from autocompress.hardware.predictor import LatencyPredictor
+from autocompress.hardware.profile import measure_candidate
 from autocompress.hardware.targets import Target
 from autocompress.hardware.timing import other_cores_busy, torch_threads
 from autocompress.space.spec import Knob
@@ -143,8 +144,9 @@ def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
     else:
         # Latency depends on the architecture and kernels, not on the weights' values, so the
         # deployable build is timed before fine-tuning; a hopeless plan then skips the fine-tune.
-        deployable = deploy(candidate, plan, ctx.latency_inputs, ctx.task.calibration_batches())
-        measurement = ctx.target.measure(deployable, ctx.latency_inputs, reference=ctx.dense)
+        measurement = measure_candidate(
+            candidate, plan, ctx.dense, ctx.task, ctx.target, ctx.latency_inputs
+        )
         assert measurement.ratio is not None
         ratio = measurement.ratio
         figures["measured_ms"] = ratio * ctx.baseline.latency_ms
