@@ -61,8 +61,27 @@ def rank_for(module: nn.Module, rank_ratio: float, *, conv_svd: ConvSVD = DEFAUL
         raise ValueError(f"rank_ratio must be a positive number, got {rank_ratio!r}")
     if not isinstance(module, _SUPPORTED):
         raise TypeError(f"cannot factorize a {type(module).__name__}")
-    full = min(_matrix_shape(module, conv_svd))
+    return _kept_rank(min(matrix_shape(module, conv_svd)), rank_ratio)
+
+
+def _kept_rank(full: int, rank_ratio: float) -> int:
     return min(full, max(1, round(rank_ratio * full)))
+
+
+def smaller_rank(rows: int, cols: int, rank_ratio: float) -> int | None:
+    """The rank a rows x cols layer matrix keeps at `rank_ratio` (as `rank_for` counts it), or
+    None where that rank would not leave fewer weights than the matrix (then `low_rank`
+    refuses the layer). Full rank (ratio 1.0) is always returned: it is how exactness is checked.
+
+    Args:
+        rows: the matrix's rows (output side; see `matrix_shape`).
+        cols: its columns.
+        rank_ratio: the fraction of the full rank to keep.
+    """
+    rank = _kept_rank(min(rows, cols), rank_ratio)
+    if rank_ratio < 1.0 and rank * (rows + cols) >= rows * cols:
+        return None
+    return rank
 
 
 def unsupported_reason(
@@ -88,10 +107,9 @@ def unsupported_reason(
             return f"grouped/depthwise convolutions (groups={module.groups}) are not supported"
         if module.padding_mode != "zeros":
             return f"padding_mode={module.padding_mode!r} is not supported (only 'zeros')"
-    rows, cols = _matrix_shape(module, conv_svd)
+    rows, cols = matrix_shape(module, conv_svd)
     rank = rank_for(module, rank_ratio, conv_svd=conv_svd)
-    # Full rank is allowed even when larger than the layer: it is how exactness is checked.
-    if rank_ratio < 1.0 and rank * (rows + cols) >= rows * cols:
+    if smaller_rank(rows, cols, rank_ratio) is None:
         return (
             f"rank {rank} of {min(rows, cols)} keeps {rank * (rows + cols)} weights, "
             f"not fewer than the layer's {rows * cols}"
@@ -221,8 +239,9 @@ def _is_spatial(module: nn.Module, conv_svd: ConvSVD) -> bool:
     )
 
 
-def _matrix_shape(module: nn.Module, conv_svd: ConvSVD) -> tuple[int, int]:
-    """(rows, cols) of the matrix the SVD factorizes: rows on the output side."""
+def matrix_shape(module: nn.Module, conv_svd: ConvSVD = DEFAULT_CONV_SVD) -> tuple[int, int]:
+    """(rows, cols) of the matrix the SVD factorizes: rows on the output side (out channels
+    times the kernel width for spatial SVD), cols on the input side."""
     w = module.weight
     if _is_spatial(module, conv_svd):
         out, cin, kh, kw = w.shape
@@ -234,7 +253,7 @@ def _as_matrix(module: nn.Module, conv_svd: ConvSVD) -> torch.Tensor:
     w = module.weight.detach()
     if _is_spatial(module, conv_svd):
         # M[(n, j), (c, i)] = W[n, c, i, j]: a rank-1 term is a (kh x 1) filter then a (1 x kw) one.
-        return w.permute(0, 3, 1, 2).reshape(_matrix_shape(module, conv_svd))
+        return w.permute(0, 3, 1, 2).reshape(matrix_shape(module, conv_svd))
     return w.reshape(w.shape[0], -1)
 
 

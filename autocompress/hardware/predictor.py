@@ -1,13 +1,14 @@
 """Predict a plan's latency on a target from its profile, in well under a millisecond.
 
 Two layers of model, both fitted on what `hardware.profile` measured:
-1. Kernel times: a lookup table per Conv/Linear geometry over (input, output) channels,
-   bilinear between the measured points; a geometry the profile never timed falls back to a
-   scikit-learn ridge regression in log space over all timed kernels.
+1. Kernel times: a lookup table per Conv/Linear geometry and number format (fp32, int8,
+   bf16) over (input, output) channels, bilinear between the measured points; a kernel the
+   profile never timed falls back to a scikit-learn ridge regression in log space over all
+   timed kernels of its format (of fp32 when it timed none).
 2. Whole model: a non-negative linear regression (scikit-learn) from per-plan sums of those
    kernel times and of output sizes, normalised by the dense model's, to the measured latency
    ratio. Plans that deploy eagerly (every layer float) and plans compiled with int8/bf16
-   layers are fitted separately: compiled graphs fuse and their kernels differ.
+   layers are fitted separately: compiled graphs fuse, and convert between formats.
 
 The prediction is a ratio to the dense model; times the study's dense latency it gives ms.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -73,16 +75,22 @@ class LatencyPredictor:
 
         self.profile = profile
         self.shapes = ModelShapes.from_dict(profile.shapes)
-        by_geometry: dict[str, list[dict[str, Any]]] = {}
+        by_kind: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for entry in profile.lut:
-            by_geometry.setdefault(entry["geometry"], []).append(entry)
-        self._tables = {g: _Table(e) for g, e in by_geometry.items()}
-        self._tables = {g: t for g, t in self._tables.items() if t.complete}
-        x = [
-            _kernel_features(json.loads(e["geometry"]), e["cin"], e["cout"], e["out_elems"])
-            for e in profile.lut
-        ]
-        self._fallback = Ridge(alpha=1e-3).fit(x, [math.log(e["ms"]) for e in profile.lut])
+            by_kind.setdefault((entry["geometry"], entry["compute"]), []).append(entry)
+        self._tables = {kind: _Table(e) for kind, e in by_kind.items()}
+        self._tables = {kind: t for kind, t in self._tables.items() if t.complete}
+        # Per format: (coefficients, intercept) of the ridge fit, applied with numpy.
+        self._fallbacks: dict[str, tuple[np.ndarray, float]] = {}
+        for compute in {e["compute"] for e in profile.lut}:
+            entries = [e for e in profile.lut if e["compute"] == compute]
+            x = [
+                _kernel_features(json.loads(e["geometry"]), e["cin"], e["cout"], e["out_elems"])
+                for e in entries
+            ]
+            ridge = Ridge(alpha=1e-3).fit(x, [math.log(e["ms"]) for e in entries])
+            self._fallbacks[compute] = (ridge.coef_, float(ridge.intercept_))
+        self.kernel_ms = lru_cache(maxsize=65536)(self._kernel_ms)
         self._dense = self._totals(self.shapes.kernels(Plan()))
         samples: dict[str, tuple[list[list[float]], list[float]]] = {}
         for point in profile.calibration:
@@ -99,14 +107,17 @@ class LatencyPredictor:
             for regime, (xs, ys) in samples.items()
         }
 
-    def kernel_ms(self, kernel: Kernel) -> float:
-        """One kernel's fp32 eager time: from its lookup table, else the fallback regression."""
-        table = self._tables.get(kernel.geometry)
+    def _kernel_ms(self, kernel: Kernel) -> float:
+        """One kernel's time alone in its format: from its lookup table, else the fallback
+        regression of its format (of fp32 when the profile timed none of that format).
+        Cached per instance as `kernel_ms`."""
+        table = self._tables.get((kernel.geometry, kernel.compute))
         if table is not None:
             return table(kernel.cin, kernel.cout)
+        coef, intercept = self._fallbacks.get(kernel.compute, self._fallbacks[FP32])
         geometry = json.loads(kernel.geometry)
         row = _kernel_features(geometry, kernel.cin, kernel.cout, kernel.out_elems)
-        return float(math.exp(self._fallback.predict([row])[0]))
+        return float(math.exp(float(np.dot(coef, row)) + intercept))
 
     def _totals(self, kernels: Sequence[Kernel]) -> dict[str, float]:
         totals = {"ms": 0.0, "elems": 0.0, "count": float(len(kernels))}

@@ -3,11 +3,12 @@
 Two kinds of measurement, both with the target's timing protocol:
 1. Lookup tables: every Conv/Linear geometry the search space can produce (the dense layers
    and the halves of factorized ones), timed alone at a grid of channel counts (the smallest,
-   middle and largest the space allows on each axis), fp32 eager.
+   middle and largest the space allows on each axis), in every number format the space lets
+   the layer deploy in: fp32 eager, and the int8 and bf16 kernels of `hardware.kernels`.
 2. Calibration: random plans from the space, built and deployed for real (int8 kernels
    compiled) and timed as a ratio to the dense model, interleaved. The predictor learns from
    these how the per-kernel sums turn into a whole model's latency: the other layers,
-   per-call overhead, fusion and the speed of int8 and bf16 kernels.
+   per-call overhead and fusion.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import optuna
 import torch
 from torch import nn
 
-from autocompress.config import Plan
+from autocompress.config import LayerConfig, Plan
 from autocompress.errors import UserInputError
-from autocompress.hardware.shapes import FP32, ModelShapes, build_layer, example_input
+from autocompress.hardware.kernels import timed_kernel
+from autocompress.hardware.shapes import FP32, LayerShape, ModelShapes
 from autocompress.hardware.targets import Target
 from autocompress.hardware.timing import Measurement
 from autocompress.space.sample import plan_from_trial
@@ -38,7 +40,7 @@ from autocompress.task import Task
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 2  # 2: layers record their output size
+PROFILE_VERSION = 3  # 2: layers record their output size; 3: int8 and bf16 tables
 DEFAULT_CALIBRATION_PLANS = 40
 # Per lookup-table entry: few rounds, since entries are many and each is small and steady.
 LUT_ROUNDS = 3
@@ -54,8 +56,8 @@ class Profile:
         batch_size: the batch size everything was timed at.
         space_key: hash of the search space's knobs the profile covers.
         shapes: `ModelShapes.to_dict()`.
-        lut: `{"geometry", "cin", "cout", "out_elems", "ms"}` per lookup-table entry (fp32
-            eager; out_elems per sample).
+        lut: `{"geometry", "compute", "cin", "cout", "out_elems", "ms"}` per lookup-table
+            entry (out_elems per sample).
         calibration: `{"plan", "ratio"}` per measured plan (ratio to the dense model).
         dense_ms: the dense model's median latency during profiling.
         seconds: wall time profiling took.
@@ -136,14 +138,15 @@ def random_plans(
 
 def lut_grid(
     shapes: ModelShapes, knobs: Sequence[Knob], round_to: int | None
-) -> dict[str, tuple[list[int], list[int]]]:
-    """The channel counts to time for every geometry the space can produce.
+) -> dict[tuple[str, str], tuple[list[int], list[int]]]:
+    """The channel counts to time for every geometry and number format the space can produce.
 
-    Every combination of a layer's input keep ratio, output keep ratio and rank is listed;
-    each geometry's axes are then cut to the smallest, middle and largest value seen.
+    Every combination of a layer's input keep ratio, output keep ratio, rank and bit-widths
+    is listed; each (geometry, format)'s axes are then cut to the smallest, middle and
+    largest value seen.
 
     Returns:
-        ``{geometry: (cin values, cout values)}``.
+        ``{(geometry, compute): (cin values, cout values)}``.
     """
     choices: dict[tuple[str, str], list[Any]] = {}
     for knob in knobs:
@@ -153,7 +156,7 @@ def lut_grid(
     for layer in shapes.layers:
         if layer.group is not None:
             keeps.setdefault(layer.group, choices.get((layer.name, "keep_ratio"), [1.0]))
-    seen: dict[str, tuple[set[int], set[int]]] = {}
+    seen: dict[tuple[str, str], tuple[set[int], set[int]]] = {}
     for index, layer in enumerate(shapes.layers):
         outs, ins = [layer.out_features], [layer.in_features]
         if layer.group is not None:
@@ -161,14 +164,30 @@ def lut_grid(
         if layer.in_group is not None:
             kept_in = _counts(shapes, layer.in_group, keeps[layer.in_group], round_to)
             ins = [shapes.fan_in(layer, kept) for kept in kept_in]
+        computes = _computes(shapes, layer, choices)
         for cin in ins:
             for cout in outs:
                 for rank in choices.get((layer.name, "rank_ratio"), [1.0]):
-                    for kernel in shapes.layer_kernels(index, cin, cout, rank, FP32):
-                        axes = seen.setdefault(kernel.geometry, (set(), set()))
-                        axes[0].add(kernel.cin)
-                        axes[1].add(kernel.cout)
-    return {g: (_three(cins), _three(couts)) for g, (cins, couts) in seen.items()}
+                    for compute in computes:
+                        for kernel in shapes.layer_kernels(index, cin, cout, rank, compute):
+                            axes = seen.setdefault((kernel.geometry, compute), (set(), set()))
+                            axes[0].add(kernel.cin)
+                            axes[1].add(kernel.cout)
+    return {key: (_three(cins), _three(couts)) for key, (cins, couts) in seen.items()}
+
+
+def _computes(
+    shapes: ModelShapes, layer: LayerShape, choices: dict[tuple[str, str], list[Any]]
+) -> set[str]:
+    """The number formats a layer can deploy in under the space's bit-width choices."""
+    found = {FP32}
+    for weight_bits in choices.get((layer.name, "weight_bits"), [32]):
+        for act_bits in choices.get((layer.name, "act_bits"), [32]):
+            if act_bits == 8 and weight_bits != 8:
+                continue  # not a valid plan; the decoder maps it to float activations
+            cfg = LayerConfig(weight_bits=weight_bits, act_bits=act_bits)
+            found.add(shapes.compute_of(layer, cfg))
+    return found
 
 
 def _counts(
@@ -248,13 +267,13 @@ def measure_candidate(
 
 
 def measure_lut(
-    grid: dict[str, tuple[list[int], list[int]]],
+    grid: dict[tuple[str, str], tuple[list[int], list[int]]],
     target: Target,
     batch: int,
     *,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
-    """Time every (geometry, cin, cout) point of a grid alone, fp32 eager.
+    """Time every (geometry, format, cin, cout) point of a grid alone.
 
     Args:
         grid: from `lut_grid`.
@@ -263,27 +282,33 @@ def measure_lut(
         progress: a `Bar` to advance per entry, or None.
 
     Returns:
-        `{"geometry", "cin", "cout", "out_elems", "ms"}` per entry.
+        `{"geometry", "compute", "cin", "cout", "out_elems", "ms"}` per entry; a point with
+        no kernel of its format (see `kernels.timed_kernel`) is left out, and the predictor
+        falls back to its regression there.
     """
     entries = []
-    for geometry, (cins, couts) in grid.items():
+    for (geometry, compute), (cins, couts) in grid.items():
         spec = json.loads(geometry)
         for cin in cins:
-            x = example_input(spec, cin, batch)
             for cout in couts:
-                layer = build_layer(spec, cin, cout)
-                ms = target.measure(layer, (x,), rounds=LUT_ROUNDS).median_ms
-                with torch.no_grad():
-                    out_elems = layer(x)[0].numel()
-                entries.append(
-                    {
-                        "geometry": geometry,
-                        "cin": cin,
-                        "cout": cout,
-                        "out_elems": out_elems,
-                        "ms": ms,
-                    }
-                )
+                try:
+                    layer, x = timed_kernel(spec, cin, cout, compute, batch)
+                except ValueError as exc:
+                    log.info("no %s lookup table for %s: %s", compute, geometry, exc)
+                else:
+                    with torch.inference_mode():
+                        out_elems = layer(x)[0].numel()
+                    ms = target.measure(layer, (x,), rounds=LUT_ROUNDS).median_ms
+                    entries.append(
+                        {
+                            "geometry": geometry,
+                            "compute": compute,
+                            "cin": cin,
+                            "cout": cout,
+                            "out_elems": out_elems,
+                            "ms": ms,
+                        }
+                    )
                 if progress is not None:
                     progress.advance()
     return entries

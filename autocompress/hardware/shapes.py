@@ -4,7 +4,8 @@ The latency predictor needs, for any plan, every Conv/Linear kernel the deployed
 (channel counts after pruning, the two halves of a factorized layer) and the number format it
 computes in. `ModelShapes` learns once, from the dense model, each layer's geometry, its
 input size and which coupling group's pruning shrinks its inputs; after that, `kernels(plan)`
-is arithmetic plus a few meta-device modules (under a millisecond per layer).
+is arithmetic (how a factorized layer splits is learned once per layer on the meta device),
+well under a millisecond per plan once each layer's channel counts have been seen.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.compress.factorize import factor_pair
+from autocompress.compress.factorize import factor_pair, matrix_shape, smaller_rank
 from autocompress.compress.prune import kept_channels
 from autocompress.config import LayerConfig, Plan
 from autocompress.space.discover import LayerInfo, features
@@ -143,7 +144,8 @@ class ModelShapes:
             if layer.group is not None:
                 self._group_members.setdefault(layer.group, []).append(layer.name)
         self._geometry_json = [json.dumps(x.geometry, sort_keys=True) for x in self.layers]
-        self.layer_kernels = lru_cache(maxsize=65536)(self._layer_kernels)
+        self._templates: dict[int, _Template | None] = {}
+        self._parts = lru_cache(maxsize=65536)(self._layer_parts)
 
     @classmethod
     def from_model(
@@ -250,7 +252,7 @@ class ModelShapes:
             if layer.in_group is not None:
                 cin = self.fan_in(layer, kept[layer.in_group])
             cfg = plan.config(layer.name)
-            compute = self._compute(layer, cfg) if compiled else FP32
+            compute = self.compute_of(layer, cfg) if compiled else FP32
             found.extend(self.layer_kernels(index, cin, cout, cfg.rank_ratio, compute))
         return found
 
@@ -264,8 +266,9 @@ class ModelShapes:
         """Channels a coupling group keeps at a keep ratio."""
         return kept_channels(self.group_channels[group], keep_ratio, round_to)
 
-    def _compute(self, layer: LayerShape, cfg: LayerConfig) -> str:
-        """The format the layer computes in once realized (mirrors `quantize_real.realize`)."""
+    def compute_of(self, layer: LayerShape, cfg: LayerConfig) -> str:
+        """The format a layer computes in once realized in a compiled graph (mirrors
+        `quantize_real.realize`): INT8, BF16 or FP32."""
         kind = layer.geometry["type"]
         if (cfg.weight_bits, cfg.act_bits) == (8, 8) and kind != "Conv1d":
             return INT8
@@ -275,40 +278,61 @@ class ModelShapes:
             return BF16
         return FP32
 
-    def _layer_kernels(
+    def layer_kernels(
         self, index: int, cin: int, cout: int, rank_ratio: float, compute: str
     ) -> tuple[Kernel, ...]:
-        """The kernels of layer `index` at these channel counts and rank (cached per instance
-        as `layer_kernels`)."""
+        """The kernels of layer `index` at these channel counts, rank and number format."""
+        return tuple(
+            Kernel(geometry, a, b, elems, compute)
+            for geometry, a, b, elems in self._parts(index, cin, cout, rank_ratio)
+        )
+
+    def _layer_parts(
+        self, index: int, cin: int, cout: int, rank_ratio: float
+    ) -> tuple[tuple[str, int, int, int], ...]:
+        """(geometry, cin, cout, out_elems) of each kernel of layer `index` (cached per instance
+        as `_parts`)."""
         layer = self.layers[index]
-        if rank_ratio >= 1.0:  # one kernel of the layer's own geometry: no module needed
-            geometry = self._geometry_json[index]
-            return (Kernel(geometry, cin, cout, cout * layer.out_size, compute),)
-        with torch.device("meta"):
-            module = build_layer(layer.geometry, cin, cout)
-            parts = factor_pair(module, rank_ratio) if rank_ratio < 1.0 else None
-            x = example_input(layer.geometry, cin, 1)
-            kernels = []
-            for part in parts or (module,):
-                y = part(x)
-                geometry = geometry_of(
-                    part, list(x.shape[1:-1] if _is_linear(part) else x.shape[2:])
-                )
-                kernels.append(
-                    Kernel(
-                        geometry=json.dumps(geometry, sort_keys=True),
-                        cin=int(x.shape[-1] if _is_linear(part) else x.shape[1]),
-                        cout=int(y.shape[-1] if _is_linear(part) else y.shape[1]),
-                        out_elems=int(y[0].numel()),
-                        compute=compute,
-                    )
-                )
-                x = y
-        return tuple(kernels)
+        own = ((self._geometry_json[index], cin, cout, cout * layer.out_size),)
+        if rank_ratio >= 1.0:
+            return own
+        if index not in self._templates:
+            self._templates[index] = _factor_template(layer)
+        template = self._templates[index]
+        if template is None:
+            return own
+        rows_per_out, cols_per_in, (first, first_size), (second, second_size) = template
+        rank = smaller_rank(rows_per_out * cout, cols_per_in * cin, rank_ratio)
+        if rank is None:  # low_rank leaves the layer whole at these channel counts
+            return own
+        return ((first, cin, rank, rank * first_size), (second, rank, cout, cout * second_size))
 
 
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear)
+_Template = tuple[int, int, tuple[str, int], tuple[str, int]]
+
+
+def _factor_template(layer: LayerShape) -> _Template | None:
+    """How `low_rank` splits a layer, independent of its channel counts and rank: the SVD
+    matrix's rows per output channel and columns per input channel, and each half's geometry
+    (JSON) and output size per channel. None where the layer cannot be factorized.
+
+    Worked out once per layer on the meta device, at the dense channel counts and full rank.
+    """
+    with torch.device("meta"):
+        module = build_layer(layer.geometry, layer.in_features, layer.out_features)
+        pair = factor_pair(module, 1.0)
+        if pair is None:
+            return None
+        rows, cols = matrix_shape(module)
+        x = example_input(layer.geometry, layer.in_features, 1)
+        halves = []
+        for part in pair:
+            linear = isinstance(part, nn.Linear)
+            geometry = geometry_of(part, list(x.shape[1:-1] if linear else x.shape[2:]))
+            x = part(x)
+            size = x[0].numel() // features(part)[1]
+            halves.append((json.dumps(geometry, sort_keys=True), size))
+    return rows // layer.out_features, cols // layer.in_features, halves[0], halves[1]
 
 
 def _record_sizes(name: str, in_sizes: dict[str, list[int]], out_sizes: dict[str, int]) -> Any:

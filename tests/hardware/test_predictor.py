@@ -19,10 +19,10 @@ from autocompress.evaluate.metrics import top1
 from autocompress.hardware.predictor import LatencyPredictor, _Table
 from autocompress.hardware.profile import Profile, lut_grid, profile_model
 from autocompress.hardware.profiles import PredictorCheck, check_predictor, predictor_for
-from autocompress.hardware.shapes import ModelShapes
+from autocompress.hardware.shapes import BF16, FP32, INT8, ModelShapes
 from autocompress.hardware.targets import CpuTarget
 from autocompress.space.discover import discover
-from autocompress.space.spec import SearchSpace
+from autocompress.space.spec import Rule, SearchSpace
 from autocompress.task import Task
 from tests.conftest import TINY_GROUPS, make_tiny_resnet
 
@@ -75,17 +75,32 @@ def test_table_is_exact_on_a_bilinear_function() -> None:
 def test_grid_covers_every_geometry_at_its_extremes(setup) -> None:
     model, task, layers, knobs, _ = setup
     grid = lut_grid(ModelShapes.from_model(model, task.inputs(), layers), knobs, None)
-    stem = next(axes for g, axes in grid.items() if '"in_size": [16, 16]' in g and "[3, 3]" in g)
+    assert {compute for _, compute in grid} == {FP32}  # a space without bit-widths
+    stem = next(a for (g, _), a in grid.items() if '"in_size": [16, 16]' in g and "[3, 3]" in g)
     assert stem[1] == [8, 16]  # the stem group at keep 0.5 and 1.0
-    fc = next(axes for g, axes in grid.items() if '"Linear"' in g)
+    fc = next(axes for (g, _), axes in grid.items() if '"Linear"' in g)
     assert fc == ([16, 32], [10])  # inputs follow layer2's group; the output layer stays 10
+
+
+def test_grid_times_each_format_the_bit_widths_allow(setup) -> None:
+    model, task, layers, _, _ = setup
+    space = SearchSpace(
+        defaults={"keep_ratio": (1.0, 0.5), "weight_bits": (32, 8), "act_bits": (32, 8)},
+        rules=(Rule(("Linear",), None, {"weight_bits": (32, 16), "act_bits": (32,)}),),
+    )
+    shapes = ModelShapes.from_model(model, task.inputs(), layers)
+    grid = lut_grid(shapes, space.knobs(layers), None)
+    convs = {c for (g, c) in grid if '"Conv2d"' in g}
+    linears = {c for (g, c) in grid if '"Linear"' in g}
+    assert convs == {FP32, INT8}
+    assert linears == ({FP32, BF16} if shapes.bf16_compute else {FP32})
 
 
 def test_profile_round_trips_and_refuses_other_versions(profile: Profile) -> None:
     assert Profile.from_json(profile.to_json()) == profile
     data = json.loads(profile.to_json())
     data["version"] = 0
-    with pytest.raises(ValueError, match="not a version-2 latency profile"):
+    with pytest.raises(ValueError, match="not a version-3 latency profile"):
         Profile.from_json(json.dumps(data))
     assert len(profile.calibration) == 4
     assert all(e["ms"] > 0 and e["out_elems"] > 0 for e in profile.lut)
@@ -101,7 +116,7 @@ def test_predictions_order_plans_by_how_much_they_prune(profile: Profile) -> Non
 def test_unprofiled_geometry_falls_back_to_the_regression(profile: Profile) -> None:
     predictor = LatencyPredictor(profile)
     kernels = predictor.shapes.kernels(Plan(layers={"layer2.conv1": LayerConfig(rank_ratio=0.5)}))
-    halves = [k for k in kernels if k.geometry not in predictor._tables]
+    halves = [k for k in kernels if (k.geometry, k.compute) not in predictor._tables]
     assert len(halves) == 2  # the space has no ranks, so the 3x1 / 1x3 halves were never timed
     times = [predictor.kernel_ms(k) for k in halves]
     assert all(math.isfinite(t) and t > 0 for t in times)
