@@ -9,7 +9,7 @@ What it measures, for each model and search space asked for:
   correlation, and the slowest single prediction.
 
 Usage: python bench/predictor.py [--models NAME ...] [--space default] [--plans 100]
-       [--out reports/benchmarks/predictor.md]
+       [--out reports/benchmarks/predictor.md] [--dump checks.json]
 Writes the table to --out (one section per space, replaced on a re-run) and prints it.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 import time
 import warnings
@@ -36,11 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", default="default")
     parser.add_argument("--plans", type=int, default=100, help="fresh plans per model")
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/predictor.md"))
+    parser.add_argument(
+        "--dump", type=Path, help="also write each plan's predicted and measured ratio (JSON)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
 
-    rows = []
+    rows, dumped = [], {}
     for model in args.models:
         started = time.monotonic()
         result = profile(
@@ -55,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{(time.monotonic() - started) / 60:.1f} |"
         )
         print(rows[-1], flush=True)
+        dumped[model] = {"predicted": check.predicted, "measured": check.measured}
+        if args.dump is not None:
+            args.dump.write_text(json.dumps(dumped, indent=1))
 
     cpu = CpuTarget().fingerprint()["cpu_model"]
     lines = [

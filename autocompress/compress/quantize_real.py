@@ -49,7 +49,8 @@ class RealizedModel(nn.Module):
 
     Args:
         graph_module: the converted (quantized, uncompiled) exported graph; `torch.export`
-            can save it (import `torchao.quantization.pt2e` before `torch.export.load`).
+            can save it (import `torchao.quantization.pt2e` before `torch.export.load`). Or,
+            for a plan without int8 layers, the eager model itself.
         layers: how each planned Conv/Linear leaf was realized, e.g. ``"int8 static"``.
         compiled: lower with inductor (real int8 kernels); False runs the reference graph.
     """
@@ -98,7 +99,7 @@ def realize(
     *,
     bf16_compute: bool | None = None,
     compile: bool = True,
-) -> RealizedModel:
+) -> nn.Module:
     """Build the deployable model a bit-width plan describes, with real kernels.
 
     (8, 8) Conv2d/Linear: static int8 (uint8 activations per tensor, int8 weights per output
@@ -116,7 +117,9 @@ def realize(
         compile: lower with inductor; False returns the reference graph (slow, for checks).
 
     Returns:
-        A `RealizedModel`, callable like `model`, already called once on `example_inputs`.
+        A `RealizedModel`, callable like `model`: compiled (and already called once on
+        `example_inputs`) when some layer runs int8 kernels, which need inductor; otherwise
+        eager, its bf16 layers computing in bf16 and its size-only layers holding rounded weights.
     """
     if bf16_compute is None:
         bf16_compute = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -149,17 +152,19 @@ def realize(
             with torch.no_grad():
                 leaf.weight.copy_(quantize_weight(leaf.weight, weight_bits))
             layers[name] = f"{'bf' if weight_bits == 16 else 'int'}{weight_bits} weights, size only"
-    graph = _export(work, example_inputs)
-    if static or dynamic:
-        graph = _quantize(graph, static, dynamic, calibration, example_inputs)
-        done = quantized_layers(graph)
-        for name in sorted(static | dynamic):
-            kind = "static" if name in static else "dynamic"
-            if done.get(name) == kind:
-                layers[name] = f"int8 {kind}"
-            else:
-                warnings.warn(f"layer {name!r} stays fp32: no {kind} int8 pattern", stacklevel=2)
-                layers[name] = "fp32 (not quantized)"
+    if not (static or dynamic):
+        # Nothing needs inductor: the model runs eagerly, as float plans do (compiling would
+        # change the runtime, and costs 1.4-1.7x eager on a model as small as digits-cnn).
+        return RealizedModel(work, layers, compiled=False)
+    graph = _quantize(_export(work, example_inputs), static, dynamic, calibration, example_inputs)
+    done = quantized_layers(graph)
+    for name in sorted(static | dynamic):
+        kind = "static" if name in static else "dynamic"
+        if done.get(name) == kind:
+            layers[name] = f"int8 {kind}"
+        else:
+            warnings.warn(f"layer {name!r} stays fp32: no {kind} int8 pattern", stacklevel=2)
+            layers[name] = "fp32 (not quantized)"
     realized = RealizedModel(graph, layers, compiled=compile)
     realized(*example_inputs)
     return realized
@@ -169,14 +174,16 @@ def quantized_layers(graph_module: nn.Module) -> dict[str, str]:
     """The Conv/Linear layers of a converted graph that compute in int8, and how.
 
     Args:
-        graph_module: a graph after `convert_pt2e` (`RealizedModel.graph_module`).
+        graph_module: a graph after `convert_pt2e` (`RealizedModel.graph_module`); any other
+            module (an eager one) has none.
 
     Returns:
         ``{layer_name: "static" | "dynamic"}``; layers left float are absent.
     """
     dq = torch.ops.quantized_decomposed
     found: dict[str, str] = {}
-    for node in graph_module.graph.nodes:
+    graph = getattr(graph_module, "graph", None)
+    for node in graph.nodes if isinstance(graph, torch.fx.Graph) else ():
         if node.op != "call_function" or node.target not in _COMPUTE_OPS:
             continue
         x, w = node.args[0], node.args[1]

@@ -7,8 +7,8 @@ Two layers of model, both fitted on what `hardware.profile` measured:
    timed kernels of its format (of fp32 when it timed none).
 2. Whole model: a non-negative linear regression (scikit-learn) from per-plan sums of those
    kernel times and of output sizes, normalised by the dense model's, to the measured latency
-   ratio. Plans that deploy eagerly (every layer float) and plans compiled with int8/bf16
-   layers are fitted separately: compiled graphs fuse, and convert between formats.
+   ratio. Plans that deploy eagerly (no int8 layer) and plans compiled for their int8 layers
+   are fitted separately: compiled graphs fuse, and convert between formats.
 
 The prediction is a ratio to the dense model; times the study's dense latency it gives ms.
 """
@@ -133,11 +133,15 @@ class LatencyPredictor:
         return totals
 
     def features(self, plan: Plan) -> tuple[str, list[float]]:
-        """The regime a plan deploys in and its regression features (relative to dense)."""
+        """The regime a plan deploys in and its regression features (relative to dense).
+
+        A plan with an int8 layer deploys as a compiled graph (int8 kernels need inductor);
+        any other runs eagerly, bf16 layers casting their input and output.
+        """
         t = self._totals(self.shapes.kernels(plan))
         d = self._dense
-        if not any(cfg.weight_bits < 32 for cfg in plan.layers.values()):
-            return EAGER, [t["ms"] / d["ms"], t["elems"] / d["elems"]]
+        if not t[f"n_{INT8}"]:
+            return EAGER, [t["ms"] / d["ms"], t["elems"] / d["elems"], t[f"n_{BF16}"] / d["count"]]
         return COMPILED, [
             *(t[f"ms_{c}"] / d["ms"] for c in (FP32, INT8, BF16)),
             *(t[f"elems_{c}"] / d["elems"] for c in (FP32, INT8, BF16)),
@@ -154,7 +158,7 @@ class LatencyPredictor:
         model = self._models.get(regime)
         if model is None:
             raise ValueError(
-                f"the profile measured no {regime} plans (with int8/bf16 layers); "
+                f"the profile measured no {regime} plans (with int8 layers); "
                 "re-profile with the search space you search"
             )
         return max(0.01, float(model.predict(np.array([row]))[0]))

@@ -40,7 +40,7 @@ from autocompress.task import Task
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 3  # 2: layers record their output size; 3: int8 and bf16 tables
+PROFILE_VERSION = 4  # 2: output sizes; 3: int8 and bf16 tables; 4: plans without int8 run eager
 DEFAULT_CALIBRATION_PLANS = 40
 # Per lookup-table entry: few rounds, since entries are many and each is small and steady.
 LUT_ROUNDS = 3
@@ -108,7 +108,7 @@ def random_plans(
     *,
     seed: int,
     round_to: int | None = None,
-    keep_float_plans: bool = False,
+    eager_plans: bool = False,
 ) -> list[Plan]:
     """`count` plans drawn uniformly from the knobs' choices (as a random-sampler trial would).
 
@@ -117,21 +117,22 @@ def random_plans(
         count: how many plans.
         seed: random seed; the same seed gives the same plans.
         round_to: channel multiple for pruning.
-        keep_float_plans: in a space with bit-widths, every fourth plan (from the first) keeps
-            all weights at 32 bits: almost every random mixed-precision plan deploys compiled,
-            and float plans (which deploy eagerly) must be measured too.
+        eager_plans: in a space with bit-widths, every fourth plan (from the first) has
+            no 8-bit weights (they become 32): almost every random mixed-precision plan has an
+            int8 layer and deploys compiled, and plans that deploy eagerly must be measured too.
 
     Returns:
         The plans (duplicates possible in tiny spaces).
     """
     rng = random.Random(seed)
     has_bits = any(k.setting == "weight_bits" for k in knobs)
-    float_every = 4 if keep_float_plans and has_bits else 0
+    float_every = 4 if eager_plans and has_bits else 0
     plans = []
     for i in range(count):
         params = {k.param: rng.choice(list(k.choices)) for k in knobs}
         if float_every and i % float_every == 0:
-            params.update({k.param: 32 for k in knobs if k.setting == "weight_bits"})
+            bits = [k.param for k in knobs if k.setting == "weight_bits"]
+            params.update({param: 32 for param in bits if params[param] == 8})
         plans.append(plan_from_trial(optuna.trial.FixedTrial(params), knobs, round_to=round_to))
     return plans
 
@@ -352,9 +353,7 @@ def profile_model(
     batch = batch_size_of(inputs)
     grid = lut_grid(shapes, knobs, round_to)
     points = sum(len(c) * len(o) for c, o in grid.values())
-    plans = random_plans(
-        knobs, calibration_plans, seed=seed, round_to=round_to, keep_float_plans=True
-    )
+    plans = random_plans(knobs, calibration_plans, seed=seed, round_to=round_to, eager_plans=True)
     with Bar(points + len(plans), enabled=show_progress) as bar:
         bar.describe(f"profile {model}: {points} kernel sizes")
         lut = measure_lut(grid, target, batch, progress=bar)

@@ -188,7 +188,7 @@ def check_predictor(
     """
     if plans < 1:
         raise UserInputError(f"--check needs at least 1 plan, got {plans}")
-    drawn = random_plans(knobs, plans, seed=1000 + seed, round_to=round_to, keep_float_plans=True)
+    drawn = random_plans(knobs, plans, seed=1000 + seed, round_to=round_to, eager_plans=True)
     predicted, measured, slowest = [], [], 0.0
     with Bar(len(drawn), enabled=show_progress) as bar:
         bar.describe(f"check: {len(drawn)} fresh plans")

@@ -244,7 +244,6 @@ class ModelShapes:
             group: self.kept(group, plan.config(members[0]).keep_ratio, plan.round_to)
             for group, members in self._group_members.items()
         }
-        compiled = any(cfg.weight_bits < 32 for cfg in plan.layers.values())
         found: list[Kernel] = []
         for index, layer in enumerate(self.layers):
             cout = kept[layer.group] if layer.group else layer.out_features
@@ -252,7 +251,7 @@ class ModelShapes:
             if layer.in_group is not None:
                 cin = self.fan_in(layer, kept[layer.in_group])
             cfg = plan.config(layer.name)
-            compute = self.compute_of(layer, cfg) if compiled else FP32
+            compute = self.compute_of(layer, cfg)
             found.extend(self.layer_kernels(index, cin, cout, cfg.rank_ratio, compute))
         return found
 
@@ -267,8 +266,8 @@ class ModelShapes:
         return kept_channels(self.group_channels[group], keep_ratio, round_to)
 
     def compute_of(self, layer: LayerShape, cfg: LayerConfig) -> str:
-        """The format a layer computes in once realized in a compiled graph (mirrors
-        `quantize_real.realize`): INT8, BF16 or FP32."""
+        """The format a layer computes in once deployed (mirrors `quantize_real.realize`):
+        INT8, BF16 or FP32."""
         kind = layer.geometry["type"]
         if (cfg.weight_bits, cfg.act_bits) == (8, 8) and kind != "Conv1d":
             return INT8

@@ -16,7 +16,7 @@ from autocompress.compress.quantize import (
     quantized_weight_bytes,
     strip_fake_quant,
 )
-from autocompress.compress.quantize_real import quantized_layers, realize
+from autocompress.compress.quantize_real import _Bf16Compute, quantized_layers, realize
 
 
 class TinyCNN(nn.Module):
@@ -231,6 +231,11 @@ def test_realize_bf16_and_size_only_layers() -> None:
     )
     assert real.layers["c1"] == "bf16"
     assert real.layers["c2"] == "int8 weights, size only"
+    assert isinstance(real.graph_module, torch.fx.GraphModule)  # fc is int8: compiled
+    # Without an int8 kernel there is nothing to compile: it runs eagerly, like a float plan.
+    eager = realize(model, {"c1": (16, 32), "c2": (4, 32)}, calib[0], calib, bf16_compute=True)
+    assert not isinstance(eager.graph_module, torch.fx.GraphModule)
+    assert isinstance(eager.graph_module.c1, _Bf16Compute)
     real = realize(model, plan, calib[0], calib, bf16_compute=False, compile=False)
     assert real.layers == {
         "c1": "bf16 weights, size only",

@@ -100,7 +100,7 @@ def test_profile_round_trips_and_refuses_other_versions(profile: Profile) -> Non
     assert Profile.from_json(profile.to_json()) == profile
     data = json.loads(profile.to_json())
     data["version"] = 0
-    with pytest.raises(ValueError, match="not a version-3 latency profile"):
+    with pytest.raises(ValueError, match="not a version-4 latency profile"):
         Profile.from_json(json.dumps(data))
     assert len(profile.calibration) == 4
     assert all(e["ms"] > 0 and e["out_elems"] > 0 for e in profile.lut)
@@ -124,6 +124,9 @@ def test_unprofiled_geometry_falls_back_to_the_regression(profile: Profile) -> N
 
 def test_a_compiled_plan_needs_a_profile_that_measured_some(profile: Profile) -> None:
     predictor = LatencyPredictor(profile)
+    # Only an int8 layer makes a plan compile; int4 and bf16 layers run eagerly.
+    eager = {"stem.0": LayerConfig(weight_bits=4), "fc": LayerConfig(weight_bits=16)}
+    assert predictor.features(Plan(layers=eager))[0] == "eager"
     with pytest.raises(ValueError, match="measured no compiled plans"):
         predictor.predict_ratio(Plan(layers={"stem.0": LayerConfig(weight_bits=8, act_bits=8)}))
 
