@@ -36,10 +36,10 @@ def run_cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, s
 
 
 def search_args(*extra: str) -> list[str]:
-    """A tiny search that measures every trial (no profile to build first)."""
+    """A tiny pruning search that measures every trial (no profile to build first)."""
     return [
         "search", "--model", "digits-cnn", "--finetune-steps", "5", "--latency", "measured",
-        "--quiet", *extra,
+        "--methods", "prune", "--quiet", *extra,
     ]  # fmt: skip
 
 
@@ -47,7 +47,8 @@ def test_profile_then_predicted_search_measures_its_front(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run_cli(
-        "profile", "--model", "digits-cnn", "--plans", "3", "--check", "2", "--quiet",
+        "profile", "--model", "digits-cnn", "--methods", "prune", "--plans", "3", "--check", "2",
+        "--quiet",
         capsys=capsys,
     )  # fmt: skip
     assert code == 0, err

@@ -38,6 +38,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, 
             storage=url,
             train_threads=1,
             latency="measured",
+            methods=["prune"],
             show_progress=False,
         )
     yield "tiny", url, root
@@ -169,7 +170,8 @@ def test_export_refuses_a_failed_trial_and_a_study_with_nothing_feasible(
     # 1 us cannot be met: the plan is measured, not fine-tuned, and marked infeasible.
     search(
         "digits-cnn", trials=1, finetune_steps=5, budget=Budget(latency_ms=0.001),
-        study="tight", storage=url, train_threads=1, latency="measured", show_progress=False,
+        study="tight", storage=url, train_threads=1, latency="measured", methods=["prune"],
+        show_progress=False,
     )  # fmt: skip
     the_study = optuna.load_study(study_name="tight", storage=url)
     failed = the_study.ask()

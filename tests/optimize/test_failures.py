@@ -30,7 +30,7 @@ def test_failed_trials_are_stored_shown_and_the_search_goes_on(
     argv = ["--model", f"{F}:{model}", "--task", f"{F}:{task}", "--study", "s"]
     code = main(
         ["search", *argv, "--storage", storage, "--trials", "2", "--finetune-steps", "2",
-         "--sampler", "random", "--budget", "1s", "--quiet"]
+         "--sampler", "random", "--methods", "prune", "--budget", "1s", "--quiet"]
     )  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err

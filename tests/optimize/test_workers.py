@@ -33,7 +33,8 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def _search(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     """`python -m autocompress search` in its own folder, on the tiny test models."""
     command = [sys.executable, "-m", "autocompress", "search", "--sampler", "random",
-               "--budget", "1s", "--train-threads", "1", "--quiet", *args]  # fmt: skip
+               "--methods", "prune", "--budget", "1s", "--train-threads", "1", "--quiet",
+               *args]  # fmt: skip
     return subprocess.Popen(
         command, cwd=tmp_path, env=_env(tmp_path), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from autocompress.config import LayerConfig
 from autocompress.errors import SpaceError
 from autocompress.space.discover import LayerInfo, discover
 from autocompress.space.spec import Knob, load_space, packaged_spaces, parse_space
@@ -43,10 +44,21 @@ def test_default_space_loads_with_keep_ratio_choices() -> None:
 def test_default_space_resolves_on_the_tiny_resnet(tiny_layers: list[LayerInfo]) -> None:
     space = load_space("default")
     knobs = space.knobs(tiny_layers)
-    assert {k.param: list(k.layers) for k in knobs} == {
+    assert {s for k in knobs for s in [k.setting]} == set(LayerConfig.__dataclass_fields__)
+    pruning = [k for k in knobs if k.setting == "keep_ratio"]
+    assert {k.param: list(k.layers) for k in pruning} == {
         f"keep_ratio:{group}": members for group, members in TINY_GROUPS.items()
     }
-    assert all(k.choices == space.defaults["keep_ratio"] for k in knobs)
+    assert all(k.choices == space.defaults["keep_ratio"] for k in pruning)
+    # The classifier keeps full rank and no sparsity: its knobs offer nothing else.
+    fc = {k.setting: k.choices for k in knobs if k.layers == ("fc",)}
+    assert fc == {
+        "sparsity_pattern": ("unstructured", "2:4"),
+        "weight_bits": (32, 8),
+        "act_bits": (32, 8),
+    }
+    pruned = space.knobs(tiny_layers, methods=["prune"])
+    assert {k.setting for k in pruned} == {"keep_ratio"}
 
 
 @pytest.mark.parametrize(
