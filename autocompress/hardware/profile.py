@@ -149,10 +149,8 @@ def lut_grid(
     for knob in knobs:
         for layer in knob.layers:
             choices[(layer, knob.setting)] = list(knob.choices)
-    keeps: dict[str, list[float]] = {}
-    for layer in shapes.layers:
-        if layer.group is not None:
-            keeps.setdefault(layer.group, choices.get((layer.name, "keep_ratio"), [1.0]))
+    # A group is named after its first member (which may be a layer that is no kernel).
+    keeps = {g: choices.get((g, "keep_ratio"), [1.0]) for g in shapes.group_channels}
     seen: dict[str, tuple[set[int], set[int]]] = {}
     for index, layer in enumerate(shapes.layers):
         outs, ins = [layer.out_features], [layer.in_features]

@@ -30,6 +30,13 @@ from autocompress.space.discover import LayerInfo
 SPACE_VERSION = 1
 KNOBS = tuple(f.name for f in fields(LayerConfig))
 _PACKAGED = Path(__file__).resolve().parent.parent / "search_spaces"
+# Layer types that only some knobs apply to: an embedding table is looked up, not multiplied,
+# so only its storage bits can change (pruning, ranks, sparsity and int8 inputs do not apply);
+# an LSTM computes int8 with dynamic activations only and has no sparse form.
+TYPE_KNOBS = {
+    "Embedding": frozenset({"weight_bits"}),
+    "LSTM": frozenset({"keep_ratio", "rank_ratio", "weight_bits"}),
+}
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,9 @@ class SearchSpace:
         for rule in self.rules:
             if rule.matches(layer):
                 result.update(rule.choices)
+        only = TYPE_KNOBS.get(layer.type)
+        if only is not None:
+            result = {k: v for k, v in result.items() if k in only}
         return result
 
     def knobs(
