@@ -20,7 +20,7 @@ from autocompress.zoo._registry import ZooEntry, register
 
 VERSION = 1
 PROBE_CLASSES = 20
-VAL_TEXTS = 512
+VAL_TEXTS = 256
 PROBE_TEXTS = 1500
 TASK_NAME = "stdlib-docstrings"
 
@@ -54,7 +54,7 @@ def docstring_task(
 ) -> Task:
     """The standard-library docstring task for any sentence embedder with a tokenizer folder.
 
-    512 validation texts and a 1500-text probe over the 20 largest modules; every other
+    256 validation texts and a 1500-text probe over the 20 largest modules; every other
     docstring fine-tunes; metric cosine fidelity to `model`'s own embeddings.
 
     Args:
@@ -110,7 +110,7 @@ def _minilm_task() -> Task:
 
 
 def minilm_task() -> Task:
-    """Standard-library docstrings: 512 validation texts, a 1500-text probe over the 20
+    """Standard-library docstrings: 256 validation texts, a 1500-text probe over the 20
     largest modules, every other docstring for fine-tuning; metric cosine fidelity.
 
     Returns:

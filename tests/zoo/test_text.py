@@ -61,7 +61,7 @@ def test_the_dense_model_has_fidelity_one_and_a_probe_score(task_and_model) -> N
     assert task.metric(model, task.val) == pytest.approx(1.0, abs=1e-5)
     probe = task.extra_metrics["probe_top1"](model, task.val)
     assert 0.0 <= probe <= 1.0
-    assert task.metric_name == "cosine" and task.finetune_lr == 5e-5
+    assert task.metric_name == "cosine" and task.finetune_lr == 1e-4
     assert cache.exists()
 
 
