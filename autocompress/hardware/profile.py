@@ -123,13 +123,14 @@ def random_plans(
         The plans (duplicates possible in tiny spaces).
     """
     rng = random.Random(seed)
-    has_bits = any(k.setting == "weight_bits" for k in knobs)
-    float_every = 4 if keep_float_plans and has_bits else 0
+    # Only where the space lets weights stay float (a space may fix them at 8 bits).
+    can_float = [k.param for k in knobs if k.setting == "weight_bits" and 32 in k.choices]
+    float_every = 4 if keep_float_plans and can_float else 0
     plans = []
     for i in range(count):
         params = {k.param: rng.choice(list(k.choices)) for k in knobs}
         if float_every and i % float_every == 0:
-            params.update({k.param: 32 for k in knobs if k.setting == "weight_bits"})
+            params.update({param: 32 for param in can_float})
         plans.append(plan_from_trial(optuna.trial.FixedTrial(params), knobs, round_to=round_to))
     return plans
 

@@ -127,7 +127,7 @@ MINILM = register(
     ZooEntry(
         name="minilm",
         description=(
-            "all-MiniLM-L6-v2 sentence embedder (22.7M params, pretrained) on stdlib "
+            "all-MiniLM-L6-v2 sentence embedder (22.6M params, pretrained) on stdlib "
             "docstrings; cosine fidelity to its own embeddings, probe top-1 beside it"
         ),
         build=build_minilm,

@@ -16,7 +16,7 @@ from autocompress.zoo.text import load_tokenizer, tokenize
 
 def test_pretrained_embeddings_put_similar_sentences_together() -> None:
     model = load_model("minilm")
-    assert sum(p.numel() for p in model.parameters()) == 22_713_216
+    assert sum(p.numel() for p in model.parameters()) == 22_565_376
     texts = [
         "Return a copy of the list, sorted.",
         "Give back the list in sorted order as a new list.",
