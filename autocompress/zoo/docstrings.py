@@ -43,9 +43,9 @@ def _docstrings_of(path: Path, module: str) -> list[Docstring]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, kinds):
-            text = ast.get_docstring(node)
-            if text and len(text) >= MIN_CHARS:
-                found.append(Docstring(" ".join(text.split()), module))
+            text = " ".join((ast.get_docstring(node) or "").split())
+            if len(text) >= MIN_CHARS:
+                found.append(Docstring(text, module))
     return found
 
 

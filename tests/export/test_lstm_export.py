@@ -21,6 +21,7 @@ def test_lstm_search_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     result = search(
         "digits-lstm",
         space="rnn",
+        methods=["prune"],  # eager plans: int8 LSTMs are covered in tests/compress/test_lstm.py
         trials=2,
         finetune_steps=5,
         budget=Budget(latency_ms=10.0),
