@@ -32,8 +32,8 @@ def test_lstm_search_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         show_progress=False,
     )
     assert result.trials_run == 2 and result.trials_failed == 0 and result.front
-    plan = result.front[0]["plan"]["layers"]
-    assert plan["lstm"]["keep_ratio"] < 1.0  # the warm start prunes hidden units
+    kept = [c["plan"]["layers"].get("lstm", {}).get("keep_ratio", 1.0) for c in result.front]
+    assert min(kept) < 1.0  # the warm start (hidden units pruned to 0.75) is on the front
     out = tmp_path / "deploy"
     code = main(["export", "--study", "lstm", "--storage", url, "--pick", "most-accurate",
                  "--out", str(out)])  # fmt: skip
