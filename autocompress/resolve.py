@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -14,11 +16,16 @@ from autocompress.task import Task
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A model ready to search, with the task that judges it (None when the user must give one)."""
+    """A model ready to search, with the task that judges it (None when the user must give one).
+
+    `default_task` builds the task used when none is given and the model has none of its own
+    (a Hugging Face folder: the standard-library docstring embedding task with its tokenizer).
+    """
 
     name: str
     model: nn.Module
     task: Task | None
+    default_task: Callable[[], Task] | None = None
 
 
 def _call_factory(spec: str, what: str) -> Any:
@@ -42,11 +49,52 @@ def model_label(spec: str | nn.Module) -> str:
     """The name a model goes by in study names and reports, without loading it."""
     if isinstance(spec, nn.Module):
         return type(spec).__name__
+    if _is_folder(spec):
+        return Path(spec).resolve().name
     return spec.partition(":")[2] if ":" in spec else spec
 
 
+def _is_folder(spec: str) -> bool:
+    return Path(spec).is_dir()
+
+
+def _resolve_folder(spec: str) -> ResolvedModel:
+    """A Hugging Face model folder: its AutoModel as a sentence embedder (mean pooling)."""
+    from autocompress.zoo.text import is_hf_folder
+
+    if not is_hf_folder(spec):
+        raise UserInputError(
+            f"model folder {spec!r} has no config.json; give a Hugging Face model folder "
+            "(config.json and weights, as save_pretrained writes it)"
+        )
+    try:
+        from autocompress.zoo.text import SentenceEmbedder, load_encoder
+    except ImportError:
+        raise UserInputError(
+            f"model folder {spec!r} needs transformers; install it with: "
+            "pip install -c constraints.txt -e '.[transformers]'"
+        ) from None
+    try:
+        model = SentenceEmbedder(load_encoder(spec))
+    except Exception as exc:  # transformers explains what the folder lacks
+        detail = " ".join(str(exc).split())[:200]
+        raise UserInputError(
+            f"cannot load model folder {spec!r} with transformers.AutoModel: "
+            f"{type(exc).__name__}: {detail}; give a folder save_pretrained wrote"
+        ) from None
+
+    def docstring_task() -> Task:
+        from autocompress.zoo.minilm import docstring_task
+
+        return docstring_task(model, spec)
+
+    return ResolvedModel(model_label(spec), model.eval(), None, docstring_task)
+
+
 def resolve_model(spec: str | nn.Module) -> ResolvedModel:
-    """Resolve `--model`: a zoo name, a `pkg.mod:factory` returning an nn.Module, or a module.
+    """Resolve `--model`: a zoo name, a `pkg.mod:factory` returning an nn.Module, a Hugging Face
+    model folder (`transformers.AutoModel`, offline; searched as a sentence embedder with mean
+    pooling), or a module.
 
     Returns:
         The model (eval mode) and, for zoo models, its task.
@@ -58,6 +106,8 @@ def resolve_model(spec: str | nn.Module) -> ResolvedModel:
 
     if isinstance(spec, nn.Module):
         return ResolvedModel(model_label(spec), spec.eval(), None)
+    if _is_folder(spec):
+        return _resolve_folder(spec)
     if ":" in spec:
         model = _call_factory(spec, "model")
         if not isinstance(model, nn.Module):
@@ -84,6 +134,8 @@ def resolve_task(spec: str | Task | None, model: ResolvedModel) -> Task:
     if isinstance(spec, Task):
         return spec
     if spec is None:
+        if model.task is None and model.default_task is not None:
+            return model.default_task()
         if model.task is None:
             raise UserInputError(
                 f"model {model.name!r} is not from the zoo, so it needs --task pkg.module:factory "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,10 @@ class Task:
         metric_name: what the metric is called ("top1").
         loss: optional `loss(student_out, teacher_out, batch) -> Tensor`; default: distillation
             from the dense model's outputs (plus cross-entropy on labels where batches carry them).
+        extra_metrics: more `metric(model, loader)` figures recorded with every trial by name
+            (not searched on), e.g. a downstream probe beside an embedding's fidelity.
+        finetune_lr: the fine-tune's learning rate; None for the default (1e-3). Pretrained
+            transformers need a smaller one.
     """
 
     name: str
@@ -38,6 +42,8 @@ class Task:
     metric: Metric
     metric_name: str = "metric"
     loss: Loss | None = None
+    extra_metrics: Mapping[str, Metric] = field(default_factory=dict)
+    finetune_lr: float | None = None
 
     def inputs(self) -> tuple[torch.Tensor, ...]:
         """The example input as a tuple of positional arguments."""

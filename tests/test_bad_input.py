@@ -43,6 +43,7 @@ ROWS = [
     (["search", "--model", f"{F}:raises"], "raised FileNotFoundError: weights.pt not found"),
     (["search", "--model", f"{F}:not_a_module"], "returned dict, not a torch.nn.Module"),
     (["search", "--model", "no_such_pkg.models:make"], "cannot import 'no_such_pkg.models'"),
+    (["search", "--model", "full"], "model folder 'full' has no config.json"),
     (["search", "--model", f"{F}:tiny_mlp", "--task", f"{F}:wrong_shape_task"],
      "cannot run on the example input of task 'wrong-shape' (shape (1, 5))"),
     (["search", "--model", f"{F}:tiny_mlp", "--task", f"{F}:empty_val_task"],

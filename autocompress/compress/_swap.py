@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from torch import nn
 
 COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+# Layers whose weights a plan may quantize: embedding tables too (token lookups, no kernel).
+QUANTIZABLE = (*COMPRESSIBLE, nn.Embedding)
 
 
 def swap_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -22,16 +24,18 @@ def swap_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
-def leaves(model: nn.Module, name: str) -> Iterator[tuple[str, nn.Module]]:
-    """The Conv/Linear layers a plan's layer name stands for now.
+def leaves(
+    model: nn.Module, name: str, kinds: tuple[type[nn.Module], ...] = COMPRESSIBLE
+) -> Iterator[tuple[str, nn.Module]]:
+    """The Conv/Linear layers (or other `kinds`) a plan's layer name stands for now.
 
     The layer itself, or, once a transform turned it into a container (a factorized layer is
-    an `nn.Sequential` of two), each Conv/Linear inside it.
+    an `nn.Sequential` of two), each such layer inside it.
     """
     module = model.get_submodule(name)
-    if isinstance(module, COMPRESSIBLE):
+    if isinstance(module, kinds):
         yield name, module
         return
     for sub, child in module.named_modules():
-        if sub and isinstance(child, COMPRESSIBLE):
+        if sub and isinstance(child, kinds):
             yield f"{name}.{sub}", child

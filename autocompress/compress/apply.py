@@ -37,13 +37,17 @@ def apply(
         The compressed model, in the training mode `model` was in.
     """
     from autocompress.compress.factorize import factorize
+    from autocompress.compress.lstm import lstm_ranks, unroll
     from autocompress.compress.quantize import fake_quantize
     from autocompress.compress.sparsify import sparsify
 
     target = model if inplace else copy.deepcopy(model)
     prune_channels(target, plan, _as_tuple(example_input))
     layers = plan.layers.items()
-    factorize(target, {n: c.rank_ratio for n, c in layers if c.rank_ratio < 1.0})
+    # LSTMs that are factorized or quantized become plain Linear layers in a step loop first.
+    unrolled = unroll(target, [n for n, c in layers if c.rank_ratio < 1.0 or c.weight_bits < 32])
+    ranks = lstm_ranks(target, {n: c.rank_ratio for n, c in layers if c.rank_ratio < 1.0}, unrolled)
+    factorize(target, ranks)
     sparsify(target, {n: (c.sparsity, c.sparsity_pattern) for n, c in layers if c.sparsity > 0})
     fake_quantize(target, {n: (c.weight_bits, c.act_bits) for n, c in layers if c.weight_bits < 32})
     return target

@@ -2,6 +2,12 @@
 
 torch-pruning decides what is coupled (the dependency graph) and what matters (L2 magnitude
 importance over the whole coupled group); the plan decides how much.
+
+Attention heads: the query/key/value projections of a Hugging Face attention module (one with
+`num_attention_heads` and `attention_head_size`) form one coupling group with the input of the
+attention's output projection. Such a group is pruned in whole heads: its kept width is a
+multiple of the head size, heads are ranked by their summed importance, and the module's head
+count is updated afterwards. FFN width is the group of the intermediate projection.
 """
 
 from __future__ import annotations
@@ -39,6 +45,46 @@ def kept_channels(channels: int, keep_ratio: float, round_to: int | None = None)
     return min(kept, channels)
 
 
+def attention_heads(model: nn.Module) -> dict[str, tuple[nn.Module, int]]:
+    """The Linear projections that split into attention heads, and their attention module.
+
+    Args:
+        model: any model; attention modules are found by their `num_attention_heads` and
+            `attention_head_size` attributes (Hugging Face BERT-style self-attention).
+
+    Returns:
+        ``{projection name: (attention module, head size)}`` for each Linear child of such a
+        module (query, key and value).
+    """
+    found: dict[str, tuple[nn.Module, int]] = {}
+    for name, module in model.named_modules():
+        head_size = getattr(module, "attention_head_size", None)
+        if isinstance(head_size, int) and hasattr(module, "num_attention_heads"):
+            for child_name, child in module.named_children():
+                if isinstance(child, nn.Linear):
+                    found[f"{name}.{child_name}" if name else child_name] = (module, head_size)
+    return found
+
+
+def group_multiples(model: nn.Module, groups: list[tuple[str, list[str]]]) -> dict[str, int]:
+    """The channel multiple each coupling group must keep: the head size for attention heads.
+
+    Args:
+        model: the model.
+        groups: `coupling_groups(model, graph)`.
+
+    Returns:
+        ``{group leader: multiple}`` for the groups that are pruned in whole heads.
+    """
+    heads = attention_heads(model)
+    multiples = {}
+    for leader, members in groups:
+        sizes = {heads[m][1] for m in members if m in heads}
+        if sizes:
+            multiples[leader] = max(sizes)
+    return multiples
+
+
 def prune_channels(model: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...]) -> nn.Module:
     """Remove output channels in place so every coupling group keeps its planned ratio.
 
@@ -65,12 +111,15 @@ def prune_channels(model: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...
     model.eval()
     try:
         graph = dependency_graph(model, inputs)
+        multiples = group_multiples(model, coupling_groups(model, graph))
         for leader_name, keep_ratio in _group_ratios(model, graph, wanted):
             leader = modules[leader_name]
             channels = features(leader)[1]
-            kept = kept_channels(channels, keep_ratio, plan.round_to)
+            unit = multiples.get(leader_name, 1)
+            kept = kept_channels(channels, keep_ratio, multiples.get(leader_name, plan.round_to))
             if kept < channels:
-                _drop_least_important(graph, leader, channels, channels - kept)
+                _drop_least_important(graph, leader, channels, channels - kept, unit=unit)
+        _update_head_counts(model)
     finally:
         model.train(was_training)
     return model
@@ -111,23 +160,38 @@ def _group_ratios(
     return per_group
 
 
-def _drop_least_important(graph: Any, leader: nn.Module, channels: int, count: int) -> None:
+def _drop_least_important(
+    graph: Any, leader: nn.Module, channels: int, count: int, *, unit: int = 1
+) -> None:
     """Remove the `count` of `channels` output channels of `leader`'s group with the lowest
-    L2 importance."""
+    L2 importance, in blocks of `unit` consecutive channels (whole attention heads)."""
     import torch_pruning as tp
 
-    prune_fn = _out_channel_fn(leader)
+    prune_fn = _out_channel_fn(leader, graph)
     with torch.no_grad():
         scores = tp.importance.GroupMagnitudeImportance(p=2)(
             graph.get_pruning_group(leader, prune_fn, idxs=list(range(channels)))
         )
-        drop = sorted(torch.argsort(scores)[:count].tolist())
+        blocks = scores.reshape(channels // unit, unit).sum(dim=1)
+        dropped = torch.argsort(blocks)[: count // unit].tolist()
+        drop = sorted(b * unit + i for b in dropped for i in range(unit))
         graph.get_pruning_group(leader, prune_fn, idxs=drop).prune()
 
 
-def _out_channel_fn(module: nn.Module):
+def _update_head_counts(model: nn.Module) -> None:
+    """Make each attention module's head count match its pruned projections."""
+    for name, (attention, head_size) in attention_heads(model).items():
+        width = model.get_submodule(name).out_features
+        attention.num_attention_heads = width // head_size
+        if hasattr(attention, "all_head_size"):
+            attention.all_head_size = width
+
+
+def _out_channel_fn(module: nn.Module, graph: Any):
     import torch_pruning as tp
 
+    if isinstance(module, nn.LSTM):  # the graph's own (customized) LSTM pruner
+        return graph.get_pruner_of_module(module).prune_out_channels
     if isinstance(module, nn.Linear):
         return tp.prune_linear_out_channels
     assert isinstance(module, _PRUNABLE)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from autocompress.compress._swap import COMPRESSIBLE, leaves, swap_module
+from autocompress.compress._swap import QUANTIZABLE, leaves, swap_module
 
 #: (weight_bits, act_bits) pairs a plan may give a layer; 16 means bfloat16.
 VALID_BITS = frozenset({(32, 32), (16, 32), (8, 8), (8, 32), (4, 32)})
@@ -115,7 +115,9 @@ def activation_qparams(low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class FakeQuantLayer(nn.Module):
-    """A Conv/Linear layer computed with fake-quantized weights and, optionally, inputs.
+    """A Conv/Linear/Embedding layer computed with fake-quantized weights and, optionally, inputs.
+
+    An embedding's rows are its output channels: int8 embeddings have one scale per token.
 
     Weights are quantized per output channel on every call (they change while fine-tuning).
     With ``act_bits == 8`` the input is quantized per tensor to [0, 255] over a running range:
@@ -151,6 +153,9 @@ class FakeQuantLayer(nn.Module):
         if self.act_bits == 8:
             x = self._quantize_input(x)
         weight = quantize_weight(self.inner.weight, self.weight_bits)
+        if isinstance(self.inner, nn.Embedding):
+            e = self.inner
+            return F.embedding(x, weight, e.padding_idx, e.max_norm, e.norm_type)
         if isinstance(self.inner, nn.Linear):
             return F.linear(x, weight, self.inner.bias)
         return self.inner._conv_forward(x, weight, self.inner.bias)
@@ -213,7 +218,15 @@ def planned_leaves(
             warnings.warn(f"layer {name!r} not {action}: {problem}", stacklevel=3)
             continue
         pair = (int(pair[0]), int(pair[1]))
-        found.extend((name, leaf_name, leaf, pair) for leaf_name, leaf in leaves(model, name))
+        for leaf_name, leaf in leaves(model, name, QUANTIZABLE):
+            if isinstance(leaf, nn.Embedding) and pair[1] != 32:
+                warnings.warn(
+                    f"layer {name!r} not {action}: an embedding's input is token ids, so "
+                    "act_bits must be 32",
+                    stacklevel=3,
+                )
+                continue
+            found.append((name, leaf_name, leaf, pair))
     return found
 
 
@@ -236,7 +249,7 @@ def _leaf_problem(model: nn.Module, name: str) -> str | None:
         return "the model has no such layer"
     if any(isinstance(m, FakeQuantLayer) for m in module.modules()):
         return "it is already fake-quantized"
-    if not any(True for _ in leaves(model, name)):
-        kinds = ", ".join(t.__name__ for t in COMPRESSIBLE)
+    if not any(True for _ in leaves(model, name, QUANTIZABLE)):
+        kinds = ", ".join(t.__name__ for t in QUANTIZABLE)
         return f"it is a {type(module).__name__} with no {kinds} inside"
     return None

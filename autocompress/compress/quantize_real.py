@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from autocompress.compress._swap import swap_module
 from autocompress.compress.quantize import (
+    INT8_EPS,
     planned_leaves,
     quantize_weight,
     strip_fake_quant,
@@ -130,7 +131,14 @@ def realize(
     layers: dict[str, str] = {}
     for _, name, leaf, (weight_bits, act_bits) in planned_leaves(work, bits, "realized"):
         is_linear = isinstance(leaf, nn.Linear)
-        if (weight_bits, act_bits) == (8, 8) and isinstance(leaf, nn.Conv1d):
+        if isinstance(leaf, nn.Embedding) and weight_bits == 8:
+            swap_module(work, name, Int8Embedding.from_float(leaf))
+            layers[name] = "int8 table"
+        elif isinstance(leaf, nn.Embedding):
+            with torch.no_grad():
+                leaf.weight.copy_(quantize_weight(leaf.weight, weight_bits))
+            layers[name] = f"{'bf' if weight_bits == 16 else 'int'}{weight_bits} table, size only"
+        elif (weight_bits, act_bits) == (8, 8) and isinstance(leaf, nn.Conv1d):
             # torch 2.13's inductor lowers a static-int8 Conv1d with the wrong output length
             # (22 instead of 20 for k5/s2/p2 on 40 samples); keep it float, count int8 as size.
             warnings.warn(
@@ -192,6 +200,36 @@ def quantized_layers(graph_module: nn.Module) -> dict[str, str]:
         dynamic = getattr(x, "target", None) == dq.dequantize_per_tensor.tensor
         found[_module_of(node)] = "dynamic" if dynamic else "static"
     return found
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 rows with one fp32 scale each; looked-up rows are
+    dequantized, so the output equals the fake-quantized table's (`quantize_weight`, 8 bits).
+
+    Args:
+        weight: the int8 table (num_embeddings, embedding_dim).
+        scale: one scale per row (num_embeddings,).
+        padding_idx: as in `nn.Embedding` (kept for reference; lookups do not treat it apart).
+    """
+
+    def __init__(self, weight: Tensor, scale: Tensor, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.to(torch.int8))
+        self.register_buffer("scale", scale.float())
+        self.padding_idx = padding_idx
+
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding) -> Int8Embedding:
+        """Quantize a float table symmetrically per row to [-127, 127]."""
+        w = embedding.weight.detach().float()
+        amax = w.abs().amax(dim=1)
+        scale = (amax / 127).clamp(min=INT8_EPS)
+        q = torch.clamp(torch.round(w / scale[:, None]), -127, 127)
+        return cls(q, scale, embedding.padding_idx)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """The dequantized rows of `ids`: shape (*ids.shape, embedding_dim)."""
+        return self.weight[ids].float() * self.scale[ids].unsqueeze(-1)
 
 
 class _Bf16Compute(nn.Module):

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from autocompress.compress._swap import leaves
+from autocompress.compress._swap import QUANTIZABLE, leaves
 from autocompress.compress.quantize import quantized_weight_bytes
 from autocompress.compress.sparsify import sparse_weight_bytes, weight_bytes_by_format
 from autocompress.config import Plan
 from autocompress.evaluate.metrics import size_bytes
 
 
-def weight_storage_bytes(weight: Tensor, bits: int) -> int:
+def weight_storage_bytes(weight: Tensor, bits: int, *, zero_points: bool = True) -> int:
     """Bytes of one weight at `bits`: its values in the smallest of dense, bitmask or CSR form
     (`sparsify.weight_bytes_by_format`) plus the quantization scales (`quantized_weight_bytes`).
 
     Args:
         weight: the baked weight (zeros in place); first dimension = output channels.
         bits: 32, 16, 8 or 4.
+        zero_points: int8 stores an int64 zero point per channel (the PT2E graph does; an
+            int8 embedding table does not).
 
     Returns:
         The byte count.
@@ -26,6 +28,8 @@ def weight_storage_bytes(weight: Tensor, bits: int) -> int:
     scales = (
         quantized_weight_bytes(weight, bits) - weight_bytes_by_format(weight, bits=bits)["dense"]
     )
+    if bits == 8 and not zero_points:
+        scales -= 8 * (weight.shape[0] if weight.dim() else 1)
     return sparse_weight_bytes(weight, bits=bits) + scales
 
 
@@ -47,8 +51,9 @@ def compressed_size_bytes(model: nn.Module, plan: Plan) -> int:
     for name, config in plan.layers.items():
         if config.weight_bits == 32 and config.sparsity == 0.0:
             continue
-        for _, layer in leaves(model, name):
+        for _, layer in leaves(model, name, QUANTIZABLE):
             weight = layer.weight.detach()
-            total += weight_storage_bytes(weight, config.weight_bits)
+            table = isinstance(layer, nn.Embedding)
+            total += weight_storage_bytes(weight, config.weight_bits, zero_points=not table)
             total -= weight.numel() * weight.element_size()
     return total

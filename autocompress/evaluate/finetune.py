@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from autocompress.errors import AutocompressError
 from autocompress.task import Task
 
+DEFAULT_LR = 1e-3
+
 
 class FinetuneError(AutocompressError):
     """Fine-tuning could not go on (e.g. the loss became NaN); the trial is recorded as failed."""
@@ -100,7 +102,7 @@ def finetune(
     task: Task,
     *,
     steps: int,
-    lr: float = 1e-3,
+    lr: float | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> FinetuneResult:
     """Train `student` for `steps` batches of `task.train`, distilling from `teacher`.
@@ -113,7 +115,8 @@ def finetune(
         teacher: the dense model (frozen, eval mode).
         task: gives the training batches and optionally its own loss.
         steps: optimizer steps; 0 only recalibrates BatchNorm.
-        lr: Adam learning rate (cosine-decayed to zero).
+        lr: Adam learning rate (cosine-decayed to zero); None: the task's `finetune_lr`, else
+            `DEFAULT_LR`.
         on_step: called as `on_step(step, loss)` after each step.
 
     Returns:
@@ -128,6 +131,8 @@ def finetune(
     if steps > 0:
         teacher.eval()
         student.train()
+        if lr is None:
+            lr = task.finetune_lr if task.finetune_lr is not None else DEFAULT_LR
         optimizer = torch.optim.Adam(student.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         batches = itertools.cycle(task.train)

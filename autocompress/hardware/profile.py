@@ -125,14 +125,14 @@ def random_plans(
         The plans (duplicates possible in tiny spaces).
     """
     rng = random.Random(seed)
-    has_bits = any(k.setting == "weight_bits" for k in knobs)
-    float_every = 4 if eager_plans and has_bits else 0
+    # Only where the space lets weights stay float (a space may fix them at 8 bits).
+    can_float = [k.param for k in knobs if k.setting == "weight_bits" and 32 in k.choices]
+    float_every = 4 if eager_plans and can_float else 0
     plans = []
     for i in range(count):
         params = {k.param: rng.choice(list(k.choices)) for k in knobs}
         if float_every and i % float_every == 0:
-            bits = [k.param for k in knobs if k.setting == "weight_bits"]
-            params.update({param: 32 for param in bits if params[param] == 8})
+            params.update({param: 32 for param in can_float if params[param] == 8})
         plans.append(plan_from_trial(optuna.trial.FixedTrial(params), knobs, round_to=round_to))
     return plans
 
@@ -153,10 +153,8 @@ def lut_grid(
     for knob in knobs:
         for layer in knob.layers:
             choices[(layer, knob.setting)] = list(knob.choices)
-    keeps: dict[str, list[float]] = {}
-    for layer in shapes.layers:
-        if layer.group is not None:
-            keeps.setdefault(layer.group, choices.get((layer.name, "keep_ratio"), [1.0]))
+    # A group is named after its first member (which may be a layer that is no kernel).
+    keeps = {g: choices.get((g, "keep_ratio"), [1.0]) for g in shapes.group_channels}
     seen: dict[tuple[str, str], tuple[set[int], set[int]]] = {}
     for index, layer in enumerate(shapes.layers):
         outs, ins = [layer.out_features], [layer.in_features]

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # Formats a kernel computes in; see `compress.quantize_real.realize` for what deploys as what.
 FP32, INT8, BF16 = "fp32", "int8", "bf16"
+KERNEL_TYPES = ("Linear", "Conv1d", "Conv2d")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class ModelShapes:
         layers: one LayerShape per compressible layer, in module order.
         group_channels: output channels of each coupling group in the dense model.
         bf16_compute: whether this CPU computes bf16 layers in bf16 (else they run fp32).
+        group_multiples: channel multiple a group keeps (the head size of attention heads).
     """
 
     def __init__(
@@ -135,14 +137,12 @@ class ModelShapes:
         group_channels: dict[str, int],
         *,
         bf16_compute: bool,
+        group_multiples: dict[str, int] | None = None,
     ) -> None:
         self.layers = list(layers)
         self.group_channels = dict(group_channels)
+        self.group_multiples = dict(group_multiples or {})
         self.bf16_compute = bf16_compute
-        self._group_members: dict[str, list[str]] = {}
-        for layer in self.layers:
-            if layer.group is not None:
-                self._group_members.setdefault(layer.group, []).append(layer.name)
         self._geometry_json = [json.dumps(x.geometry, sort_keys=True) for x in self.layers]
         self._templates: dict[int, _Template | None] = {}
         self._parts = lru_cache(maxsize=65536)(self._layer_parts)
@@ -160,7 +160,16 @@ class ModelShapes:
             layers: `discover(model, inputs)`.
         """
         from autocompress.compress.apply import apply
+        from autocompress.compress.prune import attention_heads
 
+        groups: dict[str, list[str]] = {}
+        for info in layers:
+            if info.group is not None:
+                groups.setdefault(info.group, []).append(info.name)
+        channels = {g: next(i.out_features for i in layers if i.group == g) for g in groups}
+        # Only Conv/Linear layers are kernels: embedding lookups and LSTM recurrences are not
+        # modelled one by one; their time is learned from the whole-plan calibration.
+        layers = [i for i in layers if i.type in KERNEL_TYPES]
         modules = dict(model.named_modules())
         in_sizes: dict[str, list[int]] = {}
         out_sizes: dict[str, int] = {}
@@ -174,15 +183,12 @@ class ModelShapes:
         finally:
             for hook in hooks:
                 hook.remove()
-        groups: dict[str, list[str]] = {}
-        for info in layers:
-            if info.group is not None:
-                groups.setdefault(info.group, []).append(info.name)
-        channels = {g: next(i.out_features for i in layers if i.group == g) for g in groups}
+        heads = attention_heads(model)
+        multiples = {g: heads[m][1] for g, ms in groups.items() for m in ms if m in heads}
         in_group: dict[str, tuple[str, int]] = {}
         dense_in = {info.name: info.in_features for info in layers}
         for group, members in groups.items():
-            kept = kept_channels(channels[group], 0.5)
+            kept = kept_channels(channels[group], 0.5, multiples.get(group))
             removed = channels[group] - kept
             if removed == 0:
                 continue
@@ -212,7 +218,7 @@ class ModelShapes:
             for info in layers
         ]
         bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        return cls(shapes, channels, bf16_compute=bf16)
+        return cls(shapes, channels, bf16_compute=bf16, group_multiples=multiples)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; `ModelShapes.from_dict(s.to_dict())` rebuilds it."""
@@ -220,6 +226,7 @@ class ModelShapes:
             "layers": [asdict(layer) for layer in self.layers],
             "group_channels": self.group_channels,
             "bf16_compute": self.bf16_compute,
+            "group_multiples": self.group_multiples,
         }
 
     @classmethod
@@ -229,6 +236,7 @@ class ModelShapes:
             [LayerShape(**layer) for layer in data["layers"]],
             data["group_channels"],
             bf16_compute=data["bf16_compute"],
+            group_multiples=data.get("group_multiples"),
         )
 
     def kernels(self, plan: Plan) -> list[Kernel]:
@@ -240,9 +248,10 @@ class ModelShapes:
         Returns:
             The kernels; a factorized layer gives two.
         """
+        # A group is named after its first member, whose keep ratio is the group's.
         kept = {
-            group: self.kept(group, plan.config(members[0]).keep_ratio, plan.round_to)
-            for group, members in self._group_members.items()
+            group: self.kept(group, plan.config(group).keep_ratio, plan.round_to)
+            for group in self.group_channels
         }
         found: list[Kernel] = []
         for index, layer in enumerate(self.layers):
@@ -263,7 +272,8 @@ class ModelShapes:
 
     def kept(self, group: str, keep_ratio: float, round_to: int | None) -> int:
         """Channels a coupling group keeps at a keep ratio."""
-        return kept_channels(self.group_channels[group], keep_ratio, round_to)
+        multiple = self.group_multiples.get(group, round_to)
+        return kept_channels(self.group_channels[group], keep_ratio, multiple)
 
     def compute_of(self, layer: LayerShape, cfg: LayerConfig) -> str:
         """The format a layer computes in once deployed (mirrors `quantize_real.realize`):

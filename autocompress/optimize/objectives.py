@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -36,8 +36,9 @@ class Baseline:
     latency_ms: float
     size_bytes: int
     params: int
+    metrics: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)
 
@@ -69,7 +70,13 @@ def measure_baseline(
         latency_ms=measurement.median_ms,
         size_bytes=size_bytes(dense),
         params=param_count(dense),
+        metrics=extra_metrics(dense, task),
     )
+
+
+def extra_metrics(model: nn.Module, task: Task) -> dict[str, float]:
+    """The task's extra figures (`Task.extra_metrics`) of a model on the validation split."""
+    return {name: float(metric(model, task.val)) for name, metric in task.extra_metrics.items()}
 
 
 def constraint_values(
@@ -130,8 +137,9 @@ def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
     the dense model on the target), so that it survives machine drift.
 
     Returns:
-        Figures: accuracy, latency_ms, latency_ratio, predicted_ms or measured_ms, size_bytes,
-        params, finetuned, finetune_s, and measurement (the raw timing record) when measured.
+        Figures: accuracy, metrics (the task's extra figures, when it has any), latency_ms,
+        latency_ratio, predicted_ms or measured_ms, size_bytes, params, finetuned, finetune_s,
+        and measurement (the raw timing record) when measured.
     """
     candidate = apply(ctx.dense, plan, ctx.task.inputs())
     figures: dict[str, Any] = {
@@ -165,6 +173,8 @@ def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
     with torch_threads(ctx.train_threads or training_threads()), fixed_data_order(ctx.task):
         result = finetune(candidate, ctx.dense, ctx.task, steps=steps)
         figures["accuracy"] = float(ctx.task.metric(candidate, ctx.task.val))
+        if ctx.task.extra_metrics:
+            figures["metrics"] = extra_metrics(candidate, ctx.task)
     figures["finetuned"] = steps > 0
     figures["finetune_s"] = result.seconds
     return figures

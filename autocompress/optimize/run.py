@@ -292,6 +292,11 @@ def _write_report(study: optuna.Study, storage: str | None) -> Path | None:
     except UserInputError as exc:
         logging.getLogger(__name__).warning("report not written: %s", exc)
         return None
+    except Exception as exc:  # a drawing bug must not lose the search it reports on
+        logging.getLogger(__name__).warning(
+            "report not written: %s: %s", type(exc).__name__, exc, exc_info=True
+        )
+        return None
 
 
 def _optimize(

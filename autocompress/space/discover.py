@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-_PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.LSTM)
+# Embedding tables are listed too: a plan may quantize them (their only knob, see spec.py).
+_TABLES = (nn.Embedding,)
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,14 @@ class LayerInfo:
 
 
 def features(module: nn.Module) -> tuple[int, int]:
-    """(input, output) channels of a Conv, or (in_features, out_features) of a Linear."""
+    """(input, output) channels of a Conv, (in_features, out_features) of a Linear, (rows,
+    width) of an Embedding, (input_size, hidden_size) of an LSTM."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    if isinstance(module, nn.LSTM):
+        return module.input_size, module.hidden_size
     return module.in_channels, module.out_channels
 
 
@@ -50,8 +57,12 @@ def dependency_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
     """torch-pruning's dependency graph of `model`, traced on `inputs` (with autograd on)."""
     import torch_pruning as tp
 
+    from autocompress.compress.lstm import custom_pruners
+
     with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=inputs, customized_pruners=custom_pruners()
+        )
 
 
 def output_layers(model: nn.Module, graph: Any) -> list[nn.Module]:
@@ -121,7 +132,9 @@ def discover(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[LayerIn
         inputs: an example input batch, as positional arguments.
 
     Returns:
-        One LayerInfo per Conv1d/Conv2d/Linear layer; `group` names its coupling group.
+        One LayerInfo per Conv1d/Conv2d/Linear/LSTM layer (`group` names its coupling group;
+        an LSTM's outputs are its hidden units) and
+        per Embedding table (in = rows, out = width; never grouped).
     """
     was_training = model.training
     model.eval()
@@ -134,7 +147,7 @@ def discover(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[LayerIn
         model.train(was_training)
     layers = []
     for name, module in model.named_modules():
-        if isinstance(module, _PRUNABLE):
+        if isinstance(module, _PRUNABLE + _TABLES):
             fan_in, fan_out = features(module)
             layers.append(
                 LayerInfo(

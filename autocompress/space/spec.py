@@ -11,6 +11,9 @@ A space file reads::
         keep_ratio: [1.0]
       - match: {name: "layer3.*"}   # shell-style pattern on the module name
         keep_ratio: [1.0, 0.5]
+      - match: {type: Linear}
+        act_bits: [32, 8]
+        tie: true               # one decision for every matched layer (not one per layer)
 
 Knobs are the fields of `LayerConfig`; adding a knob there makes it usable here.
 """
@@ -30,6 +33,13 @@ from autocompress.space.discover import LayerInfo
 SPACE_VERSION = 1
 KNOBS = tuple(f.name for f in fields(LayerConfig))
 _PACKAGED = Path(__file__).resolve().parent.parent / "search_spaces"
+# Layer types that only some knobs apply to: an embedding table is looked up, not multiplied,
+# so only its storage bits can change (pruning, ranks, sparsity and int8 inputs do not apply);
+# an LSTM computes int8 with dynamic activations only and has no sparse form.
+TYPE_KNOBS = {
+    "Embedding": frozenset({"weight_bits"}),
+    "LSTM": frozenset({"keep_ratio", "rank_ratio", "weight_bits"}),
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class Rule:
     types: tuple[str, ...] | None
     pattern: str | None
     choices: Mapping[str, tuple[Any, ...]]
+    tie: bool = False
 
     def matches(self, layer: LayerInfo) -> bool:
         """True when `layer` fits both the type and the name pattern (each optional)."""
@@ -79,6 +90,9 @@ class SearchSpace:
         for rule in self.rules:
             if rule.matches(layer):
                 result.update(rule.choices)
+        only = TYPE_KNOBS.get(layer.type)
+        if only is not None:
+            result = {k: v for k, v in result.items() if k in only}
         return result
 
     def knobs(
@@ -87,8 +101,9 @@ class SearchSpace:
         """Resolve the space on a model's layers into the decisions a sampler makes.
 
         Channel keep ratios are decided once per coupling group (the intersection of its
-        members' choices); every other knob once per layer. A knob with a single choice is
-        fixed, not searched.
+        members' choices); every other knob once per layer. A knob whose single choice is the
+        default (leave the layer as it is) is left out; one whose single choice is not (e.g.
+        `weight_bits: [8]`) stays as a one-choice knob, so every plan applies it.
 
         Args:
             layers: from `discover(model, inputs)`.
@@ -112,8 +127,11 @@ class SearchSpace:
             knobs += self._group_knobs(layers, per_layer)
         for layer in layers:
             for setting, choices in per_layer[layer.name].items():
-                if setting != "keep_ratio" and setting in allowed and len(choices) > 1:
+                if setting != "keep_ratio" and setting in allowed and _decides(setting, choices):
                     knobs.append(Knob(f"{setting}:{layer.name}", setting, choices, (layer.name,)))
+        for index, rule in enumerate(self.rules):
+            if rule.tie:
+                knobs = _tie(knobs, rule, index, {layer.name: layer for layer in layers})
         return knobs
 
     def _group_knobs(
@@ -134,11 +152,47 @@ class SearchSpace:
                     f"{self.source}: layers {', '.join(members)} must be pruned together "
                     "but their keep_ratio choices have nothing in common; give them a shared value"
                 )
-            if len(shared) > 1:
+            if _decides("keep_ratio", shared):
                 knobs.append(
                     Knob(f"keep_ratio:{group}", "keep_ratio", tuple(shared), tuple(members))
                 )
         return knobs
+
+
+def _tie(knobs: list[Knob], rule: Rule, index: int, layers: Mapping[str, LayerInfo]) -> list[Knob]:
+    """Merge the knobs a tied rule sets, on the layers it matches, into one knob per setting.
+
+    The merged knob takes the place of the first knob merged; its choices are those every
+    merged knob offers, and its parameter is named after the rule (``act_bits:rule2``).
+    """
+    merged: list[Knob] = []
+    for knob in knobs:
+        tied = knob.setting in rule.choices and all(
+            rule.matches(layers[name]) for name in knob.layers
+        )
+        if not tied:
+            merged.append(knob)
+            continue
+        param = f"{knob.setting}:rule{index}"
+        first = next((k for k in merged if k.param == param), None)
+        if first is None:
+            merged.append(Knob(param, knob.setting, knob.choices, knob.layers))
+            continue
+        shared = tuple(c for c in first.choices if c in knob.choices)
+        if not shared:
+            raise SpaceError(
+                f"rules[{index}] ties {knob.setting} of layers with no choice in common; "
+                "give them a shared value"
+            )
+        merged[merged.index(first)] = Knob(
+            param, knob.setting, shared, (*first.layers, *knob.layers)
+        )
+    return merged
+
+
+def _decides(setting: str, choices: Sequence[Any]) -> bool:
+    """True when a knob changes some plan: several choices, or one that is not the default."""
+    return len(choices) > 1 or choices[0] != getattr(LayerConfig(), setting)
 
 
 def settings_for_methods(methods: Sequence[str] | None) -> set[str]:
@@ -197,10 +251,13 @@ def _rule(data: Any, index: int, source: str) -> Rule:
     pattern = match.get("name")
     if pattern is not None and not isinstance(pattern, str):
         raise SpaceError(f"{where}.match.name: expected a string pattern, got {pattern!r}")
-    choices = _knob_table(data, where, extra={"match"})
+    choices = _knob_table(data, where, extra={"match", "tie"})
     if not choices:
         raise SpaceError(f"{where}: sets no knob; add one of: {', '.join(KNOBS)}")
-    return Rule(tuple(types) if types else None, pattern, choices)
+    tie = data.get("tie", False)
+    if not isinstance(tie, bool):
+        raise SpaceError(f"{where}.tie: expected true or false, got {tie!r}")
+    return Rule(tuple(types) if types else None, pattern, choices, tie)
 
 
 def parse_space(data: Any, *, source: str = "<memory>") -> SearchSpace:

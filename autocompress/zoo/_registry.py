@@ -27,6 +27,8 @@ class ZooEntry:
         task: builds the task (data loaders, example input, metric).
         train: trains a freshly built model in place, deterministically (fixed seed).
         version: bump to invalidate cached weights (architecture or training changed).
+        pretrained: `build` returns the finished model (pretrained weights shipped in a
+            package): it is neither trained nor cached.
     """
 
     name: str
@@ -35,6 +37,7 @@ class ZooEntry:
     task: Callable[[], Task]
     train: Callable[[nn.Module, Task], None]
     version: int = 1
+    pretrained: bool = False
 
 
 ZOO: Registry[ZooEntry] = Registry("model")
@@ -85,6 +88,8 @@ def load_model(name: str, *, task: Task | None = None) -> nn.Module:
         UnknownNameError: `name` is not in the zoo; the message lists the known names.
     """
     entry = ZOO.get(name)
+    if entry.pretrained:
+        return entry.build().eval()
     path = weights_path(entry.name, entry.version)
     if path.exists():
         model = entry.build()

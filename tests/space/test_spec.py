@@ -189,7 +189,9 @@ def test_knobs_one_per_group_with_the_intersection_of_choices(
     assert all(k.setting == "keep_ratio" for k in knobs.values())
 
 
-def test_single_choice_groups_are_not_knobs(tiny_layers: list[LayerInfo]) -> None:
+def test_single_choice_groups_are_fixed_knobs_unless_left_as_is(
+    tiny_layers: list[LayerInfo],
+) -> None:
     space = parse_space(
         _space(
             rules=[
@@ -199,7 +201,10 @@ def test_single_choice_groups_are_not_knobs(tiny_layers: list[LayerInfo]) -> Non
             ]
         )
     )
-    assert [k.param for k in space.knobs(tiny_layers)] == ["keep_ratio:layer1.conv1"]
+    knobs = {k.param: k for k in space.knobs(tiny_layers)}
+    # layer2's groups stay as they are (not knobs); stem.0's group is always pruned to 0.5.
+    assert list(knobs) == ["keep_ratio:stem.0", "keep_ratio:layer1.conv1"]
+    assert knobs["keep_ratio:stem.0"].choices == (0.5,)
 
 
 def test_group_without_a_shared_choice_is_an_error(tiny_layers: list[LayerInfo]) -> None:
@@ -275,3 +280,34 @@ def test_every_knob_is_searched_per_layer_and_methods_filter_them(
 def test_act_bits_8_is_a_valid_choice_in_a_space() -> None:
     space = parse_space({"version": 1, "defaults": {"act_bits": [32, 8]}})
     assert space.defaults["act_bits"] == (32, 8)
+
+
+def test_tied_rule_makes_one_decision_for_every_matched_layer(
+    tiny_layers: list[LayerInfo],
+) -> None:
+    space = parse_space(
+        {
+            "version": 1,
+            "rules": [
+                {"match": {"type": "Conv2d"}, "weight_bits": [32, 8], "tie": True},
+                {"match": {"name": "layer2.*"}, "keep_ratio": [1.0, 0.5], "tie": True},
+            ],
+        }
+    )
+    knobs = {k.param: k for k in space.knobs(tiny_layers)}
+    assert set(knobs) == {"weight_bits:rule0", "keep_ratio:rule1"}
+    convs = [layer.name for layer in tiny_layers if layer.type == "Conv2d"]
+    assert sorted(knobs["weight_bits:rule0"].layers) == sorted(convs)
+    assert set(knobs["keep_ratio:rule1"].layers) == {
+        "layer2.conv1", "layer2.conv2", "layer2.downsample.0",
+    }  # fmt: skip
+
+
+def test_tie_must_be_a_boolean() -> None:
+    with pytest.raises(SpaceError, match=r"rules\[0\]\.tie: expected true or false"):
+        parse_space(
+            {
+                "version": 1,
+                "rules": [{"match": {"type": "Linear"}, "tie": "yes", "rank_ratio": [1.0]}],
+            }
+        )
