@@ -5,8 +5,9 @@ Two kinds of measurement, both with the target's timing protocol:
    and the halves of factorized ones), timed alone at a grid of channel counts (the smallest,
    middle and largest the space allows on each axis), in every number format the space lets
    the layer deploy in: fp32 eager, and the int8 and bf16 kernels of `hardware.kernels`.
-2. Calibration: random plans from the space, built and deployed for real (int8 kernels
-   compiled) and timed as a ratio to the dense model, interleaved. The predictor learns from
+2. Calibration: random plans from the space, and the uniform plans a search starts from,
+   built and deployed for real (int8 kernels compiled) and timed as a ratio to the dense
+   model, interleaved. The predictor learns from
    these how the per-kernel sums turn into a whole model's latency: the other layers,
    per-call overhead and fusion.
 """
@@ -36,11 +37,12 @@ from autocompress.hardware.targets import Target
 from autocompress.hardware.timing import Measurement
 from autocompress.space.sample import plan_from_trial
 from autocompress.space.spec import Knob
+from autocompress.space.uniform import uniform_plans
 from autocompress.task import Task
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 4  # 2: output sizes; 3: int8 and bf16 tables; 4: plans without int8 run eager
+PROFILE_VERSION = 5  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans
 DEFAULT_CALIBRATION_PLANS = 40
 # Per lookup-table entry: few rounds, since entries are many and each is small and steady.
 LUT_ROUNDS = 3
@@ -352,6 +354,12 @@ def profile_model(
     grid = lut_grid(shapes, knobs, round_to)
     points = sum(len(c) * len(o) for c, o in grid.values())
     plans = random_plans(knobs, calibration_plans, seed=seed, round_to=round_to, eager_plans=True)
+    # The search starts from the uniform plans (all int8, every group at one keep ratio): they
+    # are the extremes random plans rarely reach, and a search's front is often built on them.
+    plans += [
+        plan_from_trial(optuna.trial.FixedTrial(params), knobs, round_to=round_to)
+        for params in uniform_plans(knobs)
+    ]
     with Bar(points + len(plans), enabled=show_progress) as bar:
         bar.describe(f"profile {model}: {points} kernel sizes")
         lut = measure_lut(grid, target, batch, progress=bar)

@@ -100,9 +100,11 @@ def test_profile_round_trips_and_refuses_other_versions(profile: Profile) -> Non
     assert Profile.from_json(profile.to_json()) == profile
     data = json.loads(profile.to_json())
     data["version"] = 0
-    with pytest.raises(ValueError, match="not a version-4 latency profile"):
+    with pytest.raises(ValueError, match="not a version-5 latency profile"):
         Profile.from_json(json.dumps(data))
-    assert len(profile.calibration) == 4
+    # 4 random plans, then the warm starts' uniform plan (every group at keep 0.5)
+    assert len(profile.calibration) == 5
+    assert profile.calibration[-1]["plan"] == _uniform(0.5).to_dict()
     assert all(e["ms"] > 0 and e["out_elems"] > 0 for e in profile.lut)
 
 
