@@ -125,7 +125,7 @@ class LatencyPredictor:
         """The regime a plan deploys in and its regression features (relative to dense)."""
         t = self._totals(self.shapes.kernels(plan))
         d = self._dense
-        if not any(cfg.weight_bits < 32 for cfg in plan.layers.values()):
+        if not self.shapes.quantized(plan):
             return EAGER, [t["ms"] / d["ms"], t["elems"] / d["elems"]]
         return COMPILED, [
             *(t[f"ms_{c}"] / d["ms"] for c in (FP32, INT8, BF16)),

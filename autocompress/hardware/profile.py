@@ -227,7 +227,8 @@ def measure_candidate(
     *,
     rounds: int | None = None,
 ) -> Measurement:
-    """Deploy a model built by `apply` (real kernels) and time it interleaved with `dense`.
+    """Deploy a model built by `apply` on the target (real kernels, in the target's runtime) and
+    time it interleaved with `dense`.
 
     Args:
         candidate: `apply(dense, plan, ...)`, fine-tuned or not (not modified).
@@ -241,9 +242,7 @@ def measure_candidate(
     Returns:
         The Measurement; its `ratio` is deployed candidate / dense.
     """
-    from autocompress.compress.apply import deploy
-
-    deployed = deploy(candidate, plan, inputs, task.calibration_batches())
+    deployed = target.deploy(candidate, plan, inputs, task.calibration_batches())
     return target.measure(deployed, inputs, reference=dense, rounds=rounds)
 
 
@@ -254,7 +253,7 @@ def measure_lut(
     *,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
-    """Time every (geometry, cin, cout) point of a grid alone, fp32 eager.
+    """Time every (geometry, cin, cout) point of a grid alone, fp32, in the target's runtime.
 
     Args:
         grid: from `lut_grid`.

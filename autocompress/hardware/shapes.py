@@ -126,6 +126,8 @@ class ModelShapes:
         layers: one LayerShape per compressible layer, in module order.
         group_channels: output channels of each coupling group in the dense model.
         bf16_compute: whether this CPU computes bf16 layers in bf16 (else they run fp32).
+        runtime: the target's runtime ("pytorch", "onnxruntime", "openvino"): which layers
+            run in int8 or bf16 once deployed.
     """
 
     def __init__(
@@ -134,8 +136,10 @@ class ModelShapes:
         group_channels: dict[str, int],
         *,
         bf16_compute: bool,
+        runtime: str = "pytorch",
     ) -> None:
         self.layers = list(layers)
+        self.runtime = runtime
         self.group_channels = dict(group_channels)
         self.bf16_compute = bf16_compute
         self._group_members: dict[str, list[str]] = {}
@@ -147,7 +151,12 @@ class ModelShapes:
 
     @classmethod
     def from_model(
-        cls, model: nn.Module, inputs: tuple[torch.Tensor, ...], layers: Sequence[LayerInfo]
+        cls,
+        model: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
+        layers: Sequence[LayerInfo],
+        *,
+        runtime: str = "pytorch",
     ) -> ModelShapes:
         """Learn the shapes from the dense model: one forward pass, then one trial pruning per
         coupling group to see whose inputs shrink with it.
@@ -156,6 +165,7 @@ class ModelShapes:
             model: the dense model (not modified).
             inputs: an example input batch.
             layers: `discover(model, inputs)`.
+            runtime: the target's runtime.
         """
         from autocompress.compress.apply import apply
 
@@ -210,7 +220,7 @@ class ModelShapes:
             for info in layers
         ]
         bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        return cls(shapes, channels, bf16_compute=bf16)
+        return cls(shapes, channels, bf16_compute=bf16, runtime=runtime)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; `ModelShapes.from_dict(s.to_dict())` rebuilds it."""
@@ -218,6 +228,7 @@ class ModelShapes:
             "layers": [asdict(layer) for layer in self.layers],
             "group_channels": self.group_channels,
             "bf16_compute": self.bf16_compute,
+            "runtime": self.runtime,
         }
 
     @classmethod
@@ -227,6 +238,7 @@ class ModelShapes:
             [LayerShape(**layer) for layer in data["layers"]],
             data["group_channels"],
             bf16_compute=data["bf16_compute"],
+            runtime=data.get("runtime", "pytorch"),
         )
 
     def kernels(self, plan: Plan) -> list[Kernel]:
@@ -242,7 +254,7 @@ class ModelShapes:
             group: self.kept(group, plan.config(members[0]).keep_ratio, plan.round_to)
             for group, members in self._group_members.items()
         }
-        compiled = any(cfg.weight_bits < 32 for cfg in plan.layers.values())
+        compiled = self.quantized(plan)
         found: list[Kernel] = []
         for index, layer in enumerate(self.layers):
             cout = kept[layer.group] if layer.group else layer.out_features
@@ -253,6 +265,13 @@ class ModelShapes:
             compute = self._compute(layer, cfg) if compiled else FP32
             found.extend(self.layer_kernels(index, cin, cout, cfg.rank_ratio, compute))
         return found
+
+    def quantized(self, plan: Plan) -> bool:
+        """Whether the plan deploys with low-bit layers (PyTorch: compiled with int8/bf16 or
+        size-only weights; a runtime: some layer in int8), else as the float model."""
+        if self.runtime == "pytorch":
+            return any(cfg.weight_bits < 32 for cfg in plan.layers.values())
+        return any((c.weight_bits, c.act_bits) == (8, 8) for c in plan.layers.values())
 
     def fan_in(self, layer: LayerShape, kept_in: int) -> int:
         """A layer's input channels when its `in_group` keeps `kept_in` channels."""
@@ -265,8 +284,11 @@ class ModelShapes:
         return kept_channels(self.group_channels[group], keep_ratio, round_to)
 
     def _compute(self, layer: LayerShape, cfg: LayerConfig) -> str:
-        """The format the layer computes in once realized (mirrors `quantize_real.realize`)."""
+        """The format the layer computes in once deployed (mirrors `quantize_real.realize`, or
+        `runtime_targets`: in a runtime only (8, 8) layers run in int8)."""
         kind = layer.geometry["type"]
+        if self.runtime != "pytorch":
+            return INT8 if (cfg.weight_bits, cfg.act_bits) == (8, 8) else FP32
         if (cfg.weight_bits, cfg.act_bits) == (8, 8) and kind != "Conv1d":
             return INT8
         if (cfg.weight_bits, cfg.act_bits) == (8, 32) and kind == "Linear":

@@ -110,9 +110,13 @@ class SearchSpace:
         knobs = []
         if "keep_ratio" in allowed:
             knobs += self._group_knobs(layers, per_layer)
+        defaults = {f.name: f.default for f in fields(LayerConfig)}
         for layer in layers:
             for setting, choices in per_layer[layer.name].items():
-                if setting != "keep_ratio" and setting in allowed and len(choices) > 1:
+                # One choice that is not the default is a setting fixed by the space
+                # (e.g. act_bits [8]: every int8 layer is static int8), so it is a knob too.
+                varies = len(choices) > 1 or choices[0] != defaults.get(setting)
+                if setting != "keep_ratio" and setting in allowed and varies:
                     knobs.append(Knob(f"{setting}:{layer.name}", setting, choices, (layer.name,)))
         return knobs
 
