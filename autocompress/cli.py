@@ -79,7 +79,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
         f"Pareto front of study {result.study} ({result.budget.describe()}; "
         f"{result.trials_run} trials this run, {result.trials_failed} failed)"
     )
-    console.print(front_table(result.baseline, result.front, title=title))
+    console.print(
+        front_table(result.baseline, result.front, title=title, alternatives=result.alternatives)
+    )
     console.print(f"show it again: autocompress show --study {result.study}", highlight=False)
     if result.report is not None:
         console.print(f"report: {result.report}", highlight=False)
@@ -103,7 +105,7 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from autocompress.optimize.failures import describe_failures, failed_trials
-    from autocompress.optimize.pareto import baseline_row, pareto_front
+    from autocompress.optimize.pareto import alternatives, baseline_row, pareto_front
     from autocompress.optimize.study import load_study
     from autocompress.report.table import front_table
 
@@ -120,7 +122,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"study {args.study!r} has no finished trial yet", file=sys.stderr)
     else:
         title = f"Pareto front of study {args.study}"
-        _console().print(front_table(baseline, front, title=title))
+        table = front_table(baseline, front, title=title, alternatives=alternatives(study))
+        _console().print(table)
     for line in failures:
         print(line)
     return 0
@@ -183,6 +186,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"latency {m['latency_ms']:.3f} ms measured now (study {m['study_latency_ms']:.3f} ms), "
         f"model.pt2 {m['artifact_bytes']} bytes (size_bytes {m['size_bytes']})"
     )
+    runtime = m.get("runtime")
+    if runtime is not None:
+        print(
+            f"  {runtime['file']} checked in {runtime['runtime']}: "
+            f"{name} {runtime['accuracy']:.4f}, {runtime['latency_ms']:.3f} ms "
+            f"({runtime['int8_nodes']} int8 layer nodes)"
+        )
     onnx = m["onnx"]
     if onnx["written"]:
         agreement = onnx["top1_agreement"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ class RuntimeTarget(Target):
 
     runtime: str
     device: str = "cpu"
+    artifact: str  # the file `export` writes (and `load_artifact` reads)
 
     def __init__(self, *, threads: int = 1, rounds: int = 15) -> None:
         _check_threads(threads)
@@ -80,6 +82,10 @@ class RuntimeTarget(Target):
         int8 of every layer), loaded in the runtime."""
         raise NotImplementedError
 
+    def load_artifact(self, path: Path) -> RuntimeModel:
+        """A model saved by `RuntimeModel.save`, loaded in the runtime."""
+        raise NotImplementedError
+
     def load(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> RuntimeModel:
         """A float PyTorch model exported and loaded in the runtime (cached per module)."""
         from autocompress.hardware.runtimes.onnx_graph import to_onnx
@@ -90,6 +96,8 @@ class RuntimeTarget(Target):
 
     def timer(self, model: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
         """A runtime model's timed call; a PyTorch module is loaded in the runtime first."""
+        if isinstance(model, EagerModel):
+            return model.timer(inputs)
         if not isinstance(model, RuntimeModel):
             model = self.load(model, inputs)
         return model.timer(inputs)
@@ -158,7 +166,28 @@ class RuntimeTarget(Target):
             f"dense, {label} int8": lambda: self.quantize_graph(
                 to_onnx(dense, inputs), calibration, None
             ),
+            "dense, PyTorch eager fp32": lambda: EagerModel(dense),
         }
+
+
+class EagerModel(nn.Module):
+    """A PyTorch model to be timed as it is (eager), not loaded in the target's runtime.
+
+    Args:
+        model: the model (evaluated in eval mode, without gradients).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        with torch.inference_mode():
+            return self.model(*inputs)
+
+    def timer(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+        """A zero-argument call on `inputs`, in inference mode."""
+        return lambda: self(*inputs)
 
 
 RUNTIME_LABELS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "pytorch": "PyTorch"}
@@ -181,6 +210,13 @@ class OrtCpuTarget(RuntimeTarget):
     name = "cpu:onnxruntime"
     runtime = "onnxruntime"
     provider = "CPUExecutionProvider"
+    artifact = "model.onnx"
+
+    def load_artifact(self, path: Path) -> RuntimeModel:
+        """An ONNX file in a session."""
+        import onnx
+
+        return self.load_graph(onnx.load(str(path)))
 
     def load_graph(self, graph: Any) -> RuntimeModel:
         """The graph in an ONNX Runtime session (see `runtimes.onnxruntime.OrtModel`)."""
@@ -240,6 +276,15 @@ class OpenVinoCpuTarget(RuntimeTarget):
 
     name = "cpu:openvino"
     runtime = "openvino"
+    artifact = "model.xml"
+
+    def load_artifact(self, path: Path) -> RuntimeModel:
+        """An OpenVINO IR (.xml with its .bin beside it), compiled."""
+        import openvino as ov
+
+        from autocompress.hardware.runtimes.openvino import OvModel
+
+        return OvModel(ov.Core().read_model(str(path)), threads=self.threads)
 
     def load_graph(self, graph: Any) -> RuntimeModel:
         """The graph converted and compiled by OpenVINO (see `runtimes.openvino.OvModel`)."""

@@ -157,7 +157,6 @@ class CpuTarget(Target):
             for sub, training in was_training.items():
                 sub.training = training
 
-
     def alternatives(
         self, dense: nn.Module, inputs: tuple[torch.Tensor, ...], calibration: list[Any]
     ) -> dict[str, Callable[[], Any]]:

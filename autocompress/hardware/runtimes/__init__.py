@@ -10,6 +10,7 @@ import importlib
 import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -108,9 +109,13 @@ class RuntimeModel(nn.Module):
         """A zero-argument call of the model on `inputs` (converted to the runtime's form once)."""
         raise NotImplementedError
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.run(inputs)
 
     def run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The model's first output on `inputs`, as a float tensor."""
+        raise NotImplementedError
+
+    def save(self, path: Path) -> None:
+        """Write the deployable artifact to `path` (the runtime's own format)."""
         raise NotImplementedError

@@ -8,7 +8,6 @@ fused Conv after the BatchNorm, and a layer's nodes are found by their module na
 from __future__ import annotations
 
 import ast
-import math
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -98,7 +97,8 @@ def layer_graph(layer: nn.Module, x: torch.Tensor) -> Any:
         nodes = [helper.make_node("Gemm", names, ["output"], name="layer", transB=1)]
     elif isinstance(layer, nn.Linear):
         inits[0] = numpy_helper.from_array(np.ascontiguousarray(weight.T), "weight")
-        nodes = [helper.make_node("MatMul", ["input", "weight"], ["mm" if bias is not None else "output"], name="layer")]  # noqa: E501
+        product = "mm" if bias is not None else "output"
+        nodes = [helper.make_node("MatMul", ["input", "weight"], [product], name="layer")]
         if bias is not None:
             nodes.append(helper.make_node("Add", ["mm", "bias"], ["output"], name="layer_bias"))
     else:
@@ -124,7 +124,8 @@ def layer_graph(layer: nn.Module, x: torch.Tensor) -> Any:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)],
         inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    # IR 10 goes with opset 20; the onnx package would stamp its newest, which ORT may not read.
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
 
 
 def _pads(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> list[int]:
@@ -202,8 +203,3 @@ def int8_region(model: Any, seeds: Sequence[str]) -> list[str]:
 def weight_node_count(model: Any) -> int:
     """How many weight nodes (Conv, Gemm, MatMul) a graph has."""
     return sum(1 for n in model.graph.node if n.op_type in WEIGHT_OPS)
-
-
-def graph_bytes(model: Any) -> int:
-    """Bytes of the serialized graph."""
-    return math.ceil(model.ByteSize())

@@ -129,4 +129,3 @@ def quantize(
         finally:
             logging.disable(previous)
         return onnx.load(str(out))
-
