@@ -11,6 +11,7 @@ as size only.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -61,7 +62,7 @@ class RuntimeTarget(Target):
         """CPU model, cores, threads, torch (the exporter) and the runtime with its versions."""
         return {
             "cpu_model": _cpu_model(),
-            "logical_cores": str(__import__("os").cpu_count() or 0),
+            "logical_cores": str(os.cpu_count() or 0),
             "threads": str(self.threads),
             "torch_version": torch.__version__,
             "runtime": self.runtime,
