@@ -53,7 +53,8 @@ class RuntimeTarget(Target):
         self.info = require(self.runtime, self.name)
         self.threads = threads
         self.rounds = rounds
-        # The dense model is the reference of every measurement: loaded into the runtime once.
+        # The dense model is the reference of every measurement: exported and loaded once.
+        self._graphs: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
         self._loaded: weakref.WeakKeyDictionary[nn.Module, RuntimeModel] = (
             weakref.WeakKeyDictionary()
         )
@@ -87,12 +88,18 @@ class RuntimeTarget(Target):
         """A model saved by `RuntimeModel.save`, loaded in the runtime."""
         raise NotImplementedError
 
-    def load(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> RuntimeModel:
-        """A float PyTorch model exported and loaded in the runtime (cached per module)."""
+    def graph(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+        """A float PyTorch model's ONNX graph (exported once per module; do not modify it)."""
         from autocompress.hardware.runtimes.onnx_graph import to_onnx
 
+        if module not in self._graphs:
+            self._graphs[module] = to_onnx(module, inputs)
+        return self._graphs[module]
+
+    def load(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> RuntimeModel:
+        """A float PyTorch model exported and loaded in the runtime (cached per module)."""
         if module not in self._loaded:
-            self._loaded[module] = self.load_graph(to_onnx(module, inputs))
+            self._loaded[module] = self.load_graph(self.graph(module, inputs))
         return self._loaded[module]
 
     def timer(self, model: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
@@ -159,13 +166,11 @@ class RuntimeTarget(Target):
         self, dense: nn.Module, inputs: tuple[torch.Tensor, ...], calibration: list[Any]
     ) -> dict[str, Callable[[], Any]]:
         """The dense model in this runtime at fp32 and with the runtime's standard int8."""
-        from autocompress.hardware.runtimes.onnx_graph import to_onnx
-
         label = RUNTIME_LABELS[self.runtime]
         return {
             f"dense, {label} fp32": lambda: self.load(dense, inputs),
             f"dense, {label} int8": lambda: self.quantize_graph(
-                to_onnx(dense, inputs), calibration, None
+                self.graph(dense, inputs), calibration, None
             ),
             "dense, PyTorch eager fp32": lambda: EagerModel(dense),
         }

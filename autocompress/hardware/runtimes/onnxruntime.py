@@ -95,6 +95,8 @@ def quantize(
         quantize_static,
     )
 
+    source = onnx.ModelProto()
+    source.CopyFrom(model)  # the caller's graph (often cached) stays as it was
     names = [i.name for i in model.graph.input]
     feeds = [
         {n: t.detach().cpu().numpy() for n, t in zip(names, batch, strict=True)}
@@ -116,7 +118,7 @@ def quantize(
         logging.disable(logging.WARNING)
         try:
             quantize_static(
-                model,
+                source,
                 str(out),
                 Reader(),
                 quant_format=QuantFormat.QDQ,
