@@ -11,7 +11,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
@@ -47,7 +46,8 @@ from autocompress.optimize.workers import check_picklable, run_workers, split_tr
 from autocompress.resolve import check_task_fits, model_label, resolve_model, resolve_task
 from autocompress.space.discover import discover
 from autocompress.space.sample import plan_from_trial
-from autocompress.space.spec import Knob, SearchSpace, load_space, settings_for_methods
+from autocompress.space.spec import SearchSpace, load_space, settings_for_methods
+from autocompress.space.uniform import uniform_plans
 from autocompress.task import Task
 
 DEFAULT_MODEL = "digits-resnet"
@@ -69,15 +69,6 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
     report: Path | None = None
     alternatives: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _uniform_plans(knobs: list[Knob]) -> list[dict[str, Any]]:
-    """Warm-start points: every coupling group at the same keep ratio, for every other shared
-    choice in [0.3, 1); other knobs are left to the sampler."""
-    groups = [k for k in knobs if k.setting == "keep_ratio"]
-    shared = set.intersection(*(set(k.choices) for k in groups)) if groups else set()
-    ratios = sorted((r for r in shared if 0.3 <= r < 1.0), reverse=True)[::2]
-    return [{k.param: r for k in groups} for r in ratios]
 
 
 def _library_versions() -> dict[str, str]:
@@ -254,7 +245,7 @@ def search(
         the_study.set_user_attr("alternatives", alternatives)
         notes += [_alternative_note(a, baseline.latency_ms) for a in alternatives]
     if existing == 0:
-        for params in _uniform_plans(knobs)[:trials]:
+        for params in uniform_plans(knobs)[:trials]:
             # skip_if_exists: workers on several machines may start a new study at once
             the_study.enqueue_trial(
                 params, user_attrs={"warm_start": "uniform"}, skip_if_exists=True

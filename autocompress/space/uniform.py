@@ -1,0 +1,110 @@
+"""Uniform plans: every layer at the same setting, one method at a time or a known-good pair.
+
+They are what a user tries by hand before searching (prune every layer to 62.5%, int8
+everywhere), so a search starts from them (warm start) and a benchmark compares against
+them. Every knob a plan does not set stays at its identity value (no compression): a warm
+start of "int8 everywhere" must not also draw random ranks and sparsity for its layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from autocompress.config import METHOD_KNOBS
+from autocompress.space.spec import Knob
+
+# The value of each knob that leaves a layer as it is.
+IDENTITY: dict[str, Any] = {
+    "keep_ratio": 1.0,
+    "rank_ratio": 1.0,
+    "sparsity": 0.0,
+    "sparsity_pattern": "unstructured",
+    "weight_bits": 32,
+    "act_bits": 32,
+}
+
+
+def _shared(knobs: Sequence[Knob], setting: str) -> list[Any]:
+    """Choices every knob of this setting offers (sorted), so one value fits every group."""
+    sets = [set(k.choices) for k in knobs if k.setting == setting]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def _offered(knobs: Sequence[Knob], setting: str) -> list[Any]:
+    """Choices some knob of this setting offers (sorted); layers without one stay as they are."""
+    return sorted({c for k in knobs if k.setting == setting for c in k.choices})
+
+
+def uniform_levels(knobs: Sequence[Knob], method: str) -> list[dict[str, Any]]:
+    """The uniform settings worth trying for one method, mildest first.
+
+    Args:
+        knobs: the space's knobs for the model.
+        method: "prune", "quant", "lowrank" or "sparse".
+
+    Returns:
+        One `{setting: value}` per level: keep ratios (every other one in [0.3, 1) that every
+        coupling group offers), int8 weights and activations, the mildest rank ratio below 1,
+        the mildest sparsity above 0 (each where a layer offers it).
+    """
+    if method == "prune":
+        ratios = [r for r in _shared(knobs, "keep_ratio") if 0.3 <= r < 1.0]
+        return [{"keep_ratio": r} for r in sorted(ratios, reverse=True)[::2]]
+    if method == "quant":
+        if 8 not in _offered(knobs, "weight_bits"):
+            return []
+        return [{"weight_bits": 8, "act_bits": 8}]
+    if method == "lowrank":
+        ranks = [r for r in _offered(knobs, "rank_ratio") if r < 1.0]
+        return [{"rank_ratio": max(ranks)}] if ranks else []
+    if method == "sparse":
+        amounts = [s for s in _offered(knobs, "sparsity") if s > 0.0]
+        return [{"sparsity": min(amounts), "sparsity_pattern": "unstructured"}] if amounts else []
+    raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHOD_KNOBS)}")
+
+
+def uniform_params(knobs: Sequence[Knob], settings: dict[str, Any]) -> dict[str, Any]:
+    """Sampler parameters for one uniform plan: `settings` on every layer whose knob offers
+    them, the identity value on every other knob (where the knob offers it).
+
+    Args:
+        knobs: the space's knobs.
+        settings: `{setting: value}`, e.g. `{"keep_ratio": 0.625, "weight_bits": 8}`.
+
+    Returns:
+        `{param: value}` for `optuna` (`enqueue_trial`, `FixedTrial`).
+    """
+    params = {}
+    for knob in knobs:
+        value = settings.get(knob.setting, IDENTITY[knob.setting])
+        if value not in knob.choices:
+            value = IDENTITY[knob.setting]
+        if value in knob.choices:
+            params[knob.param] = value
+    return params
+
+
+def uniform_plans(knobs: Sequence[Knob]) -> list[dict[str, Any]]:
+    """Warm-start points, as sampler parameters: each method's uniform levels alone
+    (pruning, then int8, sparsity, low-rank), then the middle pruning level with int8.
+
+    Args:
+        knobs: the space's knobs for the model (a space without a method's knobs gets none
+            of its plans).
+
+    Returns:
+        Distinct parameter sets that each compress something, in the order to try them.
+    """
+    methods = ("prune", "quant", "sparse", "lowrank")
+    levels = [level for method in methods for level in uniform_levels(knobs, method)]
+    prune, quant = uniform_levels(knobs, "prune"), uniform_levels(knobs, "quant")
+    if prune and quant:
+        levels.append({**prune[len(prune) // 2], **quant[0]})
+    identity = uniform_params(knobs, {})
+    plans: list[dict[str, Any]] = []
+    for level in levels:
+        params = uniform_params(knobs, level)
+        if params != identity and params not in plans:
+            plans.append(params)
+    return plans
