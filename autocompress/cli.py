@@ -36,6 +36,28 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from autocompress.errors import UserInputError
+    from autocompress.hardware.targets import TARGETS
+
+    table = Table(title="autocompress targets (--target NAME)")
+    for column in ("name", "runtime", "installed", "what"):
+        table.add_column(column)
+    for name in TARGETS.names():
+        cls = TARGETS.get(name)
+        try:
+            cls(threads=1)
+            status = "yes"
+        except UserInputError as exc:
+            status = f"no: {exc}"
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        table.add_row(name, cls.runtime, status, summary)
+    _console().print(table)
+    return 0
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from autocompress.config import Budget
     from autocompress.optimize.run import search
@@ -79,7 +101,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
         f"Pareto front of study {result.study} ({result.budget.describe()}; "
         f"{result.trials_run} trials this run, {result.trials_failed} failed)"
     )
-    console.print(front_table(result.baseline, result.front, title=title))
+    console.print(
+        front_table(result.baseline, result.front, title=title, alternatives=result.alternatives)
+    )
     console.print(f"show it again: autocompress show --study {result.study}", highlight=False)
     if result.report is not None:
         console.print(f"report: {result.report}", highlight=False)
@@ -103,7 +127,7 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from autocompress.optimize.failures import describe_failures, failed_trials
-    from autocompress.optimize.pareto import baseline_row, pareto_front
+    from autocompress.optimize.pareto import alternatives, baseline_row, pareto_front
     from autocompress.optimize.study import load_study
     from autocompress.report.table import front_table
 
@@ -120,7 +144,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"study {args.study!r} has no finished trial yet", file=sys.stderr)
     else:
         title = f"Pareto front of study {args.study}"
-        _console().print(front_table(baseline, front, title=title))
+        table = front_table(baseline, front, title=title, alternatives=alternatives(study))
+        _console().print(table)
     for line in failures:
         print(line)
     return 0
@@ -183,6 +208,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"latency {m['latency_ms']:.3f} ms measured now (study {m['study_latency_ms']:.3f} ms), "
         f"model.pt2 {m['artifact_bytes']} bytes (size_bytes {m['size_bytes']})"
     )
+    runtime = m.get("runtime")
+    if runtime is not None:
+        print(
+            f"  {runtime['file']} checked in {runtime['runtime']}: "
+            f"{name} {runtime['accuracy']:.4f}, {runtime['latency_ms']:.3f} ms "
+            f"({runtime['int8_nodes']} int8 layer nodes)"
+        )
     onnx = m["onnx"]
     if onnx["written"]:
         agreement = onnx["top1_agreement"]
@@ -205,12 +237,22 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the built-in model zoo")
     models.set_defaults(run=_cmd_models)
 
+    targets = sub.add_parser(
+        "targets", help="list the targets (device:runtime) and which work here"
+    )
+    targets.set_defaults(run=_cmd_targets)
+
     s = sub.add_parser("search", help="search compression plans; prints the Pareto front")
     s.add_argument("--model", default="digits-resnet", help="zoo name or pkg.mod:factory")
     s.add_argument(
         "--task", default=None, help="zoo task name or pkg.mod:factory (zoo models bring theirs)"
     )
-    s.add_argument("--target", default="cpu", help="where latency is measured (default: cpu)")
+    s.add_argument(
+        "--target",
+        default="cpu",
+        help="device and runtime latency is measured on: cpu (PyTorch eager, default), "
+        "cpu:onnxruntime, cpu:openvino, cuda, cuda:onnxruntime; see 'autocompress targets'",
+    )
     s.add_argument("--threads", type=int, default=1, help="threads when timing (default: 1)")
     s.add_argument("--batch-size", type=int, default=1, help="batch size latency is measured at")
     s.add_argument(
@@ -274,7 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="digits-resnet", help="zoo name or pkg.mod:factory")
     p.add_argument("--task", default=None, help="zoo task name or pkg.mod:factory")
-    p.add_argument("--target", default="cpu")
+    p.add_argument("--target", default="cpu", help="see 'autocompress targets' (default: cpu)")
     p.add_argument("--threads", type=int, default=1, help="threads when timing (default: 1)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--space", default="default", help="search space the predictor must cover")

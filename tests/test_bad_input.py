@@ -4,6 +4,8 @@ changed (a study database and a cache file exist beforehand and must stay byte-i
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -187,3 +189,31 @@ def test_plan_json_allows_only_known_keys_and_types() -> None:
         Plan.from_dict({"version": 1, "layers": {"fc1": {"keep_ratio": "__import__('os')"}}})
     with pytest.raises(PlanError, match="unknown setting"):
         Plan.from_dict({"version": 1, "layers": {"fc1": {"exec": "print(1)"}}})
+
+
+@pytest.mark.parametrize(
+    ("target", "hidden", "install"),
+    [
+        ("cpu:onnxruntime", "onnxruntime", "pip install 'autocompress[onnx]'"),
+        ("cpu:openvino", "openvino", "pip install 'autocompress[openvino]'"),
+    ],
+)
+def test_a_runtime_target_that_is_not_installed_says_how_to_install_it(
+    tmp_path: Path, target: str, hidden: str, install: str
+) -> None:
+    # A None entry in sys.modules makes `import` fail as if the package were not installed.
+    code = (
+        f"import sys; sys.modules[{hidden!r}] = None\n"
+        "from autocompress.cli import main\n"
+        f"sys.exit(main(['search', '--target', {target!r}, '--storage', "
+        f"'sqlite:///{tmp_path}/x.db']))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"autocompress: error: --target {target} needs {hidden}")
+    assert install in lines[0]
+    assert not (tmp_path / "x.db").exists()

@@ -155,3 +155,13 @@ def test_python_dash_m_and_models(workdir: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "digits-cnn" in proc.stdout and "digits-resnet" in proc.stdout
+
+
+def test_targets_lists_every_target_and_whether_it_works_here(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cpu ", "cpu:onnxruntime", "cpu:openvino", "cuda ", "cuda:onnxruntime"):
+        assert name in out
+    assert "installed" in out

@@ -72,13 +72,16 @@ def _versions(study_versions: dict[str, str]) -> dict[str, Any]:
     import importlib.metadata as md
 
     now = {"python": platform.python_version(), "torch": torch.__version__}
-    for dist in ("torchao", "torch-pruning", "optuna", "onnx", "onnxruntime", "onnxscript"):
+    for dist in (
+        "torchao", "torch-pruning", "optuna", "onnx", "onnxruntime", "onnxscript", "openvino",
+        "nncf",
+    ):  # fmt: skip
         with contextlib.suppress(md.PackageNotFoundError):
             now[dist] = md.version(dist)
     return {"export": now, "search": study_versions}
 
 
-def _readme(trial: int, study: str, onnx_written: bool, int8: bool) -> str:
+def _readme(trial: int, study: str, onnx_written: bool, int8: bool, openvino: bool) -> str:
     lines = [
         f"Compressed model: trial {trial} of autocompress study {study!r}.",
         "",
@@ -112,6 +115,15 @@ def _readme(trial: int, study: str, onnx_written: bool, int8: bool) -> str:
             "    import onnxruntime as ort",
             "    session = ort.InferenceSession('THIS_FOLDER/model.onnx')",
             "    y = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]",
+        ]
+    if openvino:
+        lines += [
+            "",
+            "OpenVINO (model.xml + model.bin; keep f32 precision, the CPU's default may be bf16):",
+            "    import openvino as ov",
+            "    model = ov.Core().compile_model('THIS_FOLDER/model.xml', 'CPU',",
+            "                                    {'INFERENCE_PRECISION_HINT': 'f32'})",
+            "    y = model(x.numpy())[0]",
         ]
     return "\n".join(lines) + "\n"
 
@@ -148,6 +160,7 @@ def export(
     """
     from autocompress.export.onnx_file import ONNX_FILE, write_onnx
     from autocompress.export.rebuild import rebuild, select_trial
+    from autocompress.export.runtime_file import write_runtime_artifact
     from autocompress.hardware.targets import resolve_target
     from autocompress.optimize.study import load_study
 
@@ -156,7 +169,8 @@ def export(
     the_study = load_study(study, storage)
     chosen = select_trial(the_study, trial=trial, pick=pick)
     identity = the_study.user_attrs.get("identity") or {}
-    target = resolve_target(identity.get("target", "cpu"), threads=int(identity.get("threads", 1)))
+    threads = int(identity.get("threads", 1))
+    target = resolve_target(identity.get("target", "cpu"), threads=threads)
     out_path = Path(out)
     work = _prepare_out(out_path)
     try:
@@ -165,16 +179,41 @@ def export(
         # An int8 graph had its BatchNorms folded by PT2E already.
         graph = built.graph if built.graph is not built.deployable else fold_batchnorm(built.graph)
         save_program(export_program(graph, built.latency_inputs), program_path)
-        metrics, failures = _verify(the_study, chosen, built, program_path, target)
+        # model.pt2 is timed in PyTorch; a runtime target's own artifact is timed below.
+        eager = target if target.runtime == "pytorch" else resolve_target("cpu", threads=threads)
+        metrics, failures = _verify(the_study, chosen, built, program_path, eager)
         val_inputs = [x for x, _ in built.task.val]
-        onnx = write_onnx(
-            built.graph,
-            built.latency_inputs,
-            work / ONNX_FILE,
-            val_inputs=val_inputs,
-            reference_outputs=outputs(built.deployable, val_inputs),
-            threads=target.threads,
-        )
+        if target.runtime == "pytorch" or target.artifact != ONNX_FILE:
+            onnx = write_onnx(
+                built.graph,
+                built.latency_inputs,
+                work / ONNX_FILE,
+                val_inputs=val_inputs,
+                reference_outputs=outputs(built.deployable, val_inputs),
+                threads=target.threads,
+            )
+        if target.runtime != "pytorch":
+            runtime, runtime_failures = write_runtime_artifact(
+                target,
+                built,
+                work,
+                study_accuracy=chosen.user_attrs["accuracy"],
+                dense_ms=the_study.user_attrs["baseline"]["latency_ms"],
+            )
+            failures += runtime_failures
+            metrics["runtime"] = runtime
+            metrics["pt2_latency_ratio"] = metrics["latency_ratio"]
+            metrics["latency_ms"] = runtime["latency_ms"]
+            metrics["latency_ratio"] = runtime["latency_ratio"]
+            metrics["measurement"] = runtime["measurement"]
+            if target.artifact == ONNX_FILE:  # the runtime's graph is the model.onnx
+                onnx = {
+                    "written": True,
+                    "reason": None,
+                    "top1_agreement": runtime["outputs"]["top1_agreement"],
+                    "max_abs_diff": runtime["outputs"]["max_abs_diff"],
+                    "opset": None,
+                }
         metrics["onnx"] = onnx
         metrics["pick"] = pick
         if failures:
@@ -182,7 +221,13 @@ def export(
         (work / "plan.json").write_text(json.dumps(built.plan.to_dict(), indent=2) + "\n")
         (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (work / "README.txt").write_text(
-            _readme(chosen.number, study, onnx["written"], bool(metrics["int8"]))
+            _readme(
+                chosen.number,
+                study,
+                onnx["written"],
+                bool(metrics["int8"]),
+                openvino=target.runtime == "openvino",
+            )
         )
         if out_path.exists():
             out_path.rmdir()  # empty, checked above

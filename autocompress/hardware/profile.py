@@ -180,8 +180,12 @@ def lut_grid(
 def _computes(
     shapes: ModelShapes, layer: LayerShape, choices: dict[tuple[str, str], list[Any]]
 ) -> set[str]:
-    """The number formats a layer can deploy in under the space's bit-width choices."""
+    """The number formats a layer can deploy in under the space's bit-width choices, and that
+    have kernel tables: a runtime's int8 kernels are not timed alone (its fp32 tables and the
+    whole-plan calibration cover them)."""
     found = {FP32}
+    if shapes.runtime != "pytorch":
+        return found
     for weight_bits in choices.get((layer.name, "weight_bits"), [32]):
         for act_bits in choices.get((layer.name, "act_bits"), [32]):
             if act_bits == 8 and weight_bits != 8:
@@ -247,7 +251,8 @@ def measure_candidate(
     *,
     rounds: int | None = None,
 ) -> Measurement:
-    """Deploy a model built by `apply` (real kernels) and time it interleaved with `dense`.
+    """Deploy a model built by `apply` on the target (real kernels, in the target's runtime) and
+    time it interleaved with `dense`.
 
     Args:
         candidate: `apply(dense, plan, ...)`, fine-tuned or not (not modified).
@@ -261,9 +266,7 @@ def measure_candidate(
     Returns:
         The Measurement; its `ratio` is deployed candidate / dense.
     """
-    from autocompress.compress.apply import deploy
-
-    deployed = deploy(candidate, plan, inputs, task.calibration_batches())
+    deployed = target.deploy(candidate, plan, inputs, task.calibration_batches())
     return target.measure(deployed, inputs, reference=dense, rounds=rounds)
 
 
@@ -274,7 +277,7 @@ def measure_lut(
     *,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
-    """Time every (geometry, format, cin, cout) point of a grid alone.
+    """Time every (geometry, format, cin, cout) point of a grid alone, in the target's runtime.
 
     Args:
         grid: from `lut_grid`.

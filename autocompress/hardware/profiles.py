@@ -98,7 +98,7 @@ def predictor_for(
         task,
         target,
         model=model,
-        shapes=ModelShapes.from_model(dense, task.inputs(), layers),
+        shapes=ModelShapes.from_model(dense, task.inputs(), layers, runtime=target.runtime),
         knobs=knobs,
         round_to=round_to,
         inputs=inputs,

@@ -129,6 +129,8 @@ class ModelShapes:
         group_channels: output channels of each coupling group in the dense model.
         bf16_compute: whether this CPU computes bf16 layers in bf16 (else they run fp32).
         group_multiples: channel multiple a group keeps (the head size of attention heads).
+        runtime: the target's runtime ("pytorch", "onnxruntime", "openvino"): which layers
+            run in int8 or bf16 once deployed.
     """
 
     def __init__(
@@ -138,8 +140,10 @@ class ModelShapes:
         *,
         bf16_compute: bool,
         group_multiples: dict[str, int] | None = None,
+        runtime: str = "pytorch",
     ) -> None:
         self.layers = list(layers)
+        self.runtime = runtime
         self.group_channels = dict(group_channels)
         self.group_multiples = dict(group_multiples or {})
         self.bf16_compute = bf16_compute
@@ -149,7 +153,12 @@ class ModelShapes:
 
     @classmethod
     def from_model(
-        cls, model: nn.Module, inputs: tuple[torch.Tensor, ...], layers: Sequence[LayerInfo]
+        cls,
+        model: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
+        layers: Sequence[LayerInfo],
+        *,
+        runtime: str = "pytorch",
     ) -> ModelShapes:
         """Learn the shapes from the dense model: one forward pass, then one trial pruning per
         coupling group to see whose inputs shrink with it.
@@ -158,6 +167,7 @@ class ModelShapes:
             model: the dense model (not modified).
             inputs: an example input batch.
             layers: `discover(model, inputs)`.
+            runtime: the target's runtime.
         """
         from autocompress.compress.apply import apply
         from autocompress.compress.prune import attention_heads
@@ -218,7 +228,7 @@ class ModelShapes:
             for info in layers
         ]
         bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        return cls(shapes, channels, bf16_compute=bf16, group_multiples=multiples)
+        return cls(shapes, channels, bf16_compute=bf16, group_multiples=multiples, runtime=runtime)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; `ModelShapes.from_dict(s.to_dict())` rebuilds it."""
@@ -227,6 +237,7 @@ class ModelShapes:
             "group_channels": self.group_channels,
             "bf16_compute": self.bf16_compute,
             "group_multiples": self.group_multiples,
+            "runtime": self.runtime,
         }
 
     @classmethod
@@ -237,6 +248,7 @@ class ModelShapes:
             data["group_channels"],
             bf16_compute=data["bf16_compute"],
             group_multiples=data.get("group_multiples"),
+            runtime=data.get("runtime", "pytorch"),
         )
 
     def kernels(self, plan: Plan) -> list[Kernel]:
@@ -264,6 +276,11 @@ class ModelShapes:
             found.extend(self.layer_kernels(index, cin, cout, cfg.rank_ratio, compute))
         return found
 
+    def quantized(self, plan: Plan) -> bool:
+        """Whether the plan deploys with int8 layers (compiled by inductor in PyTorch), else
+        as an eager (PyTorch) or float (runtime) model."""
+        return any(self.compute_of(x, plan.config(x.name)) == INT8 for x in self.layers)
+
     def fan_in(self, layer: LayerShape, kept_in: int) -> int:
         """A layer's input channels when its `in_group` keeps `kept_in` channels."""
         assert layer.in_group is not None
@@ -276,9 +293,11 @@ class ModelShapes:
         return kept_channels(self.group_channels[group], keep_ratio, multiple)
 
     def compute_of(self, layer: LayerShape, cfg: LayerConfig) -> str:
-        """The format a layer computes in once deployed (mirrors `quantize_real.realize`):
-        INT8, BF16 or FP32."""
+        """The format a layer computes in once deployed (mirrors `quantize_real.realize`, or
+        `runtime_targets`: in a runtime only (8, 8) layers run in int8): INT8, BF16 or FP32."""
         kind = layer.geometry["type"]
+        if self.runtime != "pytorch":
+            return INT8 if (cfg.weight_bits, cfg.act_bits) == (8, 8) else FP32
         if (cfg.weight_bits, cfg.act_bits) == (8, 8) and kind != "Conv1d":
             return INT8
         if (cfg.weight_bits, cfg.act_bits) == (8, 32) and kind == "Linear":

@@ -53,6 +53,7 @@ def candidate(
     *,
     verified: dict[str, Any] | None = None,
     budget: dict[str, Any] | None = None,
+    alternatives: Sequence[dict[str, Any]] = (),
 ) -> Candidate:
     """One trial as the figures a person compares (the `show --json` schema).
 
@@ -61,10 +62,15 @@ def candidate(
         baseline: the study's dense figures.
         verified: the study's verify-step measurements (trial number -> figures).
         budget: the study's budget; a measured latency over it makes the candidate infeasible.
+        alternatives: the study's plain alternatives (`optimize.alternatives`).
 
     Returns:
-        The candidate; `latency_ms` is the measured latency where there is one, else predicted.
+        The candidate; `latency_ms` is the measured latency where there is one, else predicted;
+        `best_alternative` (label) and `best_alternative_ms`: the plain alternative it is
+        compared with (`alternatives.best_alternative`), None when the study measured none.
     """
+    from autocompress.optimize.alternatives import best_alternative
+
     attrs = trial.user_attrs
     measured = measured_ms(trial, verified or {})
     violations = {k: v for k, v in trial.constraints.items() if v > 0}
@@ -73,6 +79,7 @@ def candidate(
         violations["latency_ms"] = measured - limit
     elif measured is not None and limit is not None:
         violations.pop("latency_ms", None)
+    best = best_alternative(alternatives, attrs["accuracy"])
     return {
         "trial": trial.number,
         "accuracy": attrs["accuracy"],
@@ -89,6 +96,8 @@ def candidate(
         "violations": violations,
         "finetuned": attrs.get("finetuned", True),
         "plan": attrs["plan"],
+        "best_alternative": None if best is None else best["label"],
+        "best_alternative_ms": None if best is None else best["latency_ms"],
     }
 
 
@@ -108,6 +117,7 @@ def pareto_front(study: optuna.Study) -> list[Candidate]:
     extra = {
         "verified": study.user_attrs.get("verified") or {},
         "budget": study.user_attrs.get("budget") or {},
+        "alternatives": study.user_attrs.get("alternatives") or [],
     }
     front = [candidate(pool[i], baseline, **extra) for i in non_dominated([t.values for t in pool])]
     front.sort(key=lambda c: (-c["accuracy"], c["latency_ms"], c["trial"]))
@@ -142,4 +152,11 @@ def baseline_row(study: optuna.Study) -> Candidate | None:
         "violations": {},
         "finetuned": False,
         "plan": {"version": 1, "round_to": None, "layers": {}},
+        "best_alternative": None,
+        "best_alternative_ms": None,
     }
+
+
+def alternatives(study: optuna.Study) -> list[dict[str, Any]]:
+    """The study's plain alternatives (label, latency_ms, ratio, accuracy; or label, error)."""
+    return list(study.user_attrs.get("alternatives") or [])

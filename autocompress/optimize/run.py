@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -20,6 +21,7 @@ from autocompress.config import DEFAULT_FINETUNE_STEPS, Budget
 from autocompress.errors import UserInputError
 from autocompress.hardware.profiles import predictor_for
 from autocompress.hardware.targets import Target, resolve_target
+from autocompress.optimize.alternatives import measure_alternatives
 from autocompress.optimize.heartbeat import DEFAULT_HEARTBEAT_S, fail_stale_trials, heartbeat
 from autocompress.optimize.latency import batch_inputs
 from autocompress.optimize.objectives import (
@@ -30,6 +32,7 @@ from autocompress.optimize.objectives import (
     measure_baseline,
 )
 from autocompress.optimize.pareto import Candidate, baseline_row, pareto_front
+from autocompress.optimize.pareto import alternatives as alternatives_of
 from autocompress.optimize.progress import SearchProgress
 from autocompress.optimize.reach import reachability_notes
 from autocompress.optimize.study import (
@@ -66,6 +69,7 @@ class SearchResult:
     trials_failed: int
     notes: list[str] = field(default_factory=list)
     report: Path | None = None
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _library_versions() -> dict[str, str]:
@@ -236,6 +240,11 @@ def search(
         notes.append(f"latency predicted from the profile {path}; the front is measured after")
     if not worker:  # the parent process already measured and printed these
         notes += _reachability(ctx)
+        alternatives = measure_alternatives(
+            hw, dense, the_task, latency_inputs, dense_ms=baseline.latency_ms
+        )
+        the_study.set_user_attr("alternatives", alternatives)
+        notes += [_alternative_note(a, baseline.latency_ms) for a in alternatives]
     if existing == 0:
         for params in uniform_plans(knobs)[:trials]:
             # skip_if_exists: workers on several machines may start a new study at once
@@ -273,6 +282,18 @@ def search(
         trials_failed=failed,
         notes=notes,
         report=report,
+        alternatives=alternatives_of(the_study),
+    )
+
+
+def _alternative_note(alternative: dict[str, Any], dense_ms: float) -> str:
+    label = alternative["label"]
+    if "error" in alternative:
+        return f"plain alternative {label}: not measured ({alternative['error']})"
+    return (
+        f"plain alternative {label}: {alternative['latency_ms']:.3f} ms "
+        f"({dense_ms / alternative['latency_ms']:.2f}x the dense model), "
+        f"accuracy {alternative['accuracy']:.4f}"
     )
 
 

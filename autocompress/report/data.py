@@ -11,7 +11,13 @@ from typing import Any
 import optuna
 
 from autocompress.config import Budget, LayerConfig
-from autocompress.optimize.pareto import baseline_row, dominates, measured_ms, pareto_front
+from autocompress.optimize.pareto import (
+    alternatives,
+    baseline_row,
+    dominates,
+    measured_ms,
+    pareto_front,
+)
 from autocompress.optimize.study import DEFAULT_STORAGE
 
 # Predicted latency within this fraction of the measured one counts as a good prediction.
@@ -275,7 +281,8 @@ def report_data(study: optuna.Study, *, storage_url: str | None = None) -> dict[
         storage_url: the storage it was read from; named in export commands when not default.
 
     Returns:
-        A dict with `meta`, `baseline` (the dense row or None), `budget` (limits and the
+        A dict with `meta`, `baseline` (the dense row or None), `alternatives` (the plain
+        alternatives measured beside the front), `budget` (limits and the
         accuracy floor), `front` (exactly `pareto_front(study)`, as `show --json` prints it),
         `trials` (every complete trial with feasible / dominated / category flags and its
         export command), `exports` (trial -> command for the front), `predicted` (trials that
@@ -294,6 +301,7 @@ def report_data(study: optuna.Study, *, storage_url: str | None = None) -> dict[
     return {
         "meta": _meta(study, budget),
         "baseline": baseline_row(study),
+        "alternatives": alternatives(study),
         "budget": {
             "latency_ms": budget.get("latency_ms"),
             "size_bytes": budget.get("size_bytes"),

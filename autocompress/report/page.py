@@ -129,14 +129,53 @@ def _front_row(row: Data, base: Data, export: str | None) -> str:
         _cell(f"{row['size_bytes'] / 1000:.1f}", row["size_bytes"]),
         _cell(f"{shrink:.2f}x", shrink),
         fits,
+        _versus_alternative(row),
         _cell(_e(_plan_text(row["plan"])), None, "text"),
         _cell(f"<code>{_e(export)}</code>" if export else "", None, "text"),
     ]
     return f"<tr>{''.join(cells)}</tr>"
 
 
+def _versus_alternative(row: Data) -> str:
+    best = row.get("best_alternative_ms")
+    if best is None:
+        return _cell("", "")
+    tip = f"vs {row['best_alternative']} ({best:.3f} ms)"
+    return (
+        f'<td data-sort="{_e(best / row["latency_ms"])}" title="{_e(tip)}">'
+        f"{best / row['latency_ms']:.2f}x</td>"
+    )
+
+
+def _alternative_row(alt: Data, base: Data) -> str:
+    """A plain alternative under the dense row: its figures, its label in the plan column."""
+    if "latency_ms" not in alt:
+        label = _e(f"{alt['label']}: not measured ({alt.get('error', '')})")
+        empty = "<td></td>" * 8
+        return (
+            f'<tr class="alternative"><td>alt</td>{empty}<td class="text">{label}</td>'
+            "<td></td></tr>"
+        )
+    drop = 100 * (base["accuracy"] - alt["accuracy"])
+    cells = [
+        _cell("alt", -1),
+        _cell(f"{100 * alt['accuracy']:.2f}", alt["accuracy"]),
+        _cell(f"{drop:+.2f}", drop),
+        _cell(f"{alt['latency_ms']:.3f}", alt["latency_ms"]),
+        _cell(f"{base['latency_ms'] / alt['latency_ms']:.2f}x"),
+        _cell(""),
+        _cell(""),
+        _cell(""),
+        _cell(""),
+        _cell(_e(alt["label"]), None, "text"),
+        _cell(""),
+    ]
+    return f'<tr class="alternative">{"".join(cells)}</tr>'
+
+
 def front_table(data: Data) -> str:
-    """The front as a sortable HTML table, the dense model pinned first.
+    """The front as a sortable HTML table, the dense model and its plain alternatives pinned
+    first.
 
     Args:
         data: `report_data(study)`.
@@ -157,17 +196,23 @@ def front_table(data: Data) -> str:
         ("kB", "saved model size"),
         ("smaller", "dense size / size"),
         ("fits", "within budget"),
+        (
+            "vs alt",
+            "the best plain alternative's latency / latency: the fastest alternative "
+            "(rows marked alt) at least as accurate as the candidate",
+        ),
         ("plan", "mean setting over the layers it changes"),
         ("export", "command"),
     ]
     head = "".join(
-        f'<th title="{_e(tip)}"{" class=text" if i >= 7 else ""}>{name}</th>'
+        f'<th title="{_e(tip)}"{" class=text" if i == 7 or i >= 9 else ""}>{name}</th>'
         for i, (name, tip) in enumerate(heads)
     )
     rows = "".join(_front_row(c, base, data["exports"].get(str(c["trial"]))) for c in data["front"])
+    alts = "".join(_alternative_row(a, base) for a in data.get("alternatives") or [])
     return (
         f'<div class="scroll"><table class="sortable" id="front-table"><thead><tr>{head}</tr>'
-        f'</thead><tbody class="dense">{_front_row(base, base, None)}</tbody>'
+        f'</thead><tbody class="dense">{_front_row(base, base, None)}{alts}</tbody>'
         f"<tbody>{rows}</tbody></table></div>"
     )
 

@@ -12,6 +12,8 @@ Candidate = dict[str, Any]
 
 _CAPTION = (
     "drop: accuracy points lost vs dense; faster/smaller: ratio to dense; fits: within budget; "
+    "vs alt: the best plain alternative's latency / latency (the fastest alternative at least "
+    "as accurate, see the alt rows); "
     "plan: mean channel keep ratio x layers pruned, then layers per other method"
 )
 
@@ -37,13 +39,20 @@ def _plan_summary(plan: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def front_table(baseline: Candidate, front: Sequence[Candidate], *, title: str) -> Table:
-    """A rich Table: the dense model first, then each front candidate.
+def front_table(
+    baseline: Candidate,
+    front: Sequence[Candidate],
+    *,
+    title: str,
+    alternatives: Sequence[dict[str, Any]] = (),
+) -> Table:
+    """A rich Table: the dense model first, its plain alternatives, then each front candidate.
 
     Args:
         baseline: the dense row (`pareto.baseline_row`).
         front: candidates (`pareto.pareto_front`).
         title: shown above the table.
+        alternatives: the study's plain alternatives (`pareto.alternatives`).
 
     Returns:
         The table, ready for `Console.print`.
@@ -58,6 +67,7 @@ def front_table(baseline: Candidate, front: Sequence[Candidate], *, title: str) 
         ("kB", "right"),
         ("smaller", "right"),
         ("fits", "center"),
+        ("vs alt", "right"),
         ("plan", "left"),
     ]:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
@@ -70,6 +80,7 @@ def front_table(baseline: Candidate, front: Sequence[Candidate], *, title: str) 
     for row in rows:
         is_base = row["trial"] is None
         feasible = "" if is_base else ("ok" if row["feasible"] else "[red]over[/]")
+        best = row.get("best_alternative_ms")
         table.add_row(
             "dense" if is_base else str(row["trial"]),
             f"{100 * row['accuracy']:.2f}",
@@ -79,7 +90,34 @@ def front_table(baseline: Candidate, front: Sequence[Candidate], *, title: str) 
             f"{row['size_bytes'] / 1000:.1f}",
             f"{base_size / row['size_bytes']:.2f}x",
             feasible,
+            "" if best is None else f"{best / row['latency_ms']:.2f}x",
             _plan_summary(row["plan"]),
             style="dim" if is_base else None,
+            end_section=is_base and not alternatives,
         )
+        if is_base:
+            for i, alt in enumerate(alternatives):
+                _alternative_row(table, alt, baseline, last=i == len(alternatives) - 1)
     return table
+
+
+def _alternative_row(table: Table, alt: dict[str, Any], baseline: Candidate, *, last: bool) -> None:
+    """One plain alternative under the dense row: same figures, its label as the plan."""
+    if "latency_ms" not in alt:
+        table.add_row("alt", "", "", "", "", "", "", "", "", f"{alt['label']}: not measured",
+                      style="dim", end_section=last)  # fmt: skip
+        return
+    table.add_row(
+        "alt",
+        f"{100 * alt['accuracy']:.2f}",
+        f"{100 * (baseline['accuracy'] - alt['accuracy']):+.2f}",
+        f"{alt['latency_ms']:.3f}",
+        f"{baseline['latency_ms'] / alt['latency_ms']:.2f}x",
+        "",
+        "",
+        "",
+        "",
+        alt["label"],
+        style="dim",
+        end_section=last,
+    )

@@ -170,3 +170,43 @@ def test_export_command_is_shell_quoted() -> None:
 def test_data_module_does_not_import_plotly() -> None:
     code = "import sys, autocompress.report.data; assert 'plotly' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plain_alternatives_reach_show_json_the_table_and_the_page(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from autocompress.report.page import front_table as page_table
+    from autocompress.report.table import front_table
+
+    url = f"sqlite:///{tmp_path / 'alt.db'}"
+    study = make_study(url, name="alt-cpu", complete=8, failed=0)
+    base_ms = BASELINE["latency_ms"]
+    alternatives = [
+        {"label": "dense, ONNX Runtime fp32", "latency_ms": base_ms, "ratio": 1.0,
+         "accuracy": BASELINE["accuracy"]},
+        {"label": "dense, ONNX Runtime int8", "latency_ms": base_ms / 4, "ratio": 0.25,
+         "accuracy": 0.0},
+        {"label": "dense, OpenVINO int8", "error": "RuntimeError: no CPU"},
+    ]  # fmt: skip
+    study.set_user_attr("alternatives", alternatives)
+    front = pareto_front(study)
+    assert front
+    for c in front:
+        # int8 is faster but less accurate than any candidate: fp32 is the one to beat.
+        assert c["best_alternative"] == "dense, ONNX Runtime fp32"
+        assert c["best_alternative_ms"] == base_ms
+    data = report_data(study)
+    assert data["alternatives"] == alternatives
+    html = page_table(data)
+    assert html.count('class="alternative"') == 3
+    assert "dense, ONNX Runtime int8" in html and "not measured" in html
+    console = Console(width=200, record=True)
+    console.print(front_table(data["baseline"], front, title="t", alternatives=alternatives))
+    text = console.export_text()
+    assert "dense, ONNX Runtime int8" in text and "vs alt" in text
+    assert text.count("alt ") >= 3
+    shown = json.loads(subprocess.run(
+        [sys.executable, "-m", "autocompress", "show", "--study", "alt-cpu", "--storage", url,
+         "--json"], capture_output=True, text=True, check=True, timeout=120,
+    ).stdout)  # fmt: skip
+    assert [c["best_alternative_ms"] for c in shown] == [base_ms] * len(front)

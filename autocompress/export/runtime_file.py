@@ -1,0 +1,69 @@
+"""The runtime artifact of a runtime target's export: the plan realized in the runtime (the graph
+the search timed), written in the runtime's format, loaded back from disk and checked there.
+
+`cpu:onnxruntime` writes model.onnx (static QDQ int8 where the plan says so); `cpu:openvino`
+writes model.xml + model.bin (OpenVINO IR, fp32 weights where float, NNCF int8 elsewhere).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from autocompress.export.verify import MAX_ACCURACY_DIFF, compare_outputs, outputs
+
+
+def write_runtime_artifact(
+    target: Any, built: Any, folder: Path, *, study_accuracy: float, dense_ms: float
+) -> tuple[dict[str, Any], list[str]]:
+    """Deploy the rebuilt candidate in the target's runtime, save it, reload it and check it.
+
+    Args:
+        target: a `RuntimeTarget`.
+        built: the rebuilt candidate (`export.rebuild.Rebuilt`).
+        folder: where the artifact goes.
+        study_accuracy: the trial's accuracy in the study.
+        dense_ms: the study's dense latency (the measured ratio is scaled by it).
+
+    Returns:
+        (figures for metrics.json under "runtime", the failed checks).
+    """
+    from autocompress.optimize.objectives import fixed_data_order
+
+    with fixed_data_order(built.task):
+        deployed = target.deploy(
+            built.candidate, built.plan, built.latency_inputs, built.task.calibration_batches()
+        )
+    path = folder / target.artifact
+    deployed.save(path)
+    loaded = target.load_artifact(path)
+    val_inputs = [x for x, _ in built.task.val]
+    # The file holds the in-memory graph exactly: outputs agree to float rounding.
+    check = compare_outputs(outputs(loaded, val_inputs), outputs(deployed, val_inputs), int8=False)
+    accuracy = float(built.task.metric(loaded, built.task.val))
+    failures = []
+    if not check.passed:
+        failures.append(f"{target.artifact} reloaded: {check.reason()}")
+    if abs(accuracy - study_accuracy) > MAX_ACCURACY_DIFF:
+        failures.append(
+            f"{target.artifact} in {target.runtime} scores {accuracy:.4f}, the study's candidate "
+            f"{study_accuracy:.4f} (allowed difference {MAX_ACCURACY_DIFF})"
+        )
+    measurement = target.measure(loaded, built.latency_inputs, reference=built.dense)
+    assert measurement.ratio is not None
+    # OpenVINO IR is model.xml plus its weights in model.bin; model.pt2 shares the stem.
+    written = [path, *([path.with_suffix(".bin")] if path.suffix == ".xml" else [])]
+    figures = {
+        "runtime": target.runtime,
+        "file": target.artifact,
+        "files": sorted(p.name for p in written),
+        "bytes": sum(p.stat().st_size for p in written),
+        "accuracy": accuracy,
+        "int8_nodes": len(deployed.int8_nodes),
+        "layers": dict(deployed.layers),
+        "outputs": check.to_dict(),
+        "latency_ms": measurement.ratio * dense_ms,
+        "latency_ratio": measurement.ratio,
+        "measurement": measurement.to_dict(),
+    }
+    return figures, failures

@@ -1,0 +1,321 @@
+"""Targets that deploy on a runtime other than PyTorch: ONNX Runtime and OpenVINO on the CPU,
+ONNX Runtime on a CUDA GPU.
+
+A plan is realized in the runtime: the baked model (pruned, factorized, sparse weights as zeros)
+is exported to ONNX; its (8, 8) layers then run in int8 (ONNX Runtime: static QDQ on those
+layers' nodes and the activations, pooling and residual adds between them; OpenVINO: NNCF with
+every other layer in its ignored scope); all other layers stay fp32. bf16, int4 and
+int8-weight-only layers have no faster kernel in these runtimes for an fp32 model: they count
+as size only.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocompress.config import Plan
+from autocompress.hardware.runtimes import RuntimeModel, require
+from autocompress.hardware.targets import TARGETS, Target, _check_threads, _cpu_model
+from autocompress.hardware.timing import Measurement, measure_latency
+
+INT8 = (8, 8)
+
+
+def int8_layers(plan: Plan) -> list[str]:
+    """The plan's layers that run in int8 on a runtime target (weights and activations 8 bits)."""
+    return [n for n, c in plan.layers.items() if (c.weight_bits, c.act_bits) == INT8]
+
+
+class RuntimeTarget(Target):
+    """A target whose models run in a deployment runtime; subclasses load and quantize graphs.
+
+    Args:
+        threads: the runtime's intra-op threads while timing.
+        rounds: default number of timing rounds.
+
+    Raises:
+        UserInputError: the runtime is not installed (the message gives the pip command).
+    """
+
+    runtime: str
+    device: str = "cpu"
+    artifact: str  # the file `export` writes (and `load_artifact` reads)
+
+    def __init__(self, *, threads: int = 1, rounds: int = 15) -> None:
+        _check_threads(threads)
+        self.info = require(self.runtime, self.name)
+        self.threads = threads
+        self.rounds = rounds
+        # The dense model is the reference of every measurement: exported and loaded once.
+        self._graphs: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
+        self._loaded: weakref.WeakKeyDictionary[nn.Module, RuntimeModel] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def fingerprint(self) -> dict[str, str]:
+        """CPU model, cores, threads, torch (the exporter) and the runtime with its versions."""
+        return {
+            "cpu_model": _cpu_model(),
+            "logical_cores": str(os.cpu_count() or 0),
+            "threads": str(self.threads),
+            "torch_version": torch.__version__,
+            "runtime": self.runtime,
+            **{f"{k}_version": v for k, v in self.info.versions().items()},
+        }
+
+    def load_graph(self, graph: Any) -> RuntimeModel:
+        """A float ONNX graph loaded in the runtime."""
+        raise NotImplementedError
+
+    def quantize_graph(
+        self,
+        graph: Any,
+        calibration: Iterable[tuple[torch.Tensor, ...]],
+        int8_nodes: list[str] | None,
+    ) -> RuntimeModel:
+        """An ONNX graph with the given weight nodes in int8 (None: the runtime's standard
+        int8 of every layer), loaded in the runtime."""
+        raise NotImplementedError
+
+    def load_artifact(self, path: Path) -> RuntimeModel:
+        """A model saved by `RuntimeModel.save`, loaded in the runtime."""
+        raise NotImplementedError
+
+    def graph(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+        """A float PyTorch model's ONNX graph (exported once per module; do not modify it)."""
+        from autocompress.hardware.runtimes.onnx_graph import to_onnx
+
+        if module not in self._graphs:
+            self._graphs[module] = to_onnx(module, inputs)
+        return self._graphs[module]
+
+    def load(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> RuntimeModel:
+        """A float PyTorch model exported and loaded in the runtime (cached per module)."""
+        if module not in self._loaded:
+            self._loaded[module] = self.load_graph(self.graph(module, inputs))
+        return self._loaded[module]
+
+    def timer(self, model: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+        """A runtime model's timed call; a PyTorch module is loaded in the runtime first."""
+        if isinstance(model, EagerModel):
+            return model.timer(inputs)
+        if not isinstance(model, RuntimeModel):
+            model = self.load(model, inputs)
+        return model.timer(inputs)
+
+    def deploy(
+        self,
+        model: nn.Module,
+        plan: Plan,
+        example_input: tuple[torch.Tensor, ...],
+        calibration: Iterable[tuple[torch.Tensor, ...]],
+    ) -> RuntimeModel:
+        """The plan realized in the runtime; see the module docstring.
+
+        Raises:
+            ValueError: an int8 layer of the plan has no node in the exported graph.
+        """
+        from autocompress.compress.apply import bake
+        from autocompress.hardware.runtimes.onnx_graph import layer_nodes, to_onnx
+
+        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+        graph = to_onnx(bake(model), inputs)
+        wanted = int8_layers(plan)
+        nodes = layer_nodes(graph, wanted)
+        lost = [name for name, found in nodes.items() if not found]
+        if lost:
+            raise ValueError(f"no node of layer(s) {', '.join(lost)} in the exported ONNX graph")
+        if not wanted:
+            deployed = self.load_graph(graph)
+        else:
+            deployed = self.quantize_graph(
+                graph, calibration, [n for name in wanted for n in nodes[name]]
+            )
+        deployed.layers = _layer_kinds(plan)
+        return deployed
+
+    def measure(
+        self,
+        model: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
+        *,
+        reference: nn.Module | None = None,
+        rounds: int | None = None,
+    ) -> Measurement:
+        """Time a model in the runtime, interleaved with `reference`; see `Target.measure`.
+
+        A PyTorch module (the dense model, a single layer) is exported and loaded as float.
+        """
+        candidate = self.timer(model, inputs)
+        ref = None if reference is None else self.timer(reference, inputs)
+        return measure_latency(
+            candidate,
+            ref,
+            threads=self.threads,
+            rounds=self.rounds if rounds is None else rounds,
+        )
+
+    def alternatives(
+        self, dense: nn.Module, inputs: tuple[torch.Tensor, ...], calibration: list[Any]
+    ) -> dict[str, Callable[[], Any]]:
+        """The dense model in this runtime at fp32 and with the runtime's standard int8."""
+        label = RUNTIME_LABELS[self.runtime]
+        return {
+            f"dense, {label} fp32": lambda: self.load(dense, inputs),
+            f"dense, {label} int8": lambda: self.quantize_graph(
+                self.graph(dense, inputs), calibration, None
+            ),
+            "dense, PyTorch eager fp32": lambda: EagerModel(dense),
+        }
+
+
+class EagerModel(nn.Module):
+    """A PyTorch model to be timed as it is (eager), not loaded in the target's runtime.
+
+    Args:
+        model: the model (evaluated in eval mode, without gradients).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        with torch.inference_mode():
+            return self.model(*inputs)
+
+    def timer(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+        """A zero-argument call on `inputs`, in inference mode."""
+        return lambda: self(*inputs)
+
+
+RUNTIME_LABELS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "pytorch": "PyTorch"}
+
+
+def _layer_kinds(plan: Plan) -> dict[str, str]:
+    kinds = {}
+    for name, cfg in plan.layers.items():
+        if (cfg.weight_bits, cfg.act_bits) == INT8:
+            kinds[name] = "int8 static"
+        elif cfg.weight_bits < 32:
+            kinds[name] = f"float ({cfg.weight_bits}-bit weights: size only)"
+    return kinds
+
+
+@TARGETS.register("cpu:onnxruntime")
+class OrtCpuTarget(RuntimeTarget):
+    """ONNX Runtime's CPU execution provider."""
+
+    name = "cpu:onnxruntime"
+    runtime = "onnxruntime"
+    provider = "CPUExecutionProvider"
+    artifact = "model.onnx"
+
+    def load_artifact(self, path: Path) -> RuntimeModel:
+        """An ONNX file in a session."""
+        import onnx
+
+        return self.load_graph(onnx.load(str(path)))
+
+    def load_graph(self, graph: Any) -> RuntimeModel:
+        """The graph in an ONNX Runtime session (see `runtimes.onnxruntime.OrtModel`)."""
+        from autocompress.hardware.runtimes.onnxruntime import OrtModel
+
+        return OrtModel(graph, threads=self.threads, provider=self.provider)
+
+    def quantize_graph(
+        self,
+        graph: Any,
+        calibration: Iterable[tuple[torch.Tensor, ...]],
+        int8_nodes: list[str] | None,
+    ) -> RuntimeModel:
+        """Static QDQ int8 on the nodes and the ops between them; see `RuntimeTarget`."""
+        from autocompress.hardware.runtimes.onnx_graph import int8_region
+        from autocompress.hardware.runtimes.onnxruntime import quantize
+
+        nodes = None if int8_nodes is None else int8_region(graph, int8_nodes)
+        model = self.load_graph(quantize(graph, calibration, nodes=nodes))
+        model.int8_nodes = list(int8_nodes or [])
+        return model
+
+
+@TARGETS.register("cuda:onnxruntime")
+class OrtCudaTarget(OrtCpuTarget):
+    """ONNX Runtime's CUDA execution provider (needs onnxruntime-gpu and a GPU).
+
+    Raises:
+        UserInputError: ONNX Runtime has no CUDA execution provider here.
+    """
+
+    name = "cuda:onnxruntime"
+    device = "cuda"
+    provider = "CUDAExecutionProvider"
+
+    def __init__(self, *, threads: int = 1, rounds: int = 15) -> None:
+        super().__init__(threads=threads, rounds=rounds)
+        import onnxruntime as ort
+
+        from autocompress.errors import UserInputError
+
+        if self.provider not in ort.get_available_providers():
+            raise UserInputError(
+                "--target cuda:onnxruntime needs ONNX Runtime's CUDA execution provider and a "
+                "GPU; install onnxruntime-gpu on a machine with one (or use --target "
+                "cpu:onnxruntime)"
+            )
+
+    def fingerprint(self) -> dict[str, str]:
+        """As the CPU target's, plus the GPU's name."""
+        return {**super().fingerprint(), "device": "cuda"}
+
+
+@TARGETS.register("cpu:openvino")
+class OpenVinoCpuTarget(RuntimeTarget):
+    """OpenVINO on the CPU, fp32 compute, int8 through NNCF."""
+
+    name = "cpu:openvino"
+    runtime = "openvino"
+    artifact = "model.xml"
+
+    def load_artifact(self, path: Path) -> RuntimeModel:
+        """An OpenVINO IR (.xml with its .bin beside it), compiled."""
+        import openvino as ov
+
+        from autocompress.hardware.runtimes.openvino import OvModel
+
+        return OvModel(ov.Core().read_model(str(path)), threads=self.threads)
+
+    def load_graph(self, graph: Any) -> RuntimeModel:
+        """The graph converted and compiled by OpenVINO (see `runtimes.openvino.OvModel`)."""
+        from autocompress.hardware.runtimes.openvino import OvModel, convert
+
+        return OvModel(convert(graph), threads=self.threads)
+
+    def quantize_graph(
+        self,
+        graph: Any,
+        calibration: Iterable[tuple[torch.Tensor, ...]],
+        int8_nodes: list[str] | None,
+    ) -> RuntimeModel:
+        """NNCF int8 with every weight node but `int8_nodes` in the ignored scope."""
+        from autocompress.hardware.runtimes.onnx_graph import WEIGHT_OPS
+        from autocompress.hardware.runtimes.openvino import OvModel, convert, ov_names, quantize
+
+        keep = [] if int8_nodes is None else int8_nodes
+        floats = [
+            n.name
+            for n in graph.graph.node
+            if n.op_type in WEIGHT_OPS and int8_nodes is not None and n.name not in keep
+        ]
+        float_model = convert(graph)
+        quantized = quantize(float_model, calibration, keep_float=ov_names(float_model, floats))
+        model = OvModel(quantized, threads=self.threads)
+        model.int8_nodes = list(keep)
+        return model

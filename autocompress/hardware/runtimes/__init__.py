@@ -1,0 +1,121 @@
+"""Deployment runtimes a target can time and deploy in (ONNX Runtime, OpenVINO).
+
+Each runtime lives in its own module and imports its library lazily, so `autocompress` imports
+without them; `require` turns a missing library into one line with the install command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autocompress.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What a runtime needs installed.
+
+    Args:
+        name: the runtime's name in target names (`cpu:onnxruntime`).
+        modules: Python modules it imports.
+        distributions: the pip distributions that provide them (for versions).
+        extra: the autocompress extra that installs them.
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    distributions: tuple[str, ...]
+    extra: str
+
+    def missing(self) -> list[str]:
+        """The modules that cannot be imported here ([] when the runtime is installed)."""
+        absent = []
+        for module in self.modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                absent.append(module)
+        return absent
+
+    def versions(self) -> dict[str, str]:
+        """Installed version of each distribution (for target fingerprints)."""
+        found = {}
+        for dist in self.distributions:
+            try:
+                found[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                found[dist] = "missing"
+        return found
+
+
+RUNTIMES = {
+    "onnxruntime": RuntimeInfo(
+        "onnxruntime", ("onnx", "onnxscript", "onnxruntime"), ("onnx", "onnxruntime"), "onnx"
+    ),
+    "openvino": RuntimeInfo(
+        "openvino", ("onnx", "onnxscript", "openvino", "nncf"), ("onnx", "openvino", "nncf"),
+        "openvino",
+    ),
+}  # fmt: skip
+
+
+def require(runtime: str, target: str) -> RuntimeInfo:
+    """The runtime's info; raises when its libraries are not installed.
+
+    Args:
+        runtime: a key of RUNTIMES.
+        target: the target name the user asked for (for the message).
+
+    Raises:
+        UserInputError: a module is missing; the message gives the pip command.
+    """
+    info = RUNTIMES[runtime]
+    missing = info.missing()
+    if missing:
+        raise UserInputError(
+            f"--target {target} needs {', '.join(missing)}, which is not installed here; "
+            f"install it with: pip install 'autocompress[{info.extra}]'"
+        )
+    return info
+
+
+class RuntimeModel(nn.Module):
+    """A model loaded in a deployment runtime, callable like the PyTorch model it came from.
+
+    It holds no parameters; `forward` converts tensors to and from NumPy, while `timer` gives a
+    call with the inputs converted once, which is what latency is measured on.
+
+    Attributes:
+        runtime: the runtime's name.
+        int8_nodes: the graph nodes that run in int8 (empty for a float model).
+        layers: per plan layer, how it deploys ("int8", "float", "float (bf16: size only)").
+    """
+
+    runtime: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.int8_nodes: list[str] = []
+        self.layers: dict[str, str] = {}
+
+    def timer(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+        """A zero-argument call of the model on `inputs` (converted to the runtime's form once)."""
+        raise NotImplementedError
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.run(inputs)
+
+    def run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The model's first output on `inputs`, as a float tensor."""
+        raise NotImplementedError
+
+    def save(self, path: Path) -> None:
+        """Write the deployable artifact to `path` (the runtime's own format)."""
+        raise NotImplementedError

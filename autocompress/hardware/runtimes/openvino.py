@@ -1,0 +1,118 @@
+"""OpenVINO on the CPU: compile a graph with the target's threads in fp32; int8 through NNCF.
+
+Measured on this CPU (Zen 4): OpenVINO computes in bf16 unless the inference precision hint
+says f32, and `ov.save_model` stores fp16 weights unless told not to; both are set here so that
+a float layer stays float. Graphs come from the same ONNX export as ONNX Runtime's; OpenVINO
+names a converted node after the ONNX node (`node_conv2d_3/WithoutBiases`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autocompress.hardware.runtimes import RuntimeModel
+
+
+def _config(threads: int) -> dict[str, Any]:
+    return {
+        "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+    }
+
+
+class OvModel(RuntimeModel):
+    """An OpenVINO model compiled for the CPU.
+
+    Args:
+        model: an `openvino.Model` (kept, to be saved as the deployable artifact).
+        threads: `INFERENCE_NUM_THREADS`.
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, model: Any, *, threads: int) -> None:
+        import openvino as ov
+
+        super().__init__()
+        self.model = model
+        self.compiled = ov.Core().compile_model(model, "CPU", _config(threads))
+        self.request = self.compiled.create_infer_request()
+
+    def timer(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+        """One synchronous inference on `inputs` converted once; see `RuntimeModel.timer`."""
+        feed = {i: t.detach().cpu().contiguous().numpy() for i, t in enumerate(inputs)}
+        request = self.request
+        return lambda: request.infer(feed)
+
+    def run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The first output on `inputs`."""
+        feed = {i: t.detach().cpu().contiguous().numpy() for i, t in enumerate(inputs)}
+        return torch.from_numpy(np.array(self.request.infer(feed)[0], copy=True))
+
+    def save(self, path: Path) -> None:
+        """Write the IR (`path` is the .xml; the weights go beside it as .bin), fp32 weights."""
+        import openvino as ov
+
+        ov.save_model(self.model, str(path), compress_to_fp16=False)
+
+
+def convert(onnx_model: Any) -> Any:
+    """An `openvino.Model` from an `onnx.ModelProto`."""
+    import openvino as ov
+
+    return ov.Core().read_model(onnx_model.SerializeToString(), ov.Tensor(np.empty(0, np.uint8)))
+
+
+def ov_names(model: Any, onnx_nodes: Iterable[str]) -> list[str]:
+    """The OpenVINO node names converted from the given ONNX nodes."""
+    wanted = set(onnx_nodes)
+    return [
+        op.get_friendly_name()
+        for op in model.get_ops()
+        if op.get_friendly_name() in wanted or op.get_friendly_name().split("/")[0] in wanted
+    ]
+
+
+def quantize(
+    model: Any,
+    calibration: Iterable[tuple[torch.Tensor, ...]],
+    *,
+    keep_float: Sequence[str],
+) -> Any:
+    """NNCF's post-training int8 quantization, with some nodes kept in float.
+
+    Args:
+        model: a float `openvino.Model` (not modified).
+        calibration: input batches (argument tuples) for the activation ranges.
+        keep_float: OpenVINO node names to leave out (NNCF's ignored scope).
+
+    Returns:
+        The quantized `openvino.Model`.
+    """
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    batches = [
+        tuple(t.detach().cpu().numpy() for t in batch)
+        if len(batch) > 1
+        else batch[0].detach().cpu().numpy()
+        for batch in calibration
+    ]
+    # NNCF draws progress bars on stdout with no switch to turn them off.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return nncf.quantize(
+            model.clone(),
+            nncf.Dataset(batches),
+            subset_size=max(1, len(batches)),
+            ignored_scope=nncf.IgnoredScope(names=list(keep_float), validate=False),
+        )

@@ -1,0 +1,90 @@
+"""The ONNX graph both runtime targets start from: single layers written by hand agree with
+PyTorch, and a model's graph nodes are found by their layer names (factorized layers too)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress.compress.apply import apply, bake
+from autocompress.config import LayerConfig, Plan
+from autocompress.hardware.runtimes.onnx_graph import (
+    WEIGHT_OPS,
+    int8_region,
+    layer_nodes,
+    to_onnx,
+)
+from tests.conftest import make_tiny_resnet
+
+pytest.importorskip("onnxruntime")
+
+
+def _run(graph, *inputs: torch.Tensor) -> torch.Tensor:
+    from autocompress.hardware.runtimes.onnxruntime import OrtModel
+
+    return OrtModel(graph, threads=1).run(inputs)
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape"),
+    [
+        (nn.Conv2d(3, 8, 3, stride=2, padding=1), (2, 3, 9, 9)),
+        (nn.Conv2d(8, 8, 3, padding="same", groups=8, bias=False), (1, 8, 6, 6)),
+        (nn.Conv2d(4, 6, (1, 3), dilation=(1, 2), padding="valid"), (1, 4, 5, 9)),
+        (nn.Conv1d(4, 5, 5, padding=2), (3, 4, 20)),
+        (nn.Linear(12, 7), (4, 12)),
+        (nn.Linear(12, 7, bias=False), (2, 5, 12)),
+        (nn.Linear(12, 7), (2, 5, 12)),
+    ],
+)
+def test_a_single_layer_graph_computes_what_the_layer_does(
+    layer: nn.Module, shape: tuple[int, ...]
+) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    out = _run(to_onnx(layer, (x,)), x)
+    with torch.no_grad():
+        assert torch.allclose(out, layer(x), atol=1e-5, rtol=1e-4)
+    # The batch dimension is free: the same graph runs another batch size.
+    x3 = torch.randn(3, *shape[1:])
+    with torch.no_grad():
+        assert torch.allclose(_run(to_onnx(layer, (x,)), x3), layer(x3), atol=1e-5, rtol=1e-4)
+
+
+def test_layer_nodes_finds_every_conv_and_linear_by_module_name() -> None:
+    model = make_tiny_resnet()
+    x = torch.randn(1, 1, 16, 16)
+    graph = to_onnx(model, (x,))
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    found = layer_nodes(graph, names)
+    assert all(len(nodes) == 1 for nodes in found.values()), found
+    # BatchNorm was folded, and each weight node is named after its layer, not after the BN.
+    weight_nodes = [n.name for n in graph.graph.node if n.op_type in WEIGHT_OPS]
+    assert sorted(weight_nodes) == sorted(n for nodes in found.values() for n in nodes)
+    assert not any(n.op_type == "BatchNormalization" for n in graph.graph.node)
+
+
+def test_a_factorized_layer_maps_to_both_of_its_nodes() -> None:
+    model = make_tiny_resnet()
+    x = torch.randn(1, 1, 16, 16)
+    plan = Plan(layers={"layer2.conv2": LayerConfig(rank_ratio=0.25)})
+    graph = to_onnx(bake(apply(model, plan, (x,))), (x,))
+    found = layer_nodes(graph, ["layer2.conv2", "layer2.conv1"])
+    assert len(found["layer2.conv2"]) == 2
+    assert len(found["layer2.conv1"]) == 1
+
+
+def test_int8_region_spreads_over_ops_whose_inputs_are_all_int8() -> None:
+    model = make_tiny_resnet()
+    x = torch.randn(1, 1, 16, 16)
+    graph = to_onnx(model, (x,))
+    nodes = {n.name: n for n in graph.graph.node}
+    found = layer_nodes(graph, ["layer2.conv1"])
+    region = int8_region(graph, found["layer2.conv1"])
+    # conv1's ReLU follows it; conv2 (float) and what it feeds stay out.
+    assert [nodes[n].op_type for n in region] == ["Conv", "Relu"]
+    every = [n.name for n in graph.graph.node if n.op_type in WEIGHT_OPS]
+    everything = int8_region(graph, every)
+    kinds = {nodes[n].op_type for n in everything}
+    assert {"Conv", "Gemm", "Relu", "Add"} <= kinds

@@ -1,0 +1,153 @@
+"""Runtime targets (ONNX Runtime, OpenVINO): plans realized in the runtime, per-layer int8,
+float plans identical to the dense model, and timing in the runtime."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress.compress.apply import apply, bake
+from autocompress.config import LayerConfig, Plan
+from autocompress.hardware.runtimes.onnx_graph import layer_nodes, to_onnx
+from autocompress.hardware.shapes import FP32, INT8, ModelShapes
+from autocompress.hardware.targets import TARGETS, resolve_target
+from autocompress.space.discover import discover
+from tests.conftest import make_tiny_resnet
+
+pytest.importorskip("onnxruntime")
+
+X = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+CALIBRATION = [(torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(2)),)]
+INT8_CFG = LayerConfig(weight_bits=8, act_bits=8)
+
+
+def _deploy(target_name: str, plan: Plan, model: nn.Module | None = None):
+    dense = model or make_tiny_resnet()
+    target = resolve_target(target_name)
+    return target, dense, target.deploy(apply(dense, plan, (X,)), plan, (X,), CALIBRATION)
+
+
+def test_a_float_plan_in_onnxruntime_is_exactly_the_dense_model() -> None:
+    target, dense, deployed = _deploy("cpu:onnxruntime", Plan())
+    reference = target.load(dense, (X,))
+    batch = torch.randn(5, 1, 16, 16)
+    assert torch.equal(deployed(batch), reference(batch))
+    assert deployed.int8_nodes == []
+    with torch.no_grad():
+        assert torch.allclose(deployed(batch), dense(batch), atol=1e-5)
+
+
+def test_a_pruned_factorized_plan_exported_to_onnx_matches_pytorch() -> None:
+    plan = Plan(
+        layers={
+            "stem.0": LayerConfig(keep_ratio=0.5),
+            "layer1.conv2": LayerConfig(keep_ratio=0.5),
+            "layer2.conv1": LayerConfig(keep_ratio=0.5, rank_ratio=0.25),
+        }
+    )
+    dense = make_tiny_resnet()
+    compressed = apply(dense, plan, (X,)).eval()
+    target = resolve_target("cpu:onnxruntime")
+    deployed = target.deploy(compressed, plan, (X,), CALIBRATION)
+    batch = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(deployed(batch), compressed(batch), atol=1e-4, rtol=1e-4)
+
+
+def test_onnxruntime_quantizes_only_the_plans_int8_layers() -> None:
+    import onnx
+
+    plan = Plan(layers={"layer1.conv1": INT8_CFG, "layer2.conv2": INT8_CFG})
+    _target, dense, deployed = _deploy("cpu:onnxruntime", plan)
+    graph = onnx.load_from_string(deployed.model_bytes)
+    producers = {out: n for n in graph.graph.node for out in n.output}
+    int8 = set(deployed.int8_nodes)
+    convs = [n for n in graph.graph.node if n.op_type == "Conv"]
+    assert len(int8) == 2
+    for conv in convs:
+        weight = producers.get(conv.input[1])
+        quantized = weight is not None and weight.op_type == "DequantizeLinear"
+        assert quantized == (conv.name in int8), conv.name
+    # uint8 activations, int8 per-channel weights: the settings that fuse on x86.
+    q = [n for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+    inits = {t.name: t for t in graph.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in q if len(n.input) > 2 and n.input[2] in inits]
+    assert zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)
+    # The int8 model still computes the same thing, to int8 rounding.
+    batch = torch.randn(6, 1, 16, 16)
+    with torch.no_grad():
+        ref = dense(batch)
+    assert (deployed(batch) - ref).abs().max() < 0.1 * ref.abs().max()
+    assert deployed.layers == {"layer1.conv1": "int8 static", "layer2.conv2": "int8 static"}
+
+
+def test_a_bf16_layer_counts_as_size_only_in_a_runtime() -> None:
+    plan = Plan(layers={"layer1.conv1": LayerConfig(weight_bits=16)})
+    _, _, deployed = _deploy("cpu:onnxruntime", plan)
+    assert deployed.int8_nodes == []
+    assert "size only" in deployed.layers["layer1.conv1"]
+
+
+def test_runtime_shapes_count_only_int8_layers_as_int8() -> None:
+    dense = make_tiny_resnet()
+    layers = discover(dense, (X,))
+    shapes = ModelShapes.from_model(dense, (X,), layers, runtime="onnxruntime")
+    plan = Plan(layers={"layer1.conv1": INT8_CFG, "layer1.conv2": LayerConfig(weight_bits=16)})
+    computes = {k.compute for k in shapes.kernels(plan)}
+    assert computes == {INT8, FP32}
+    assert shapes.quantized(plan)
+    assert not shapes.quantized(Plan(layers={"fc": LayerConfig(weight_bits=8)}))
+    assert ModelShapes.from_dict(shapes.to_dict()).runtime == "onnxruntime"
+
+
+def test_measure_times_in_the_runtime_against_the_dense_model() -> None:
+    target, dense, deployed = _deploy("cpu:onnxruntime", Plan())
+    m = target.measure(deployed, (X,), reference=dense, rounds=3)
+    assert m.ratio is not None and 0.5 < m.ratio < 2.0
+    assert m.threads == 1
+    # A single layer (the predictor's lookup table) is timed in the runtime too.
+    single = target.measure(nn.Conv2d(8, 8, 3, padding=1), (torch.randn(1, 8, 8, 8),), rounds=2)
+    assert single.median_ms > 0
+
+
+def test_the_runtime_is_part_of_the_fingerprint() -> None:
+    cpu, ort = resolve_target("cpu"), resolve_target("cpu:onnxruntime")
+    assert ort.fingerprint()["runtime"] == "onnxruntime"
+    assert ort.fingerprint()["onnxruntime_version"]
+    assert cpu.fingerprint_id() != ort.fingerprint_id()
+    assert resolve_target("cpu:onnxruntime", threads=2).fingerprint()["threads"] == "2"
+
+
+def test_every_runtime_target_is_registered() -> None:
+    assert {"cpu", "cpu:onnxruntime", "cpu:openvino", "cuda", "cuda:onnxruntime"} <= set(
+        TARGETS.names()
+    )
+
+
+def test_openvino_keeps_float_layers_out_of_int8_and_matches_pytorch() -> None:
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    plan = Plan(layers={"layer1.conv1": INT8_CFG})
+    _target, dense, deployed = _deploy("cpu:openvino", plan)
+    # The ONNX nodes of the two layers, as the deployed graph was exported.
+    graph = to_onnx(bake(apply(dense, plan, (X,))), (X,))
+    nodes = layer_nodes(graph, ["layer1.conv1", "layer2.conv2"])
+    fed_by_fake_quantize = {
+        consumer.get_node().get_friendly_name().split("/")[0]
+        for op in deployed.model.get_ops()
+        if op.get_type_name() == "FakeQuantize"
+        for out in op.outputs()
+        for consumer in out.get_target_inputs()
+    }
+    assert nodes["layer1.conv1"][0] in fed_by_fake_quantize
+    assert nodes["layer2.conv2"][0] not in fed_by_fake_quantize
+    batch = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        ref = dense(batch)
+    assert (deployed(batch) - ref).abs().max() < 0.1 * ref.abs().max()
+    # A float plan runs the dense graph at fp32 (this CPU's default would be bf16).
+    _, _, float_model = _deploy("cpu:openvino", Plan(), model=dense)
+    assert "float32" in str(float_model.compiled.get_property("INFERENCE_PRECISION_HINT"))
+    with torch.no_grad():
+        assert torch.allclose(float_model(batch), ref, atol=1e-4, rtol=1e-4)

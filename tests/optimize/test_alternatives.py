@@ -1,0 +1,77 @@
+"""Plain alternatives: measured in the target's runtime beside the dense model, and the one
+each candidate is compared with."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from autocompress.evaluate.metrics import top1
+from autocompress.hardware.targets import resolve_target
+from autocompress.optimize.alternatives import best_alternative, measure_alternatives
+from autocompress.task import Task
+from tests.conftest import make_tiny_resnet
+
+ALTERNATIVES = [
+    {"label": "fp32", "latency_ms": 1.0, "ratio": 1.0, "accuracy": 0.99},
+    {"label": "int8", "latency_ms": 0.4, "ratio": 0.4, "accuracy": 0.97},
+    {"label": "int8 careful", "latency_ms": 0.5, "ratio": 0.5, "accuracy": 0.985},
+    {"label": "broken", "error": "RuntimeError: no"},
+]
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "label"),
+    [
+        (0.96, "int8"),  # the fastest is accurate enough
+        (0.98, "int8 careful"),  # the fastest at least as accurate
+        (0.99, "fp32"),
+        (0.995, "fp32"),  # none as accurate: the most accurate
+    ],
+)
+def test_best_alternative_is_the_fastest_at_least_as_accurate(accuracy: float, label: str) -> None:
+    best = best_alternative(ALTERNATIVES, accuracy)
+    assert best is not None and best["label"] == label
+
+
+def test_no_measured_alternative_means_none() -> None:
+    assert best_alternative([], 0.5) is None
+    assert best_alternative([ALTERNATIVES[-1]], 0.5) is None
+
+
+def _image_task() -> Task:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 1, 16, 16, generator=g)
+    y = torch.randint(0, 10, (48,), generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    return Task("images", train=loader, val=loader, example_input=x[:1], metric=top1)
+
+
+def test_alternatives_in_onnxruntime_are_measured_against_the_dense_model() -> None:
+    pytest.importorskip("onnxruntime")
+    dense, task = make_tiny_resnet(), _image_task()
+    target = resolve_target("cpu:onnxruntime")
+    target.rounds = 3
+    rows = measure_alternatives(target, dense, task, task.inputs(), dense_ms=2.0)
+    labels = [r["label"] for r in rows]
+    assert labels == [
+        "dense, ONNX Runtime fp32",
+        "dense, ONNX Runtime int8",
+        "dense, PyTorch eager fp32",
+    ]
+    assert all("error" not in r for r in rows), rows
+    fp32 = rows[0]
+    # The dense model in ORT fp32 is the reference itself, timed against itself.
+    assert 0.7 < fp32["ratio"] < 1.4
+    assert fp32["latency_ms"] == pytest.approx(2.0 * fp32["ratio"])
+    assert fp32["accuracy"] == pytest.approx(top1(dense, task.val))
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+
+
+def test_the_eager_cpu_target_lists_onnxruntime_as_its_alternatives() -> None:
+    pytest.importorskip("onnxruntime")
+    builders = resolve_target("cpu").alternatives(
+        make_tiny_resnet(), (torch.randn(1, 1, 16, 16),), []
+    )
+    assert "dense, ONNX Runtime int8" in builders
