@@ -140,7 +140,7 @@ class LatencyPredictor:
         """
         t = self._totals(self.shapes.kernels(plan))
         d = self._dense
-        if not t[f"n_{INT8}"]:
+        if not self.shapes.quantized(plan):
             return EAGER, [t["ms"] / d["ms"], t["elems"] / d["elems"], t[f"n_{BF16}"] / d["count"]]
         return COMPILED, [
             *(t[f"ms_{c}"] / d["ms"] for c in (FP32, INT8, BF16)),
