@@ -88,6 +88,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             show_progress=not args.quiet,
             workers=args.workers,
             heartbeat_s=args.heartbeat or None,
+            alternatives=not args.no_alternatives,
         )
     except KeyboardInterrupt:
         print(
@@ -118,7 +119,8 @@ def _resume_command(args: argparse.Namespace) -> str:
 
     study = args.study or f"{model_label(args.model)}-{args.target}"
     words = ["autocompress", "search", "--model", args.model, "--study", study]
-    for flag in ("task", "storage", "space", "budget", "max_size", "max_drop", "workers"):
+    flags = ("task", "storage", "space", "methods", "budget", "max_size", "max_drop", "workers")
+    for flag in flags:
         value = getattr(args, flag)
         if value not in (None, 1, "default"):
             words += [f"--{flag.replace('_', '-')}", str(value)]
@@ -306,6 +308,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"a running trial's heartbeat interval; one silent for twice as long is failed "
         f"and retried (default: {DEFAULT_HEARTBEAT_S}; 0: off)",
+    )
+    s.add_argument(
+        "--no-alternatives",
+        action="store_true",
+        help="do not time the plain alternatives (the dense model in ONNX Runtime fp32 and "
+        "int8, ~20 s per study); speed-ups are then stated against the dense model only",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=_cmd_search)

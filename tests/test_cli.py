@@ -36,10 +36,11 @@ def run_cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, s
 
 
 def search_args(*extra: str) -> list[str]:
-    """A tiny pruning search that measures every trial (no profile to build first)."""
+    """A tiny pruning search that measures every trial (no profile to build first) and skips
+    the plain alternatives (their own tests are in tests/optimize/test_alternatives.py)."""
     return [
         "search", "--model", "digits-cnn", "--finetune-steps", "5", "--latency", "measured",
-        "--methods", "prune", "--quiet", *extra,
+        "--methods", "prune", "--no-alternatives", "--quiet", *extra,
     ]  # fmt: skip
 
 

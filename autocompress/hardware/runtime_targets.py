@@ -22,7 +22,13 @@ from torch import nn
 
 from autocompress.config import Plan
 from autocompress.hardware.runtimes import RuntimeModel, require
-from autocompress.hardware.targets import TARGETS, Target, _check_threads, _cpu_model
+from autocompress.hardware.targets import (
+    EAGER_ALTERNATIVE,
+    TARGETS,
+    Target,
+    _check_threads,
+    _cpu_model,
+)
 from autocompress.hardware.timing import Measurement, measure_latency
 
 INT8 = (8, 8)
@@ -172,7 +178,7 @@ class RuntimeTarget(Target):
             f"dense, {label} int8": lambda: self.quantize_graph(
                 self.graph(dense, inputs), calibration, None
             ),
-            "dense, PyTorch eager fp32": lambda: EagerModel(dense),
+            EAGER_ALTERNATIVE: lambda: EagerModel(dense),
         }
 
 

@@ -18,6 +18,9 @@ from autocompress.errors import UserInputError
 from autocompress.hardware.timing import Measurement, measure_latency
 from autocompress.registry import Registry
 
+# The plain alternative a runtime target lists for scale: its dense model in PyTorch eager.
+EAGER_ALTERNATIVE = "dense, PyTorch eager fp32"
+
 
 class Target(ABC):
     """Where a compressed model will run; plans are measured and predicted per target.
@@ -171,7 +174,9 @@ class CpuTarget(Target):
         if RUNTIMES["onnxruntime"].missing():
             return {}
         ort = TARGETS.get("cpu:onnxruntime")(threads=self.threads, rounds=self.rounds)
-        return ort.alternatives(dense, inputs, calibration)
+        builders = ort.alternatives(dense, inputs, calibration)
+        builders.pop(EAGER_ALTERNATIVE)  # on this target that is the dense baseline itself
+        return builders
 
 
 def _call(model: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:

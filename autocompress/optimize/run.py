@@ -122,6 +122,7 @@ def search(
     workers: int = 1,
     heartbeat_s: int | None = DEFAULT_HEARTBEAT_S,
     worker: bool = False,
+    alternatives: bool = True,
 ) -> SearchResult:
     """Search per-layer compression plans and return the Pareto front of accuracy, latency, size.
 
@@ -156,6 +157,8 @@ def search(
             as long (its worker was killed) is failed and queued again. None: no heartbeats.
         worker: this call is one of `workers` processes: no notes, no report (the parent
             process prints and writes them).
+        alternatives: measure the target's plain alternatives (the dense model in the
+            target's runtime at fp32 and int8) beside the front; False skips them.
 
     Returns:
         The front over all the study's trials, the dense baseline row, and this run's counts.
@@ -240,11 +243,12 @@ def search(
         notes.append(f"latency predicted from the profile {path}; the front is measured after")
     if not worker:  # the parent process already measured and printed these
         notes += _reachability(ctx)
-        alternatives = measure_alternatives(
+    if not worker and alternatives:
+        measured = measure_alternatives(
             hw, dense, the_task, latency_inputs, dense_ms=baseline.latency_ms
         )
-        the_study.set_user_attr("alternatives", alternatives)
-        notes += [_alternative_note(a, baseline.latency_ms) for a in alternatives]
+        the_study.set_user_attr("alternatives", measured)
+        notes += [_alternative_note(a, baseline.latency_ms) for a in measured]
     if existing == 0:
         for params in uniform_plans(knobs)[:trials]:
             # skip_if_exists: workers on several machines may start a new study at once

@@ -31,10 +31,14 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _search(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    """`python -m autocompress search` in its own folder, on the tiny test models."""
+    """`python -m autocompress search` in its own folder, on the tiny test models.
+
+    Each trial is measured (no latency profile to build first: on these tiny models a profile
+    costs more than the whole search) and the plain alternatives are skipped.
+    """
     command = [sys.executable, "-m", "autocompress", "search", "--sampler", "random",
-               "--methods", "prune", "--budget", "1s", "--train-threads", "1", "--quiet",
-               *args]  # fmt: skip
+               "--methods", "prune", "--budget", "1s", "--train-threads", "1",
+               "--latency", "measured", "--no-alternatives", "--quiet", *args]  # fmt: skip
     return subprocess.Popen(
         command, cwd=tmp_path, env=_env(tmp_path), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -190,7 +194,7 @@ def test_ctrl_c_records_the_trial_and_prints_the_resume_command(tmp_path: Path) 
     assert code == 130, err
     assert (
         f"Resume with: autocompress search --model {F}:slow_mlp --study {name} "
-        f"--task {F}:tiny_task --storage {storage} --budget 1s --trials N"
+        f"--task {F}:tiny_task --storage {storage} --methods prune --budget 1s --trials N"
     ) in err
     study = optuna.load_study(study_name=name, storage=storage)
     assert _states(study) == {"FAIL": 1, "WAITING": 2}  # two warm starts still queued
