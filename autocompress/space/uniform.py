@@ -66,28 +66,37 @@ def uniform_levels(knobs: Sequence[Knob], method: str) -> list[dict[str, Any]]:
 
 def uniform_params(knobs: Sequence[Knob], settings: dict[str, Any]) -> dict[str, Any]:
     """Sampler parameters for one uniform plan: `settings` on every layer whose knob offers
-    them, the identity value on every other knob (where the knob offers it).
+    them, the identity value on every other knob, or its mildest choice where the knob does
+    not offer the identity (e.g. embedding tables that are always int8 or int4).
 
     Args:
         knobs: the space's knobs.
         settings: `{setting: value}`, e.g. `{"keep_ratio": 0.625, "weight_bits": 8}`.
 
     Returns:
-        `{param: value}` for `optuna` (`enqueue_trial`, `FixedTrial`).
+        `{param: value}` for every knob, for `optuna` (`enqueue_trial`, `FixedTrial`).
     """
     params = {}
     for knob in knobs:
         value = settings.get(knob.setting, IDENTITY[knob.setting])
         if value not in knob.choices:
-            value = IDENTITY[knob.setting]
-        if value in knob.choices:
-            params[knob.param] = value
+            value = _mildest(knob)
+        params[knob.param] = value
     return params
 
 
+def _mildest(knob: Knob) -> Any:
+    """The knob's choice closest to leaving the layer as it is (its first, if not numeric)."""
+    identity = IDENTITY[knob.setting]
+    if identity in knob.choices or not isinstance(identity, int | float):
+        return identity if identity in knob.choices else knob.choices[0]
+    return min(knob.choices, key=lambda c: abs(c - identity))
+
+
 def uniform_plans(knobs: Sequence[Knob]) -> list[dict[str, Any]]:
-    """Warm-start points, as sampler parameters: each method's uniform levels alone
-    (pruning, then int8, sparsity, low-rank), then the middle pruning level with int8.
+    """Warm-start points, as sampler parameters: the mildest plan where it compresses, each
+    method's uniform levels alone (pruning, then int8, sparsity, low-rank), then the middle
+    pruning level with int8.
 
     Args:
         knobs: the space's knobs for the model (a space without a method's knobs gets none
@@ -97,14 +106,21 @@ def uniform_plans(knobs: Sequence[Knob]) -> list[dict[str, Any]]:
         Distinct parameter sets that each compress something, in the order to try them.
     """
     methods = ("prune", "quant", "sparse", "lowrank")
-    levels = [level for method in methods for level in uniform_levels(knobs, method)]
+    # First the mildest plan: it compresses where a knob offers no "as it is" choice (a
+    # transformer space's int8-only projections: then it is plain int8 everywhere).
+    levels: list[dict[str, Any]] = [{}]
+    levels += [level for method in methods for level in uniform_levels(knobs, method)]
     prune, quant = uniform_levels(knobs, "prune"), uniform_levels(knobs, "quant")
     if prune and quant:
         levels.append({**prune[len(prune) // 2], **quant[0]})
-    identity = uniform_params(knobs, {})
     plans: list[dict[str, Any]] = []
     for level in levels:
         params = uniform_params(knobs, level)
-        if params != identity and params not in plans:
+        if _compresses(knobs, params) and params not in plans:
             plans.append(params)
     return plans
+
+
+def _compresses(knobs: Sequence[Knob], params: dict[str, Any]) -> bool:
+    """Whether a plan changes any layer (some knob away from its identity value)."""
+    return any(params[k.param] != IDENTITY[k.setting] for k in knobs)

@@ -62,3 +62,25 @@ def test_a_prune_only_space_gets_only_pruning_levels(
     assert uniform_levels(knobs, "quant") == uniform_levels(knobs, "lowrank") == []
     with pytest.raises(ValueError, match="unknown method 'distill'"):
         uniform_levels(knobs, "distill")
+
+
+def test_a_knob_without_its_identity_takes_its_mildest_choice(
+    tiny_resnet: TinyResNet, tiny_input: torch.Tensor
+) -> None:
+    """Like the transformer space's embedding tables (int8 or int4, never float): every
+    uniform plan still sets that knob, so a `FixedTrial` of it builds (the profile does)."""
+    spec = {
+        "version": 1,
+        "defaults": {"keep_ratio": [1.0, 0.5]},
+        "rules": [{"match": {"type": "Linear"}, "weight_bits": [4, 8]}],
+    }
+    knobs = _knobs(tiny_resnet, tiny_input, spec)
+    plans = uniform_plans(knobs)
+    assert [_configs(knobs, p) for p in plans] == [
+        {LayerConfig(weight_bits=8)},  # the mildest plan compresses the Linear
+        {LayerConfig(keep_ratio=0.5), LayerConfig(weight_bits=8)},
+    ]
+    for params in plans:
+        assert set(params) == {k.param for k in knobs}
+        configs = plan_from_trial(optuna.trial.FixedTrial(params), knobs).layers
+        assert configs["fc"].weight_bits == 8
