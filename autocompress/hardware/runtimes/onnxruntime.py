@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from autocompress.hardware.runtimes import RuntimeModel
+from autocompress.hardware.runtimes.onnx_graph import fit_to_shapes
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -98,10 +99,12 @@ def quantize(
     source = onnx.ModelProto()
     source.CopyFrom(model)  # the caller's graph (often cached) stays as it was
     names = [i.name for i in model.graph.input]
-    feeds = [
-        {n: t.detach().cpu().numpy() for n, t in zip(names, batch, strict=True)}
-        for batch in calibration
+    shapes = [
+        [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
     ]
+    arrays = [fit_to_shapes([t.detach().cpu().numpy() for t in b], shapes) for b in calibration]
+    feeds = [dict(zip(names, batch, strict=True)) for batch in arrays]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from autocompress.hardware.runtimes import RuntimeModel
+from autocompress.hardware.runtimes.onnx_graph import fit_to_shapes
 
 
 def _config(threads: int) -> dict[str, Any]:
@@ -102,12 +103,12 @@ def quantize(
     import nncf
 
     nncf.set_log_level(logging.ERROR)
-    batches = [
-        tuple(t.detach().cpu().numpy() for t in batch)
-        if len(batch) > 1
-        else batch[0].detach().cpu().numpy()
-        for batch in calibration
+    shapes = [
+        [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        for port in model.inputs
     ]
+    fitted = [fit_to_shapes([t.detach().cpu().numpy() for t in b], shapes) for b in calibration]
+    batches = [tuple(arrays) if len(arrays) > 1 else arrays[0] for arrays in fitted]
     # NNCF draws progress bars on stdout with no switch to turn them off.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return nncf.quantize(

@@ -3,6 +3,7 @@ PyTorch, and a model's graph nodes are found by their layer names (factorized la
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from autocompress.compress.apply import apply, bake
 from autocompress.config import LayerConfig, Plan
 from autocompress.hardware.runtimes.onnx_graph import (
     WEIGHT_OPS,
+    fit_to_shapes,
     int8_region,
     layer_nodes,
     to_onnx,
@@ -88,3 +90,40 @@ def test_int8_region_spreads_over_ops_whose_inputs_are_all_int8() -> None:
     everything = int8_region(graph, every)
     kinds = {nodes[n].op_type for n in everything}
     assert {"Conv", "Gemm", "Relu", "Add"} <= kinds
+
+
+def test_calibration_batches_are_padded_or_cut_to_the_graphs_static_sizes() -> None:
+    tokens = np.array([[101, 7, 102], [101, 102, 0]])
+    mask = np.ones((2, 3), dtype=np.int64)
+    short, cut = fit_to_shapes([tokens, mask], [[None, 5], [None, 2]])
+    assert short.tolist() == [[101, 7, 102, 0, 0], [101, 102, 0, 0, 0]]  # padded with zeros
+    assert cut.shape == (2, 2)
+    (same,) = fit_to_shapes([tokens], [[None, None]])  # dynamic: left as it is
+    assert same is tokens
+
+
+class _Embedder(nn.Module):
+    """Token ids and a mask of a fixed length, like a text model exported at 128 tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.proj = nn.Linear(16, 8)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.proj(self.embed(ids)) * mask.unsqueeze(-1)
+        return hidden.sum(1) / mask.sum(1, keepdim=True)
+
+
+def test_int8_calibrates_on_batches_shorter_than_the_exported_sequence() -> None:
+    from autocompress.hardware.runtimes.onnxruntime import quantize
+
+    torch.manual_seed(0)
+    model = _Embedder().eval()
+    example = (torch.randint(1, 50, (1, 12)), torch.ones(1, 12, dtype=torch.long))
+    calibration = [
+        (torch.randint(1, 50, (4, n)), torch.ones(4, n, dtype=torch.long)) for n in (7, 9)
+    ]
+    graph = to_onnx(model, example)
+    int8 = _run(quantize(graph, calibration, nodes=None), *example)
+    assert torch.allclose(int8, model(*example), atol=0.1)
