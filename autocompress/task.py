@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -54,3 +55,35 @@ class Task:
         """A few training batches, as argument tuples, to calibrate static int8 ranges."""
         picked = itertools.islice(self.train, batches)
         return [x if isinstance(x, tuple) else (x,) for x, _ in picked]
+
+
+def fit_to_shapes(
+    arrays: Sequence[np.ndarray], shapes: Sequence[Sequence[int | None]]
+) -> list[np.ndarray]:
+    """Calibration arrays zero-padded or cut to a graph's static input sizes.
+
+    A graph exported from one example batch has its non-batch dimensions fixed (a text model
+    at 128 tokens), while training batches are padded to their own longest sequence. Zero is
+    the padding a tokenizer adds (pad id and attention mask 0), so the padded batch is the same
+    text; dimensions that are dynamic (None) are left as they are.
+
+    Args:
+        arrays: one batch, an array per graph input.
+        shapes: each input's dimensions, None where dynamic.
+
+    Returns:
+        The arrays, each fitted to its input's static sizes.
+    """
+    fitted = []
+    for array, shape in zip(arrays, shapes, strict=True):
+        for axis, size in enumerate(shape):
+            if axis == 0 or size is None or axis >= array.ndim or array.shape[axis] == size:
+                continue
+            if array.shape[axis] > size:
+                array = np.take(array, range(size), axis=axis)
+            else:
+                pad = [(0, 0)] * array.ndim
+                pad[axis] = (0, size - array.shape[axis])
+                array = np.pad(array, pad)
+        fitted.append(array)
+    return fitted

@@ -40,6 +40,7 @@ from autocompress.compress.quantize import (
     quantize_weight,
     strip_fake_quant,
 )
+from autocompress.task import fit_to_shapes
 
 _ATEN = torch.ops.aten
 _COMPUTE_OPS = (_ATEN.conv1d.default, _ATEN.conv2d.default, _ATEN.linear.default)
@@ -283,9 +284,13 @@ def _quantize(
         warnings.filterwarnings("ignore", "The input of .* is not quantized", UserWarning)
         prepared = quantize_pt2e.prepare_pt2e(graph, _plan_quantizer(static, dynamic))
     batches = 0
+    # A graph traced at the example's sizes (a text model at 128 tokens) calibrates on
+    # batches fitted to them: training batches are padded to their own longest sequence.
+    shapes = [[None, *t.shape[1:]] for t in example_inputs]
     with torch.no_grad():
         for batch in calibration:
-            prepared(*batch)
+            arrays = fit_to_shapes([t.numpy() for t in batch], shapes)
+            prepared(*(torch.from_numpy(a) for a in arrays))
             batches += 1
         if static and not batches:
             warnings.warn(

@@ -288,3 +288,27 @@ def test_static_int8_conv1d_stays_float_and_runs_compiled() -> None:
     assert real.layers["0"] == "int8 weights, size only"
     assert real(x).shape == (1, 10)
     assert float((real(x) - model(x)).abs().max()) < 0.1
+
+
+class _Tokens(nn.Module):
+    """Token ids and a mask of a fixed length, like a text model traced at 128 tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.proj = nn.Linear(16, 8)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.proj(self.embed(ids)) * mask.unsqueeze(-1)
+        return hidden.sum(1) / mask.sum(1, keepdim=True)
+
+
+def test_static_int8_calibrates_on_batches_shorter_than_the_example() -> None:
+    torch.manual_seed(0)
+    model = _Tokens().eval()
+    example = (torch.randint(1, 50, (1, 12)), torch.ones(1, 12, dtype=torch.long))
+    calibration = [
+        (torch.randint(1, 50, (4, n)), torch.ones(4, n, dtype=torch.long)) for n in (7, 9)
+    ]
+    real = realize(model, {"proj": (8, 8)}, example, calibration, compile=False)
+    assert float((real(*example) - model(*example)).abs().max()) < 0.1

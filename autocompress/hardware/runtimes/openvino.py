@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from autocompress.hardware.runtimes import RuntimeModel
-from autocompress.hardware.runtimes.onnx_graph import fit_to_shapes
+from autocompress.task import fit_to_shapes
 
 
 def _config(threads: int) -> dict[str, Any]:

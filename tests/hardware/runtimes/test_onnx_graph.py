@@ -12,11 +12,11 @@ from autocompress.compress.apply import apply, bake
 from autocompress.config import LayerConfig, Plan
 from autocompress.hardware.runtimes.onnx_graph import (
     WEIGHT_OPS,
-    fit_to_shapes,
     int8_region,
     layer_nodes,
     to_onnx,
 )
+from autocompress.task import fit_to_shapes
 from tests.conftest import make_tiny_resnet
 
 pytest.importorskip("onnxruntime")
