@@ -10,8 +10,10 @@ fourth without 8-bit weights so that eager plans are in the mix):
 - exported: the plan rebuilt the way `export.rebuild` does (apply, the same fine-tune on the
   same batches with 1 thread, `deploy` with int8 compiled by inductor), written by export's
   writer (`save_program(deployable_program(...))`), and the file's bytes;
-- error: |recorded - exported| / exported; cost: the seconds `artifact_size_bytes` took
-  inside the trial (what a trial pays for an exact size).
+- error: |recorded - exported| / exported; and, for comparison, the error of the count of
+  each tensor in its compact encoding (`compressed_size_bytes`, what trials recorded before);
+- cost: the seconds `artifact_size_bytes` took inside the trial (what a trial pays for an
+  exact size), as CPU time of this process and as wall-clock time.
 
 Usage: python bench/size.py [--models NAME ...] [--plans 20] [--steps 20] [--seed 0]
 Writes reports/benchmarks/size.md and prints the same table.
@@ -32,7 +34,8 @@ from typing import Any
 import torch
 
 import autocompress.optimize.objectives as objectives
-from autocompress.compress.apply import apply, deploy
+from autocompress.compress.apply import apply, bake, deploy
+from autocompress.compress.size import compressed_size_bytes
 from autocompress.config import Budget
 from autocompress.evaluate.finetune import finetune
 from autocompress.export.artifact import deployable_program, save_program
@@ -57,15 +60,15 @@ class _NoLatency:
         return 1.0
 
 
-def _timed(real: Any, seconds: list[float]) -> Any:
-    """`real` (the trial's `artifact_size_bytes`), appending each call's seconds."""
+def _timed(real: Any, seconds: list[tuple[float, float]]) -> Any:
+    """`real` (the trial's `artifact_size_bytes`), appending each call's (CPU, wall) seconds."""
 
     def timed(*args: Any, **kwargs: Any) -> int:
-        started = time.perf_counter()
+        cpu, wall = time.process_time(), time.perf_counter()
         try:
             return real(*args, **kwargs)
         finally:
-            seconds.append(time.perf_counter() - started)
+            seconds.append((time.process_time() - cpu, time.perf_counter() - wall))
 
     return timed
 
@@ -94,7 +97,7 @@ def measure(name: str, plans: int, steps: int, seed: int, out: Path) -> dict[str
         for space in SPACES
         for plan in random_plans(knobs[space], plans // 2, seed=seed, eager_plans=True)
     ]
-    seconds: list[float] = []
+    seconds: list[tuple[float, float]] = []
     real = objectives.artifact_size_bytes
     objectives.artifact_size_bytes = _timed(real, seconds)
     rows = []
@@ -108,26 +111,34 @@ def measure(name: str, plans: int, steps: int, seed: int, out: Path) -> dict[str
                 task.metric(candidate, task.val)
                 with fixed_data_order(task):
                     deployable = deploy(candidate, plan, inputs, task.calibration_batches())
+            counted = compressed_size_bytes(bake(candidate), plan)
             path = out / f"{name}-{i}.pt2"
             save_program(deployable_program(deployable, inputs), path)
             exported = path.stat().st_size
             kinds = sorted(set(getattr(deployable, "layers", {}).values()))
-            rows.append((space, recorded, exported, abs(recorded - exported) / exported, kinds))
+            error, old = (abs(n - exported) / exported for n in (recorded, counted))
+            rows.append((space, recorded, exported, error, old))
             print(
                 f"{name} {i:2d} {space:7s} recorded {recorded:8d} exported {exported:8d} "
-                f"error {rows[-1][3]:.4%} size cost {seconds[-1]:.2f} s  {', '.join(kinds)}",
+                f"error {error:.4%} (compact count {old:+.1%}) size cost "
+                f"{seconds[-1][0]:.2f} s CPU, {seconds[-1][1]:.2f} s wall  {', '.join(kinds)}",
                 flush=True,
             )
     finally:
         objectives.artifact_size_bytes = real
-    errors = [r[3] for r in rows]
+    errors, old = [r[3] for r in rows], [r[4] for r in rows]
+    cpu, wall = [s[0] for s in seconds], [s[1] for s in seconds]
     return {
         "model": name,
         "plans": len(rows),
         "worst": max(errors),
         "median": statistics.median(errors),
-        "cost_median_s": statistics.median(seconds),
-        "cost_max_s": max(seconds),
+        "old_worst": max(old),
+        "old_median": statistics.median(old),
+        "cpu_median_s": statistics.median(cpu),
+        "cpu_max_s": max(cpu),
+        "wall_median_s": statistics.median(wall),
+        "wall_max_s": max(wall),
         "smallest": min(r[2] for r in rows),
         "largest": max(r[2] for r in rows),
     }
@@ -155,15 +166,16 @@ def main(argv: list[str] | None = None) -> int:
         f"--seed {args.seed}`. Random joint-space plans (default.yaml and cnn.yaml), trial "
         "fine-tune with the search's thread choice, export rebuild with 1 thread.",
         "",
-        "| model | plans | model.pt2 bytes | worst error | median error | size cost per trial "
-        "(median / max) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | plans | model.pt2 bytes | size_bytes error, worst / median | compact count "
+        "error, worst / median | size cost per trial, CPU median / max | wall median / max |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         lines.append(
             f"| {r['model']} | {r['plans']} | {r['smallest']}-{r['largest']} | "
-            f"{r['worst']:.3%} | {r['median']:.3%} | {r['cost_median_s']:.2f} s / "
-            f"{r['cost_max_s']:.2f} s |"
+            f"{r['worst']:.3%} / {r['median']:.3%} | {r['old_worst']:.1%} / "
+            f"{r['old_median']:.1%} | {r['cpu_median_s']:.2f} s / {r['cpu_max_s']:.2f} s | "
+            f"{r['wall_median_s']:.2f} s / {r['wall_max_s']:.2f} s |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

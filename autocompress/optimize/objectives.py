@@ -72,7 +72,7 @@ def measure_baseline(
     """
     measurement = target.measure(dense, latency_inputs, rounds=2 * target.rounds)
     try:
-        size = artifact_size_bytes(dense, Plan(layers={}), latency_inputs, [])
+        size = artifact_size_bytes(dense, Plan(layers={}), latency_inputs)
     except Exception:  # not exportable (see _artifact_size)
         size = size_bytes(dense)
     return Baseline(
@@ -149,14 +149,13 @@ def _artifact_size(
 ) -> dict[str, Any]:
     """`size_bytes`: the bytes of the model.pt2 `autocompress export` would write for this trial.
 
-    Counted after fine-tuning, from the weights and calibration batches export rebuilds, so
-    the count is the file's size (deflated entries depend on the weights' values). A model
-    that `torch.export` cannot capture has no model.pt2: its tensors are counted instead.
+    Counted after fine-tuning, from the weights export rebuilds (deflated entries depend on
+    the values), so the count is the file's size. A model that `torch.export` cannot capture
+    has no model.pt2: its tensors are counted instead.
     """
-    with fixed_data_order(ctx.task):  # the calibration batches export uses
-        calibration = ctx.task.calibration_batches()
     try:
-        return {"size_bytes": artifact_size_bytes(candidate, plan, ctx.latency_inputs, calibration)}
+        size = artifact_size_bytes(candidate, plan, ctx.latency_inputs)
+        return {"size_bytes": size, "size_source": "model.pt2"}
     except Exception as exc:  # not exportable: export would refuse it too; count the tensors
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         if estimate is None:
