@@ -64,3 +64,29 @@ def test_size_accounting_within_2pct_over_20_random_plans(tmp_path: Path) -> Non
         "bf16", "sparse", "low-rank",
     }  # fmt: skip
     print(f"digits-cnn: worst {max(errors):.2%}, median {statistics.median(errors):.2%}")
+
+
+class _Branchy(torch.nn.Module):
+    """Its output depends on a value: `torch.export` cannot capture it, so no model.pt2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)
+
+
+def test_a_model_export_cannot_capture_counts_its_tensors_and_says_so() -> None:
+    from types import SimpleNamespace
+
+    from autocompress.compress.size import compressed_size_bytes
+    from autocompress.config import Plan
+    from autocompress.optimize.objectives import _artifact_size
+
+    model, plan = _Branchy().eval(), Plan(layers={})
+    ctx = SimpleNamespace(latency_inputs=(torch.randn(1, 8),))
+    figures = _artifact_size(ctx, model, plan, None)  # type: ignore[arg-type]
+    assert figures["size_bytes"] == compressed_size_bytes(model, plan)
+    assert figures["size_source"] == "tensors"
+    assert figures["size_note"].startswith("tensors only: model.pt2 could not be built")
