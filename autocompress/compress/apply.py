@@ -76,6 +76,8 @@ def deploy(
     plan: Plan,
     example_input: Inputs,
     calibration: Iterable[tuple[torch.Tensor, ...]],
+    *,
+    compile: bool = True,
 ) -> Callable[..., torch.Tensor]:
     """The deployable model with real kernels: static int8 for (8, 8) layers, dynamic int8 for
     (8, 32) Linears, bf16 compute where the CPU has it, float elsewhere, in one compiled graph
@@ -86,6 +88,8 @@ def deploy(
         plan: the plan it was built from.
         example_input: one input batch at the batch size it will be run at.
         calibration: input batches (as argument tuples) for static int8 ranges.
+        compile: lower int8 graphs with inductor; False keeps the reference graph (the same
+            graph an artifact stores, without the seconds of compiling; slow to run).
 
     Returns:
         A callable taking the model's inputs; the baked float model when nothing is quantized.
@@ -96,4 +100,4 @@ def deploy(
     bits = {n: (c.weight_bits, c.act_bits) for n, c in plan.layers.items() if c.weight_bits < 32}
     if not bits:
         return plain
-    return realize(plain, bits, _as_tuple(example_input), calibration)
+    return realize(plain, bits, _as_tuple(example_input), calibration, compile=compile)

@@ -24,8 +24,7 @@ from autocompress.errors import AutocompressError, UserInputError
 from autocompress.export.artifact import (
     PROGRAM_FILE,
     archive_bytes,
-    export_program,
-    fold_batchnorm,
+    deployable_program,
     has_int8,
     load,
     load_program,
@@ -176,9 +175,8 @@ def export(
     try:
         built = rebuild(the_study, chosen, model=model, task=task, train_threads=train_threads)
         program_path = work / PROGRAM_FILE
-        # An int8 graph had its BatchNorms folded by PT2E already.
-        graph = built.graph if built.graph is not built.deployable else fold_batchnorm(built.graph)
-        save_program(export_program(graph, built.latency_inputs), program_path)
+        # The same program, written the same way, as the trial counted for its size_bytes.
+        save_program(deployable_program(built.deployable, built.latency_inputs), program_path)
         # model.pt2 is timed in PyTorch; a runtime target's own artifact is timed below.
         eager = target if target.runtime == "pytorch" else resolve_target("cpu", threads=threads)
         metrics, failures = _verify(the_study, chosen, built, program_path, eager)
@@ -263,10 +261,6 @@ def _verify(
     Returns:
         metrics.json's figures and the failed checks (empty when the artifact verifies).
     """
-    from autocompress.compress.apply import bake
-    from autocompress.compress.size import compressed_size_bytes
-    from autocompress.evaluate.metrics import size_bytes
-
     attrs = trial.user_attrs
     baseline = study.user_attrs.get("baseline") or {}
     loaded = load(program_path)
@@ -296,42 +290,28 @@ def _verify(
     fingerprint = target.fingerprint()
 
     program = load_program(program_path)
-    baked = bake(built.candidate)
-    counted = compressed_size_bytes(baked, built.plan)
-    # size_bytes includes torch.save's container (zip headers, 64-byte alignment, pickle):
-    # what it counts for the tensors alone compares with the tensors model.pt2 stores.
-    raw = sum(t.numel() * t.element_size() for t in baked.state_dict().values())
-    counted_tensors = counted - (size_bytes(baked) - raw)
     on_disk = archive_bytes(program_path)
     unused = unused_tensors(program)
     if unused:
         failures.append(f"model.pt2 stores tensors no node reads: {', '.join(unused[:5])}")
-    sparse = sorted(n for n, c in built.plan.layers.items() if c.sparsity > 0)
+    recorded = attrs["size_bytes"]
+    within = abs(on_disk["file"] - recorded) <= SIZE_TOLERANCE * on_disk["file"]
     size_notes = []
-    size_only = sorted(
-        n for n, kind in getattr(built.deployable, "layers", {}).items() if "size only" in kind
-    )
-    within = abs(on_disk["file"] - attrs["size_bytes"]) <= SIZE_TOLERANCE * attrs["size_bytes"]
     if not within:
-        reasons = []
-        if sparse:
-            reasons.append(
-                f"sparse layers ({', '.join(sparse)}) are stored as dense tensors (deflated); "
-                "the count assumes their compact (bitmask/CSR) encoding"
+        if "size_source" not in attrs:
+            why = (
+                "the study was searched before size_bytes counted the model.pt2 itself (it "
+                "counted compact tensors and torch.save's container)"
             )
-        if size_only:
-            reasons.append(
-                f"low-bit weights that count as size only ({', '.join(size_only)}) are stored "
-                "as float (deflated); the count assumes their packed bits"
+        else:
+            why = attrs.get("size_note") or (
+                "the trial counted this same archive for the weights and calibration it had; "
+                "the rebuild's differ (a changed torch/torchao version, or a fine-tune that "
+                "did not replay exactly)"
             )
-        why = "; ".join(reasons) or (
-            "the rest is container overhead (graph JSON here; torch.save's zip and pickle in "
-            "the count) and BatchNorm folded into the convolutions"
-        )
         size_notes.append(
-            f"model.pt2 is {on_disk['file']} bytes, {on_disk['file'] / attrs['size_bytes']:.3f}x "
-            f"the counted size_bytes {attrs['size_bytes']}; its tensors take "
-            f"{on_disk['tensors']} bytes, the count has {counted_tensors} for them: {why}"
+            f"model.pt2 is {on_disk['file']} bytes, {on_disk['file'] / recorded:.3f}x the "
+            f"study's size_bytes {recorded}: {why}"
         )
     metrics = {
         "study": study.study_name,
@@ -347,18 +327,16 @@ def _verify(
         "baseline_latency_ms": baseline["latency_ms"],
         "measurement": measurement.to_dict(),
         "latency_vs_in_memory_ratio": versus.ratio,
-        "size_bytes": attrs["size_bytes"],
-        "size_bytes_now": counted,
+        "size_bytes": recorded,
+        # What a trial would record for the rebuilt candidate: the archive just written.
+        "size_bytes_now": on_disk["file"],
         "artifact_bytes": on_disk["file"],
         "size": {
             "tensor_bytes": on_disk["tensors"],
             "tensor_bytes_uncompressed": on_disk["tensors_uncompressed"],
-            "counted_tensor_bytes": counted_tensors,
             "overhead_bytes": on_disk["overhead"],
-            "artifact_vs_size_bytes": on_disk["file"] / attrs["size_bytes"],
+            "artifact_vs_size_bytes": on_disk["file"] / recorded,
             "within_2pct": within,
-            "sparse_layers_stored_dense": sparse,
-            "size_only_layers_stored_float": size_only,
             "unused_tensors": unused,
             "notes": size_notes,
         },

@@ -16,6 +16,7 @@ from autocompress.compress.size import compressed_size_bytes
 from autocompress.config import Budget, Plan
 from autocompress.evaluate.finetune import finetune
 from autocompress.evaluate.metrics import param_count, size_bytes
+from autocompress.export.artifact import artifact_size_bytes
 from autocompress.hardware.predictor import LatencyPredictor
 from autocompress.hardware.profile import measure_candidate
 from autocompress.hardware.targets import Target
@@ -63,12 +64,21 @@ class SearchContext:
 def measure_baseline(
     dense: nn.Module, task: Task, target: Target, latency_inputs: tuple[torch.Tensor, ...]
 ) -> Baseline:
-    """Measure the dense model: accuracy on the validation split, latency on the target, size."""
+    """Measure the dense model: accuracy on the validation split, latency on the target, size.
+
+    The size is that of the dense model's own model.pt2 (BatchNorm folded, as export writes a
+    float model), so that a trial's `size_bytes` compares artifact with artifact; a model
+    `torch.export` cannot capture counts as `torch.save` writes its state.
+    """
     measurement = target.measure(dense, latency_inputs, rounds=2 * target.rounds)
+    try:
+        size = artifact_size_bytes(dense, Plan(layers={}), latency_inputs)
+    except Exception:  # not exportable (see _artifact_size)
+        size = size_bytes(dense)
     return Baseline(
         accuracy=float(task.metric(dense, task.val)),
         latency_ms=measurement.median_ms,
-        size_bytes=size_bytes(dense),
+        size_bytes=size,
         params=param_count(dense),
         metrics=extra_metrics(dense, task),
     )
@@ -129,6 +139,34 @@ def fixed_data_order(task: Task, seed: int = FINETUNE_DATA_SEED) -> Iterator[Non
         generator.set_state(saved)
 
 
+def artifact_size(ctx: SearchContext, candidate: nn.Module, plan: Plan) -> int:
+    """`size_bytes` of a model built by `apply` (see `_artifact_size`), or its tensors' count."""
+    return int(_artifact_size(ctx, candidate, plan, None)["size_bytes"])
+
+
+def _artifact_size(
+    ctx: SearchContext, candidate: nn.Module, plan: Plan, estimate: int | None
+) -> dict[str, Any]:
+    """`size_bytes`: the bytes of the model.pt2 `autocompress export` would write for this trial.
+
+    Counted after fine-tuning, from the weights export rebuilds (deflated entries depend on
+    the values), so the count is the file's size. A model that `torch.export` cannot capture
+    has no model.pt2: its tensors are counted instead.
+    """
+    try:
+        size = artifact_size_bytes(candidate, plan, ctx.latency_inputs)
+        return {"size_bytes": size, "size_source": "model.pt2"}
+    except Exception as exc:  # not exportable: export would refuse it too; count the tensors
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        if estimate is None:
+            estimate = compressed_size_bytes(bake(candidate), plan)
+        return {
+            "size_bytes": estimate,
+            "size_source": "tensors",
+            "size_note": f"tensors only: model.pt2 could not be built ({reason})",
+        }
+
+
 def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
     """Build, measure and score one plan.
 
@@ -138,14 +176,15 @@ def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
 
     Returns:
         Figures: accuracy, metrics (the task's extra figures, when it has any), latency_ms,
-        latency_ratio, predicted_ms or measured_ms, size_bytes, params, finetuned, finetune_s,
-        and measurement (the raw timing record) when measured.
+        latency_ratio, predicted_ms or measured_ms, size_bytes (the bytes of the model.pt2 this
+        trial exports to) with size_source ("model.pt2", or "tensors" and a size_note where
+        that cannot be built), params, finetuned, finetune_s, and measurement (the raw timing
+        record) when measured.
     """
     candidate = apply(ctx.dense, plan, ctx.task.inputs())
-    figures: dict[str, Any] = {
-        "size_bytes": compressed_size_bytes(bake(candidate), plan),
-        "params": param_count(candidate),
-    }
+    figures: dict[str, Any] = {"params": param_count(candidate)}
+    # Tensors only, no container: enough to tell a plan far over a size budget, not to record.
+    size_estimate = compressed_size_bytes(bake(candidate), plan)
     if ctx.predictor is not None:
         ratio = ctx.predictor.predict_ratio(plan)
         figures["predicted_ms"] = ratio * ctx.baseline.latency_ms
@@ -165,16 +204,14 @@ def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
     hopeless = (
         budget.latency_ms is not None
         and figures["latency_ms"] > FAR_OVER_BUDGET * budget.latency_ms
-    ) or (
-        budget.size_bytes is not None
-        and figures["size_bytes"] > FAR_OVER_BUDGET * budget.size_bytes
-    )
+    ) or (budget.size_bytes is not None and size_estimate > FAR_OVER_BUDGET * budget.size_bytes)
     steps = 0 if hopeless else ctx.finetune_steps
     with torch_threads(ctx.train_threads or training_threads()), fixed_data_order(ctx.task):
         result = finetune(candidate, ctx.dense, ctx.task, steps=steps)
         figures["accuracy"] = float(ctx.task.metric(candidate, ctx.task.val))
         if ctx.task.extra_metrics:
             figures["metrics"] = extra_metrics(candidate, ctx.task)
+        figures.update(_artifact_size(ctx, candidate, plan, size_estimate))
     figures["finetuned"] = steps > 0
     figures["finetune_s"] = result.seconds
     return figures

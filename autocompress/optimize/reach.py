@@ -55,9 +55,9 @@ def reachability_notes(ctx: SearchContext) -> list[str]:
     Returns:
         Zero, one or two lines to show before the search starts.
     """
-    from autocompress.compress.apply import apply, bake
-    from autocompress.compress.size import compressed_size_bytes
+    from autocompress.compress.apply import apply
     from autocompress.hardware.profile import measure_plan
+    from autocompress.optimize.objectives import artifact_size
 
     budget, knobs, notes = ctx.budget, list(ctx.knobs), []
     if budget.latency_ms is not None:
@@ -78,7 +78,7 @@ def reachability_notes(ctx: SearchContext) -> list[str]:
             )
     if budget.size_bytes is not None:
         plan = extreme_plan(knobs, _SMALLEST, ctx.round_to)
-        smallest = compressed_size_bytes(bake(apply(ctx.dense, plan, ctx.task.inputs())), plan)
+        smallest = artifact_size(ctx, apply(ctx.dense, plan, ctx.task.inputs()), plan)
         if smallest > budget.size_bytes:
             notes.append(
                 f"--max-size {budget.size_bytes / 1000:.1f} kB is below the smallest plan in this "

@@ -17,10 +17,12 @@ from autocompress.compress.quantize_real import realize
 from autocompress.export.artifact import (
     ArtifactError,
     archive_bytes,
+    deployable_program,
     export_program,
     int8_tensors,
     load,
     load_program,
+    program_bytes,
     save_program,
     unused_tensors,
 )
@@ -68,6 +70,32 @@ def test_int8_artifact_stores_int8_weights_and_no_float_copies(
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(load(path, compile=False)(x), graph(x))
+
+
+def test_an_int8_graph_is_lifted_into_the_program_export_would_trace(
+    tmp_path: Path, tiny_input: torch.Tensor
+) -> None:
+    from autocompress.compress.quantize_real import RealizedModel
+    from autocompress.export.lift import liftable
+
+    graph = _int8_graph(tiny_input)
+    assert liftable(graph) and not liftable(make_tiny_resnet())
+    lifted = deployable_program(RealizedModel(graph, {}, compiled=False), (tiny_input,))
+    traced = export_program(graph, (tiny_input,))
+    # The same stored tensors, by name, dtype and shape, and nothing unused.
+    assert unused_tensors(lifted) == []
+    assert int8_tensors(lifted) == int8_tensors(traced)
+    assert {n: (t.dtype, t.shape) for n, t in lifted.state_dict.items()} == {
+        n: (t.dtype, t.shape) for n, t in {**traced.state_dict, **traced.constants}.items()
+    }
+    path = tmp_path / "model.pt2"
+    save_program(lifted, path)
+    assert path.read_bytes() == program_bytes(lifted)  # what a trial counts is what is written
+    loaded = load(path, compile=False)
+    for batch in (1, 5):  # the batch dimension stays dynamic
+        x = torch.randn(batch, 1, 16, 16)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), graph(x))
 
 
 def test_float_artifact_runs_any_batch_size(tmp_path: Path, tiny_input: torch.Tensor) -> None:
