@@ -88,6 +88,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             show_progress=not args.quiet,
             workers=args.workers,
             heartbeat_s=args.heartbeat or None,
+            early_stop=args.early_stop,
         )
     except KeyboardInterrupt:
         print(
@@ -99,7 +100,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     console = _console()
     title = (
         f"Pareto front of study {result.study} ({result.budget.describe()}; "
-        f"{result.trials_run} trials this run, {result.trials_failed} failed)"
+        f"{result.trials_run} trials this run, {result.trials_failed} failed"
+        + (f", {result.trials_stopped} stopped early" if result.trials_stopped else "")
+        + ")"
     )
     console.print(
         front_table(result.baseline, result.front, title=title, alternatives=result.alternatives)
@@ -122,10 +125,13 @@ def _resume_command(args: argparse.Namespace) -> str:
         value = getattr(args, flag)
         if value not in (None, 1, "default"):
             words += [f"--{flag.replace('_', '-')}", str(value)]
+    if getattr(args, "early_stop", False):
+        words.append("--early-stop")
     return shlex.join([*words, "--trials", "N"])
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from autocompress.optimize.early_stop import describe_stopped
     from autocompress.optimize.failures import describe_failures, failed_trials
     from autocompress.optimize.pareto import alternatives, baseline_row, pareto_front
     from autocompress.optimize.study import load_study
@@ -133,7 +139,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     study = load_study(args.study, args.storage)
     front = pareto_front(study)
-    failures = describe_failures(failed_trials(study))
+    failures = describe_failures(failed_trials(study)) + describe_stopped(study)
     if args.json:  # stdout stays the candidate list; failures go to stderr
         print(json.dumps(front, indent=2))
         for line in failures:
@@ -306,6 +312,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"a running trial's heartbeat interval; one silent for twice as long is failed "
         f"and retried (default: {DEFAULT_HEARTBEAT_S}; 0: off)",
+    )
+    s.add_argument(
+        "--early-stop",
+        action="store_true",
+        help="stop a trial's fine-tune at 1/3 or 2/3 of its steps when even its best hope is "
+        "dominated by a finished trial (or below the --max-drop floor); such trials are pruned",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=_cmd_search)

@@ -199,7 +199,8 @@ def _covers(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def _timeline(study: optuna.Study) -> list[dict[str, Any]]:
-    """Start offset and duration of every trial that started, in seconds."""
+    """Start offset and duration of every trial that started, in seconds, and why a trial
+    failed or was stopped early (PRUNED)."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
     if not trials:
         return []
@@ -216,6 +217,7 @@ def _timeline(study: optuna.Study) -> list[dict[str, Any]]:
                 "start_s": (t.datetime_start - first).total_seconds(),
                 "duration_s": None if end is None else (end - t.datetime_start).total_seconds(),
                 "fail_reason": t.user_attrs.get("fail_reason"),
+                "stop_reason": t.user_attrs.get("stop_reason"),
             }
         )
     return rows
