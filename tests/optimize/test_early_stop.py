@@ -127,6 +127,7 @@ def test_a_search_with_early_stop_prunes_trials_and_keeps_them_off_the_front(
     # Timing is not what is tested here: skip the plain alternatives and the verify step.
     monkeypatch.setattr(run, "measure_alternatives", lambda *args, **kwargs: [])
     monkeypatch.setattr(run, "verify_front", lambda *args, **kwargs: 0)
+    monkeypatch.chdir(tmp_path)  # the search writes its report under ./reports/
     space = tmp_path / "three-plans.yaml"
     space.write_text("version: 1\ndefaults:\n  keep_ratio: [1.0, 0.75, 0.5]\n")
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
@@ -152,3 +153,5 @@ def test_a_search_with_early_stop_prunes_trials_and_keeps_them_off_the_front(
     assert data["meta"]["trial_states"]["PRUNED"] == len(stopped)
     assert {r["trial"] for r in data["timeline"] if r["stop_reason"]} == {t.number for t in stopped}
     assert not {r["trial"] for r in data["trials"]} & {t.number for t in stopped}
+    page = (tmp_path / "reports" / "s" / "index.html").read_text()
+    assert "stopped early" in page
