@@ -316,7 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--early-stop",
         action="store_true",
-        help="stop a trial's fine-tune at 1/3 or 2/3 of its steps when even its best hope is "
+        help="stop a trial's fine-tune a quarter of the way in when even its best hope is "
         "dominated by a finished trial (or below the --max-drop floor); such trials are pruned",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")

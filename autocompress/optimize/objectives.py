@@ -151,7 +151,7 @@ def evaluate_plan(
         Figures: accuracy, metrics (the task's extra figures, when it has any), latency_ms,
         latency_ratio, predicted_ms or measured_ms, size_bytes, params, finetuned, finetune_s,
         and measurement (the raw timing record) when measured. With a stopper, also
-        rung_accuracy (the scores at the rungs reached); a stopped trial's figures instead
+        rung_accuracy (the scores taken at rungs); a stopped trial's figures instead
         hold its accuracy at the rung it stopped at, stopped_at_step and stop_reason, and no
         extra metrics.
     """

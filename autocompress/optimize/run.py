@@ -160,7 +160,7 @@ def search(
             as long (its worker was killed) is failed and queued again. None: no heartbeats.
         worker: this call is one of `workers` processes: no notes, no report (the parent
             process prints and writes them).
-        early_stop: stop a trial's fine-tune at a rung (1/3 or 2/3 of its steps) when even
+        early_stop: stop a trial's fine-tune at its rung (a quarter of its steps) when even
             its optimistic final accuracy is dominated by a completed feasible trial or below
             the `--max-drop` floor (`optimize.early_stop`); such trials are PRUNED in the study.
 
