@@ -89,6 +89,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             workers=args.workers,
             heartbeat_s=args.heartbeat or None,
             alternatives=not args.no_alternatives,
+            early_stop=args.early_stop,
         )
     except KeyboardInterrupt:
         print(
@@ -100,7 +101,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     console = _console()
     title = (
         f"Pareto front of study {result.study} ({result.budget.describe()}; "
-        f"{result.trials_run} trials this run, {result.trials_failed} failed)"
+        f"{result.trials_run} trials this run, {result.trials_failed} failed"
+        + (f", {result.trials_stopped} stopped early" if result.trials_stopped else "")
+        + ")"
     )
     console.print(
         front_table(result.baseline, result.front, title=title, alternatives=result.alternatives)
@@ -124,10 +127,13 @@ def _resume_command(args: argparse.Namespace) -> str:
         value = getattr(args, flag)
         if value not in (None, 1, "default"):
             words += [f"--{flag.replace('_', '-')}", str(value)]
+    if getattr(args, "early_stop", False):
+        words.append("--early-stop")
     return shlex.join([*words, "--trials", "N"])
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from autocompress.optimize.early_stop import describe_stopped
     from autocompress.optimize.failures import describe_failures, failed_trials
     from autocompress.optimize.pareto import alternatives, baseline_row, pareto_front
     from autocompress.optimize.study import load_study
@@ -135,7 +141,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     study = load_study(args.study, args.storage)
     front = pareto_front(study)
-    failures = describe_failures(failed_trials(study))
+    failures = describe_failures(failed_trials(study)) + describe_stopped(study)
     if args.json:  # stdout stays the candidate list; failures go to stderr
         print(json.dumps(front, indent=2))
         for line in failures:
@@ -314,6 +320,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not time the plain alternatives (the dense model in ONNX Runtime fp32 and "
         "int8, ~20 s per study); speed-ups are then stated against the dense model only",
+    )
+    s.add_argument(
+        "--early-stop",
+        action="store_true",
+        help="stop a trial's fine-tune a quarter of the way in when even its best hope is "
+        "dominated by a finished trial (or below the --max-drop floor); such trials are pruned",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=_cmd_search)

@@ -65,7 +65,10 @@ def select_trial(
             raise UserInputError(f"study {name!r} has no trial {trial} (its trials: {known})")
         chosen = trials[trial]
         if chosen.state != optuna.trial.TrialState.COMPLETE or "plan" not in chosen.user_attrs:
-            reason = chosen.user_attrs.get("fail_reason") or chosen.state.name.lower()
+            attrs = chosen.user_attrs
+            reason = attrs.get("fail_reason") or chosen.state.name.lower()
+            if "stop_reason" in attrs:
+                reason = f"stopped early: {attrs['stop_reason']}"
             raise UserInputError(
                 f"trial {trial} of study {name!r} did not complete ({reason}); choose a completed "
                 f"trial: autocompress show --study {name}"

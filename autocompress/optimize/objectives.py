@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from autocompress.hardware.predictor import LatencyPredictor
 from autocompress.hardware.profile import measure_candidate
 from autocompress.hardware.targets import Target
 from autocompress.hardware.timing import other_cores_busy, torch_threads
+from autocompress.optimize.early_stop import EarlyStopper, TrialStopped, stopped_figures
 from autocompress.space.spec import Knob
 from autocompress.task import Task
 
@@ -59,6 +61,7 @@ class SearchContext:
     latency_inputs: tuple[torch.Tensor, ...]
     baseline: Baseline
     predictor: LatencyPredictor | None = None
+    early_stop: bool = False
 
 
 def measure_baseline(
@@ -167,19 +170,29 @@ def _artifact_size(
         }
 
 
-def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
+def evaluate_plan(
+    ctx: SearchContext, plan: Plan, *, stopper: EarlyStopper | None = None
+) -> dict[str, Any]:
     """Build, measure and score one plan.
 
     Latency is a ratio to the dense model times the study's dense latency: predicted by the
     context's predictor, or else measured (the median of per-round ratios, interleaved with
     the dense model on the target), so that it survives machine drift.
 
+    Args:
+        ctx: the search context.
+        plan: the plan to score.
+        stopper: early stopping (`optimize.early_stop`): the fine-tune is scored at its rungs
+            and ended there when the trial is beyond hope. None: no rungs, no stopping.
+
     Returns:
         Figures: accuracy, metrics (the task's extra figures, when it has any), latency_ms,
         latency_ratio, predicted_ms or measured_ms, size_bytes (the bytes of the model.pt2 this
         trial exports to) with size_source ("model.pt2", or "tensors" and a size_note where
         that cannot be built), params, finetuned, finetune_s, and measurement (the raw timing
-        record) when measured.
+        record) when measured. With a stopper, also rung_accuracy (the scores taken at
+        rungs); a stopped trial's figures instead hold its accuracy at the rung it stopped at,
+        stopped_at_step and stop_reason, its tensors' size, and no extra metrics.
     """
     candidate = apply(ctx.dense, plan, ctx.task.inputs())
     figures: dict[str, Any] = {"params": param_count(candidate)}
@@ -206,8 +219,28 @@ def evaluate_plan(ctx: SearchContext, plan: Plan) -> dict[str, Any]:
         and figures["latency_ms"] > FAR_OVER_BUDGET * budget.latency_ms
     ) or (budget.size_bytes is not None and size_estimate > FAR_OVER_BUDGET * budget.size_bytes)
     steps = 0 if hopeless else ctx.finetune_steps
+    scores: dict[str, float] = {}
+    on_step = None
+    if stopper is not None and steps > 0:
+        on_step = stopper.watch(
+            candidate,
+            ctx.task,
+            steps=steps,
+            latency_ms=figures["latency_ms"],
+            # the model.pt2 is written after the fine-tune; its tensors are most of it
+            size_bytes=size_estimate,
+            scores=scores,
+        )
+        figures["rung_accuracy"] = scores  # filled in as the rungs are reached
+    started = time.perf_counter()
     with torch_threads(ctx.train_threads or training_threads()), fixed_data_order(ctx.task):
-        result = finetune(candidate, ctx.dense, ctx.task, steps=steps)
+        try:
+            result = finetune(candidate, ctx.dense, ctx.task, steps=steps, on_step=on_step)
+        except TrialStopped as stop:
+            figures["size_bytes"], figures["size_source"] = size_estimate, "tensors"
+            figures["finetuned"] = False
+            figures["finetune_s"] = time.perf_counter() - started
+            return stopped_figures(figures, stop)
         figures["accuracy"] = float(ctx.task.metric(candidate, ctx.task.val))
         if ctx.task.extra_metrics:
             figures["metrics"] = extra_metrics(candidate, ctx.task)

@@ -30,6 +30,7 @@ class SearchProgress:
         self.enabled = enabled
         self.best: dict[str, Any] | None = None
         self.failures = 0
+        self.stopped = 0
         for note in notes:
             self.console.print(f"[yellow]note:[/] {note}", highlight=False)
         self._progress = Progress(
@@ -62,6 +63,8 @@ class SearchProgress:
                 f"best feasible: {100 * b['accuracy']:.1f}% at {b['latency_ms']:.2f} ms, "
                 f"{b['size_bytes'] / 1000:.0f} kB"
             )
+        if self.stopped:
+            text += f" | {self.stopped} stopped early"
         if self.failures:
             text += f" | {self.failures} failed"
         return text
@@ -70,6 +73,11 @@ class SearchProgress:
         """Count a finished trial; keep the most accurate feasible one for display."""
         if feasible and (self.best is None or figures["accuracy"] > self.best["accuracy"]):
             self.best = figures
+        self._progress.update(self._task, advance=1, best=self._describe())
+
+    def trial_stopped(self, figures: dict[str, Any]) -> None:
+        """Count a trial stopped early (its fine-tune was dominated beyond hope)."""
+        self.stopped += 1
         self._progress.update(self._task, advance=1, best=self._describe())
 
     def trial_failed(self, reason: str) -> None:

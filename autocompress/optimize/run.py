@@ -22,6 +22,7 @@ from autocompress.errors import UserInputError
 from autocompress.hardware.profiles import predictor_for
 from autocompress.hardware.targets import Target, resolve_target
 from autocompress.optimize.alternatives import measure_alternatives
+from autocompress.optimize.early_stop import EarlyStopper, rung_steps
 from autocompress.optimize.heartbeat import DEFAULT_HEARTBEAT_S, fail_stale_trials, heartbeat
 from autocompress.optimize.latency import batch_inputs
 from autocompress.optimize.objectives import (
@@ -54,6 +55,7 @@ from autocompress.task import Task
 DEFAULT_MODEL = "digits-resnet"
 _WORKER = f"{platform.node()}:{os.getpid()}"  # which process ran a trial, for many-machine runs
 _BOOKKEEPING = frozenset({"worker", "warm_start", "retry_of", "duplicate_of", "fail_reason"})
+_COMPLETE, _PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class SearchResult:
     budget: Budget
     trials_run: int
     trials_failed: int
+    trials_stopped: int = 0
     notes: list[str] = field(default_factory=list)
     report: Path | None = None
     alternatives: list[dict[str, Any]] = field(default_factory=list)
@@ -123,6 +126,7 @@ def search(
     heartbeat_s: int | None = DEFAULT_HEARTBEAT_S,
     worker: bool = False,
     alternatives: bool = True,
+    early_stop: bool = False,
 ) -> SearchResult:
     """Search per-layer compression plans and return the Pareto front of accuracy, latency, size.
 
@@ -159,6 +163,9 @@ def search(
             process prints and writes them).
         alternatives: measure the target's plain alternatives (the dense model in the
             target's runtime at fp32 and int8) beside the front; False skips them.
+        early_stop: stop a trial's fine-tune at its rung (a quarter of its steps) when even
+            its optimistic final accuracy is dominated by a completed feasible trial or below
+            the `--max-drop` floor (`optimize.early_stop`); such trials are PRUNED in the study.
 
     Returns:
         The front over all the study's trials, the dense baseline row, and this run's counts.
@@ -227,7 +234,14 @@ def search(
         train_threads=train_threads,
         latency_inputs=latency_inputs,
         baseline=baseline,
+        early_stop=early_stop,
     )
+    if early_stop and not worker:
+        rungs = ", ".join(map(str, rung_steps(finetune_steps))) or "none (too few steps)"
+        notes.append(
+            f"early stopping: fine-tunes are scored at steps {rungs} of {finetune_steps} and "
+            "stopped there when dominated beyond hope"
+        )
     if latency == "predicted":  # profiled here once; worker processes find it in the cache
         ctx.predictor, path = predictor_for(
             dense,
@@ -262,14 +276,14 @@ def search(
             model=model, task=task, target=target, threads=threads, budget=budget, space=space,
             methods=methods, timeout_s=timeout_s, sampler=sampler, finetune_steps=finetune_steps,
             study=study_name, storage=storage, batch_size=batch_size, show_progress=False,
-            heartbeat_s=heartbeat_s, latency=latency, worker=True,
+            heartbeat_s=heartbeat_s, latency=latency, worker=True, early_stop=early_stop,
         )  # fmt: skip
-        run, failed = run_workers(
+        run, failed, stopped = run_workers(
             search, child, study=the_study, workers=workers, trials=trials, seed=seed,
             train_threads=train_threads, show_progress=show_progress, notes=notes,
         )  # fmt: skip
     else:
-        run, failed = _optimize(
+        run, failed, stopped = _optimize(
             the_study, storage_obj, ctx, trials, timeout_s, show_progress, [] if worker else notes
         )
     report = None
@@ -284,6 +298,7 @@ def search(
         budget=budget,
         trials_run=run,
         trials_failed=failed,
+        trials_stopped=stopped,
         notes=notes,
         report=report,
         alternatives=alternatives_of(the_study),
@@ -332,21 +347,34 @@ def _optimize(
     timeout_s: float | None,
     show_progress: bool,
     notes: list[str],
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """The ask/tell loop: one plan per trial; a plan already scored is told again, not re-run.
 
     Each trial keeps a heartbeat while it runs; before each trial, trials whose worker died
-    are failed and queued again (a queued trial is the next one asked for).
+    are failed and queued again (a queued trial is the next one asked for). With early
+    stopping, a trial stopped at a rung is told PRUNED; a plan stopped before and drawn
+    again is told PRUNED again with the first one's figures (`duplicate_of`), not re-run:
+    the trial that dominated it is still in the study.
+
+    Returns:
+        Trials run, failed, and stopped early (included in run).
     """
     started = time.monotonic()
-    run = failed = 0
+    run = failed = stopped = 0
+    stopper = None
+    if ctx.early_stop:
+        floor = None
+        if ctx.budget.max_drop is not None:
+            floor = ctx.baseline.accuracy - ctx.budget.max_drop
+        stopper = EarlyStopper(study, floor=floor)
     with SearchProgress(total=trials, enabled=show_progress, notes=notes) as progress:
         for _ in range(trials):
             if timeout_s is not None and time.monotonic() - started > timeout_s:
                 break
             for number in fail_stale_trials(study, storage):
                 progress.trial_failed(f"#{number}: its worker died; queued again")
-            seen = _scored_plans(study)  # other workers may have scored plans meanwhile
+            # other workers may have scored plans meanwhile
+            seen = _scored_plans(study, stopped=ctx.early_stop)
             with warnings.catch_warnings():  # we keep the heartbeats ourselves (heartbeat.py)
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                 trial = study.ask()
@@ -361,16 +389,9 @@ def _optimize(
                         }
                         figures["duplicate_of"] = seen[key].number
                     else:
-                        figures = evaluate_plan(ctx, plan)
+                        figures = evaluate_plan(ctx, plan, stopper=stopper)
                         figures["plan"] = plan.to_dict()
-                for name, value in figures.items():
-                    trial.set_user_attr(name, value)
-                for name, value in constraint_values(ctx.budget, ctx.baseline, figures).items():
-                    trial.set_constraint(name, value)
-                frozen = study.tell(trial, [figures[o] for o in OBJECTIVES])
-                progress.trial_done(
-                    figures, feasible=all(v <= 0 for v in frozen.constraints.values())
-                )
+                stopped += _tell(study, trial, ctx, figures, progress)
             except KeyboardInterrupt:
                 _record_failure(study, trial, "interrupted (Ctrl-C)")
                 raise
@@ -380,14 +401,45 @@ def _optimize(
                 failed += 1
                 progress.trial_failed(reason)
             run += 1
-    return run, failed
+    return run, failed, stopped
 
 
-def _scored_plans(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
-    """Completed trials by plan (sorted JSON), the first one for each plan."""
+def _tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    ctx: SearchContext,
+    figures: dict[str, Any],
+    progress: SearchProgress,
+) -> bool:
+    """Record a scored trial's figures and tell it; True when it was stopped early (PRUNED)."""
+    for name, value in figures.items():
+        trial.set_user_attr(name, value)
+    if "stopped_at_step" in figures:
+        study.tell(trial, state=_PRUNED)
+        progress.trial_stopped(figures)
+        return True
+    for name, value in constraint_values(ctx.budget, ctx.baseline, figures).items():
+        trial.set_constraint(name, value)
+    frozen = study.tell(trial, [figures[o] for o in OBJECTIVES])
+    progress.trial_done(figures, feasible=all(v <= 0 for v in frozen.constraints.values()))
+    return False
+
+
+def _scored_plans(
+    study: optuna.Study, *, stopped: bool = False
+) -> dict[str, optuna.trial.FrozenTrial]:
+    """Scored trials by plan (sorted JSON), the first completed one for each plan.
+
+    Args:
+        study: the study.
+        stopped: also plans whose trial was stopped early (PRUNED), where no completed
+            trial has the plan: with early stopping on, they are not fine-tuned again.
+    """
     seen: dict[str, optuna.trial.FrozenTrial] = {}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if "plan" in t.user_attrs:
+    states = (_COMPLETE, _PRUNED) if stopped else (_COMPLETE,)
+    trials = study.get_trials(deepcopy=False, states=states)
+    for t in sorted(trials, key=lambda t: (t.state == _PRUNED, t.number)):
+        if "plan" in t.user_attrs and (t.state != _PRUNED or "stopped_at_step" in t.user_attrs):
             seen.setdefault(json.dumps(t.user_attrs["plan"], sort_keys=True), t)
     return seen
 

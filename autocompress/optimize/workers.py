@@ -51,11 +51,12 @@ def _worker_main(
 ) -> None:
     try:
         result = target(**kwargs)
-        results.put((index, result.trials_run, result.trials_failed, None))
+        outcome = (result.trials_run, result.trials_failed, result.trials_stopped)
+        results.put((index, *outcome, None))
     except KeyboardInterrupt:
-        results.put((index, 0, 0, "interrupted"))
+        results.put((index, 0, 0, 0, "interrupted"))
     except BaseException as exc:
-        results.put((index, 0, 0, f"{type(exc).__name__}: {exc}"))
+        results.put((index, 0, 0, 0, f"{type(exc).__name__}: {exc}"))
         raise
 
 
@@ -70,7 +71,7 @@ def run_workers(
     train_threads: int | None,
     show_progress: bool,
     notes: list[str],
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Run `target(**kwargs)` (one search) in each of `workers` spawned processes.
 
     Each gets its share of `trials`, its own sampler seed and, unless told otherwise, one
@@ -78,7 +79,7 @@ def run_workers(
     all of them from the storage.
 
     Returns:
-        Trials run and failed, over all workers.
+        Trials run, failed and stopped early, over all workers.
 
     Raises:
         KeyboardInterrupt: after every worker has recorded its running trial as failed.
@@ -103,7 +104,7 @@ def run_workers(
         )
         process.start()
         processes.append(process)
-    outcomes: dict[int, tuple[int, int, str | None]] = {}
+    outcomes: dict[int, tuple[int, int, int, str | None]] = {}
     try:
         with SearchProgress(total=trials, enabled=show_progress, notes=notes) as progress:
             _follow(study, processes, results, outcomes, progress)
@@ -114,7 +115,7 @@ def run_workers(
             if process.is_alive():
                 process.terminate()
         raise
-    errors = [e for _, _, e in outcomes.values() if e]
+    errors = [e for *_, e in outcomes.values() if e]
     errors += [
         f"worker {i} exited with code {p.exitcode}"
         for i, p in enumerate(processes)
@@ -122,39 +123,43 @@ def run_workers(
     ]
     if errors:
         raise AutocompressError(f"{len(errors)} of {len(processes)} workers failed: {errors[0]}")
-    return sum(o[0] for o in outcomes.values()), sum(o[1] for o in outcomes.values())
+    run, failed, stopped = (sum(o[i] for o in outcomes.values()) for i in range(3))
+    return run, failed, stopped
 
 
 def _follow(
     study: optuna.Study,
     processes: list[Any],
     results: Any,
-    outcomes: dict[int, tuple[int, int, str | None]],
+    outcomes: dict[int, tuple[int, int, int, str | None]],
     progress: SearchProgress,
 ) -> None:
     """Until every worker ends: collect their results, show trials as the storage finishes them."""
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    State = optuna.trial.TrialState
+    finished = (State.COMPLETE, State.FAIL, State.PRUNED)
     shown = {t.number for t in study.get_trials(deepcopy=False, states=finished)}
     while True:
         try:
-            index, run, failed, error = results.get(timeout=2.0)
-            outcomes[index] = (run, failed, error)
+            index, run, failed, stopped, error = results.get(timeout=2.0)
+            outcomes[index] = (run, failed, stopped, error)
         except queue.Empty:
             pass
         for trial in study.get_trials(deepcopy=False, states=finished):
             if trial.number in shown:
                 continue
             shown.add(trial.number)
-            if trial.state == optuna.trial.TrialState.FAIL:
+            if trial.state == State.FAIL:
                 progress.trial_failed(f"#{trial.number} {trial.user_attrs.get('fail_reason')}")
+            elif trial.state == State.PRUNED:
+                progress.trial_stopped(trial.user_attrs)
             else:
                 feasible = all(v <= 0 for v in trial.constraints.values())
                 progress.trial_done(trial.user_attrs, feasible=feasible)
         if all(not p.is_alive() for p in processes):
             while True:  # results put just before exiting
                 try:
-                    index, run, failed, error = results.get(timeout=0.5)
-                    outcomes[index] = (run, failed, error)
+                    index, run, failed, stopped, error = results.get(timeout=0.5)
+                    outcomes[index] = (run, failed, stopped, error)
                 except queue.Empty:
                     break
             for process in processes:

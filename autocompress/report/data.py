@@ -86,6 +86,29 @@ def hypervolume(points: Sequence[Sequence[float]]) -> float:
     return volume
 
 
+def hypervolume_gain(
+    accuracy: float, latency_ratio: float, size_ratio: float, *, dense_accuracy: float, floor: float
+) -> tuple[float, float, float]:
+    """A candidate's figures as the gains `hypervolume` maximises, normalised to the dense model.
+
+    Speed-up gain 1 - latency/dense latency, size gain 1 - size/dense size, and accuracy above
+    the floor divided by (dense accuracy - floor): the box from the reference point (dense
+    latency, dense size, the floor) to (zero latency, zero size, dense accuracy) is 1.
+
+    Args:
+        accuracy: the candidate's score.
+        latency_ratio: its latency / the dense model's.
+        size_ratio: its size / the dense model's.
+        dense_accuracy: the dense model's score.
+        floor: the accuracy that counts as nothing (e.g. dense minus --max-drop).
+
+    Returns:
+        (latency gain, size gain, accuracy gain); gains at or below zero add no volume.
+    """
+    span = dense_accuracy - floor
+    return (1.0 - latency_ratio, 1.0 - size_ratio, (accuracy - floor) / span if span > 0 else 0.0)
+
+
 def _area(points: list[tuple[float, float]]) -> float:
     """Area dominated by 2-D gain points above the origin."""
     area, best_y = 0.0, 0.0
@@ -174,16 +197,17 @@ def _hypervolume_history(
     if baseline is None:
         return result
     base_ms, base_size = float(baseline["latency_ms"]), float(baseline["size_bytes"])
-    acc_span = float(baseline["accuracy"]) - hv_floor
     points: list[tuple[float, float, float]] = []
     value = 0.0
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if t.state == optuna.trial.TrialState.COMPLETE and _violation(t) <= 0.0:
             accuracy, latency_ms, size = _figures(t)
-            gain = (
-                1.0 - latency_ms / base_ms,
-                1.0 - size / base_size,
-                (accuracy - hv_floor) / acc_span if acc_span > 0 else 0.0,
+            gain = hypervolume_gain(
+                accuracy,
+                latency_ms / base_ms,
+                size / base_size,
+                dense_accuracy=float(baseline["accuracy"]),
+                floor=hv_floor,
             )
             if min(gain) > 0 and not any(_covers(p, gain) for p in points):
                 points = [p for p in points if not _covers(gain, p)] + [gain]
@@ -199,7 +223,8 @@ def _covers(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def _timeline(study: optuna.Study) -> list[dict[str, Any]]:
-    """Start offset and duration of every trial that started, in seconds."""
+    """Start offset and duration of every trial that started, in seconds, and why a trial
+    failed or was stopped early (PRUNED)."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
     if not trials:
         return []
@@ -216,6 +241,7 @@ def _timeline(study: optuna.Study) -> list[dict[str, Any]]:
                 "start_s": (t.datetime_start - first).total_seconds(),
                 "duration_s": None if end is None else (end - t.datetime_start).total_seconds(),
                 "fail_reason": t.user_attrs.get("fail_reason"),
+                "stop_reason": t.user_attrs.get("stop_reason"),
             }
         )
     return rows

@@ -260,7 +260,8 @@ def _summary(data: Data) -> str:
     states = meta["trial_states"]
     parts = [
         f"{meta['trials_total']} trials ({states.get('COMPLETE', 0)} complete, "
-        f"{states.get('FAIL', 0)} failed)",
+        + (f"{states['PRUNED']} stopped early, " if states.get("PRUNED") else "")
+        + f"{states.get('FAIL', 0)} failed)",
         f"{len(data['front'])} candidates on the front",
         f"budget: {meta['budget_text']}",
         f"model {meta['model'] or '?'} on {meta['target'] or '?'}",

@@ -114,6 +114,9 @@ def hypervolume_history(data: Data) -> Figure:
     return fig
 
 
+_STATE_LABELS = {"PRUNED": "stopped early"}  # autocompress prunes only by early stopping
+
+
 def timeline(data: Data) -> Figure:
     """When each trial ran and for how long, coloured by state; failures say why on hover.
 
@@ -139,7 +142,7 @@ def timeline(data: Data) -> Figure:
                 base=[r["start_s"] for r in some],
                 width=[0.8] * len(some),  # else a state with few trials gets very thick bars
                 marker={"color": colour},
-                name=state.lower(),
+                name=_STATE_LABELS.get(state, state.lower()),
                 hovertext=[_timeline_hover(r) for r in some],
                 hoverinfo="text",
             )
@@ -159,10 +162,13 @@ def timeline(data: Data) -> Figure:
 
 
 def _timeline_hover(row: Data) -> str:
+    state = _STATE_LABELS.get(row["state"], row["state"].lower())
     lines = [
-        f"<b>trial {row['trial']}</b> · {row['state'].lower()}",
+        f"<b>trial {row['trial']}</b> · {state}",
         f"{row['duration_s']:.1f} s, started {escape(row['start'])}",
     ]
     if row.get("fail_reason"):
         lines.append(escape(str(row["fail_reason"])[:300]))
+    if row.get("stop_reason"):
+        lines.append("stopped early: " + escape(str(row["stop_reason"])[:300]))
     return "<br>".join(lines)

@@ -124,3 +124,44 @@ def uniform_plans(knobs: Sequence[Knob]) -> list[dict[str, Any]]:
 def _compresses(knobs: Sequence[Knob], params: dict[str, Any]) -> bool:
     """Whether a plan changes any layer (some knob away from its identity value)."""
     return any(params[k.param] != IDENTITY[k.setting] for k in knobs)
+
+
+def uniform_sweep(knobs: Sequence[Knob]) -> list[tuple[str, dict[str, Any]]]:
+    """Every uniform setting the space offers, each once: the baselines a search must beat.
+
+    Unlike `uniform_plans` (a few warm starts), this is every keep ratio every coupling group
+    offers, each weight bit-width below 32 (8 with int8 activations), each rank ratio below 1,
+    each sparsity above 0 with each pattern, then each keep ratio with int8.
+
+    Args:
+        knobs: the space's knobs for the model.
+
+    Returns:
+        `(label, params)` pairs, mildest first within each method; plans that compress
+        nothing or repeat an earlier one are left out.
+    """
+    levels: list[tuple[str, dict[str, Any]]] = []
+    keeps = sorted((r for r in _shared(knobs, "keep_ratio") if r < 1.0), reverse=True)
+    levels += [(f"keep {r:g}", {"keep_ratio": r}) for r in keeps]
+    for bits in sorted((b for b in _offered(knobs, "weight_bits") if b < 32), reverse=True):
+        act = 8 if bits == 8 and 8 in _offered(knobs, "act_bits") else 32
+        levels.append((f"w{bits}a{act}", {"weight_bits": bits, "act_bits": act}))
+    ranks = sorted((r for r in _offered(knobs, "rank_ratio") if r < 1.0), reverse=True)
+    levels += [(f"rank {r:g}", {"rank_ratio": r}) for r in ranks]
+    for amount in sorted(s for s in _offered(knobs, "sparsity") if s > 0.0):
+        for pattern in _offered(knobs, "sparsity_pattern") or ["unstructured"]:
+            if pattern == "2:4" and amount != 0.5:
+                continue  # 2:4 always zeroes half the weights
+            label = f"sparse {amount:g} {pattern}"
+            levels.append((label, {"sparsity": amount, "sparsity_pattern": pattern}))
+    if 8 in _offered(knobs, "weight_bits"):
+        levels += [
+            (f"keep {r:g} + w8a8", {"keep_ratio": r, "weight_bits": 8, "act_bits": 8})
+            for r in keeps
+        ]
+    sweep: list[tuple[str, dict[str, Any]]] = []
+    for label, level in levels:
+        params = uniform_params(knobs, level)
+        if _compresses(knobs, params) and all(params != p for _, p in sweep):
+            sweep.append((label, params))
+    return sweep

@@ -14,7 +14,13 @@ import pytest
 
 from autocompress.cli import main
 from autocompress.optimize.pareto import dominates, pareto_front
-from autocompress.report.data import export_command, hypervolume, report_data, safe_dirname
+from autocompress.report.data import (
+    export_command,
+    hypervolume,
+    hypervolume_gain,
+    report_data,
+    safe_dirname,
+)
 from tests.report.conftest import BASELINE, BUDGET, make_study
 
 
@@ -40,6 +46,23 @@ def test_hypervolume_edges() -> None:
     assert hypervolume([(0.5, 0.5, 0.0)]) == 0.0  # no gain on one axis: no volume
     assert hypervolume([(0.5, 0.5, -1.0), (0.5, 0.5, 0.5)]) == pytest.approx(0.125)
     assert hypervolume([(1.0, 1.0, 1.0), (0.5, 0.5, 0.5)]) == pytest.approx(1.0)
+
+
+def test_hypervolume_gains_make_the_dense_corner_box_one() -> None:
+    def gain(accuracy: float, latency_ratio: float, size_ratio: float) -> tuple[float, ...]:
+        return hypervolume_gain(
+            accuracy, latency_ratio, size_ratio, dense_accuracy=0.95, floor=0.85
+        )
+
+    assert gain(0.95, 0.0, 0.0) == pytest.approx((1.0, 1.0, 1.0))
+    assert hypervolume([gain(0.95, 0.0, 0.0)]) == pytest.approx(1.0)
+    assert hypervolume([gain(0.95, 1.0, 1.0)]) == 0.0  # the dense model itself adds nothing
+    assert hypervolume([gain(0.80, 0.2, 0.2)]) == 0.0  # below the floor adds nothing
+    # Half the latency and size at the accuracy halfway to the floor: 0.5 * 0.5 * 0.5.
+    assert hypervolume([gain(0.90, 0.5, 0.5)]) == pytest.approx(0.125)
+    # Two candidates trading accuracy for speed: their union, not the sum.
+    pair = [gain(0.95, 0.5, 0.5), gain(0.90, 0.25, 0.5)]
+    assert hypervolume(pair) == pytest.approx(0.5 * 0.5 * 1.0 + 0.25 * 0.5 * 0.5)
 
 
 def test_front_is_exactly_show_json(
