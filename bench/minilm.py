@@ -4,7 +4,8 @@ What it measures (1 thread, batch 1, 128 tokens, `search_spaces/transformer.yaml
 - profile: the latency predictor for minilm in this space (cached after the first run;
   its own wall time is reported apart from the search's);
 - search: `--trials` trials with predicted latency, `--max-drop 5%` on cosine fidelity
-  (cosine >= 0.95), distillation fine-tune per trial; wall time from start to the verified
+  (cosine >= 0.95), distillation fine-tune per trial, early stopping (a trial far below the
+  budget at a quarter of its fine-tune stops there); wall time from start to the verified
   front (baseline, trials, verify step that builds and measures every front candidate, report);
 - the front: per candidate its cosine fidelity, probe top-1 (fitted on the original
   embeddings), predicted and measured latency (median of paired per-round ratios to the dense
@@ -12,7 +13,7 @@ What it measures (1 thread, batch 1, 128 tokens, `search_spaces/transformer.yaml
   bar: >= 3x faster, >= 4x smaller, cosine >= 0.95, probe within 2 points of fp32.
 - the plain alternative: every Linear dynamic int8 (no search, no fine-tune), measured the same way.
 
-Usage: python bench/minilm.py [--trials 50] [--steps 40] [--plans 16]
+Usage: python bench/minilm.py [--trials 50] [--steps 24] [--plans 16] [--no-early-stop]
        [--out reports/benchmarks/minilm.md]
 """
 
@@ -71,7 +72,10 @@ def _plain_int8(base_ms: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=40, help="fine-tune steps per trial")
+    parser.add_argument("--steps", type=int, default=24, help="fine-tune steps per trial")
+    parser.add_argument(
+        "--no-early-stop", dest="early_stop", action="store_false", help="fine-tune every trial"
+    )
     parser.add_argument("--plans", type=int, default=16, help="calibration plans to profile")
     parser.add_argument("--storage", default=None, help="default: a fresh temporary SQLite file")
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/minilm.md"))
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         study=study_name,
         storage=storage,
         latency="predicted",
+        early_stop=args.early_stop,
         show_progress=False,
     )
     search_s = time.monotonic() - started
@@ -133,19 +138,23 @@ def main(argv: list[str] | None = None) -> int:
         )
     cpu = CpuTarget().fingerprint()["cpu_model"]
     failed = result.trials_failed
+    no_early_stop = "" if args.early_stop else " --no-early-stop"
+    stopped = sum(1 for t in study.trials if t.user_attrs.get("stop_reason"))
     text = "\n".join(
         [
             f"# minilm: {args.trials}-trial search, predicted latency ({datetime.date.today()})",
             "",
             f"`python bench/minilm.py --trials {args.trials} --steps {args.steps} --plans "
-            f"{args.plans}` on {cpu}, torch {torch.__version__}, 1 thread, batch 1, 128 tokens, "
+            f"{args.plans}{no_early_stop}` on {cpu}, torch {torch.__version__}, 1 thread, "
+            "batch 1, 128 tokens, "
             f"space `{SPACE}`, budget cosine >= 0.95 (`--max-drop 5%`), {args.steps} "
             "distillation steps per trial.",
             "",
             f"- profile (latency predictor; {prof.kernels} kernel sizes, {prof.plans} whole "
             f"plans): {prof.seconds / 60:.1f} min when built "
             f"({profile_s / 60:.1f} min in this run)",
-            f"- search ({result.trials_run} trials, {failed} failed, front verified): "
+            f"- search ({result.trials_run} trials, {failed} failed, {stopped} stopped early, "
+            "front verified): "
             f"**{search_s / 60:.1f} min**",
             f"- fp32: {base['latency_ms']:.1f} ms, {base['size_bytes'] / 1e6:.1f} MB, probe "
             f"{100 * base_probe:.1f}%",

@@ -74,8 +74,17 @@ class RealizedModel(nn.Module):
         return self
 
     def forward(self, *args: Tensor) -> Any:
-        """The model's outputs; the first call per input shape compiles (freezing weights)."""
-        key = tuple((a.shape, a.dtype) for a in args if isinstance(a, Tensor))
+        """The model's outputs; the first call per input shape compiles (freezing weights).
+
+        Inference mode counts as part of the key: dynamo compiles a call under
+        `torch.inference_mode()` apart from one under `no_grad`, and a graph compiled without
+        freezing runs the int8 layers on unpacked weights (all-MiniLM-L6-v2 int8: 39 ms in
+        inference mode after a first call under no_grad, against 13.5 ms frozen).
+        """
+        key = (
+            torch.is_inference_mode_enabled(),
+            *((a.shape, a.dtype) for a in args if isinstance(a, Tensor)),
+        )
         with torch.no_grad():
             if key in self._seen:
                 return self._run(*args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import time
@@ -67,6 +68,54 @@ def distillation_loss(
     return alpha * kd + (1 - alpha) * F.cross_entropy(student_out, labels)
 
 
+class TeacherOutputs:
+    """The frozen teacher's output for each training batch, computed once and then reused.
+
+    Every trial of a search fine-tunes on the same batches (`fixed_data_order`) against the same
+    frozen teacher, so its forward pass (a third of a distillation step: one forward beside the
+    student's forward and backward) need only run once per batch, not once per trial. Batches
+    are keyed by a digest of their input tensors; outputs that are not a single tensor, and
+    anything beyond `max_bytes`, are computed each time.
+
+    Args:
+        teacher: the dense model (eval mode, never trained).
+        max_bytes: most bytes of outputs kept.
+    """
+
+    def __init__(self, teacher: nn.Module, *, max_bytes: int = 256 * 2**20) -> None:
+        self.teacher = teacher
+        self.max_bytes = max_bytes
+        self._outputs: dict[bytes, torch.Tensor] = {}
+        self._bytes = 0
+
+    @staticmethod
+    def _key(x: object) -> bytes | None:
+        tensors = x if isinstance(x, tuple | list) else (x,)
+        digest = hashlib.blake2b(digest_size=16)
+        for t in tensors:
+            if not isinstance(t, torch.Tensor):
+                return None
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(
+                t.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes()
+            )
+        return digest.digest()
+
+    @torch.no_grad()
+    def __call__(self, x: object) -> torch.Tensor:
+        """The teacher's output for the batch input `x` (from the cache when seen before)."""
+        key = self._key(x)
+        if key is not None and key in self._outputs:
+            return self._outputs[key]
+        self.teacher.eval()
+        out = _forward(self.teacher, x)
+        size = out.numel() * out.element_size() if isinstance(out, torch.Tensor) else None
+        if key is not None and size is not None and self._bytes + size <= self.max_bytes:
+            self._outputs[key] = out
+            self._bytes += size
+        return out
+
+
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -104,6 +153,7 @@ def finetune(
     steps: int,
     lr: float | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    teacher_outputs: TeacherOutputs | None = None,
 ) -> FinetuneResult:
     """Train `student` for `steps` batches of `task.train`, distilling from `teacher`.
 
@@ -118,6 +168,8 @@ def finetune(
         lr: Adam learning rate (cosine-decayed to zero); None: the task's `finetune_lr`, else
             `DEFAULT_LR`.
         on_step: called as `on_step(step, loss)` after each step.
+        teacher_outputs: the teacher's outputs kept across fine-tunes (its teacher must be
+            `teacher`); None: the teacher runs on every batch.
 
     Returns:
         Steps run, the last loss and the time taken.
@@ -129,7 +181,10 @@ def finetune(
     recalibrate_batchnorm(student, task.train)
     loss_value = math.nan
     if steps > 0:
-        teacher.eval()
+        if teacher_outputs is None:
+            teacher_outputs = TeacherOutputs(teacher, max_bytes=0)
+        elif teacher_outputs.teacher is not teacher:
+            raise ValueError("teacher_outputs holds the outputs of another teacher")
         student.train()
         if lr is None:
             lr = task.finetune_lr if task.finetune_lr is not None else DEFAULT_LR
@@ -138,8 +193,7 @@ def finetune(
         batches = itertools.cycle(task.train)
         for step in range(1, steps + 1):
             x, y = next(batches)
-            with torch.no_grad():
-                teacher_out = _forward(teacher, x)
+            teacher_out = teacher_outputs(x)
             student_out = _forward(student, x)
             if task.loss is not None:
                 loss = task.loss(student_out, teacher_out, (x, y))

@@ -15,7 +15,7 @@ from torch import nn
 from autocompress.compress.apply import apply, bake
 from autocompress.compress.size import compressed_size_bytes
 from autocompress.config import Budget, Plan
-from autocompress.evaluate.finetune import finetune
+from autocompress.evaluate.finetune import TeacherOutputs, finetune
 from autocompress.evaluate.metrics import param_count, size_bytes
 from autocompress.export.artifact import artifact_size_bytes
 from autocompress.hardware.predictor import LatencyPredictor
@@ -62,6 +62,12 @@ class SearchContext:
     baseline: Baseline
     predictor: LatencyPredictor | None = None
     early_stop: bool = False
+    # The dense model's outputs per training batch, shared by every trial's fine-tune.
+    teacher_outputs: TeacherOutputs | None = None
+
+    def __post_init__(self) -> None:
+        if self.teacher_outputs is None:
+            self.teacher_outputs = TeacherOutputs(self.dense)
 
 
 def measure_baseline(
@@ -235,7 +241,14 @@ def evaluate_plan(
     started = time.perf_counter()
     with torch_threads(ctx.train_threads or training_threads()), fixed_data_order(ctx.task):
         try:
-            result = finetune(candidate, ctx.dense, ctx.task, steps=steps, on_step=on_step)
+            result = finetune(
+                candidate,
+                ctx.dense,
+                ctx.task,
+                steps=steps,
+                on_step=on_step,
+                teacher_outputs=ctx.teacher_outputs,
+            )
         except TrialStopped as stop:
             figures["size_bytes"], figures["size_source"] = size_estimate, "tensors"
             figures["finetuned"] = False

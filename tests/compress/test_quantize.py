@@ -276,6 +276,23 @@ def test_realize_compiled_runs_real_int8_kernels() -> None:
     assert not real(x).requires_grad
 
 
+def test_realize_packs_int8_weights_in_inference_mode_too() -> None:
+    model = _tiny()
+    calib = _batches(2)
+    real = realize(model, {"c1": (8, 8), "c2": (8, 8), "fc": (8, 8)}, calib[0], calib)
+    (x,) = calib[1]
+    with torch.no_grad():
+        real(x)
+    # dynamo compiles a call in inference mode apart; it must be frozen (prepacked int8) too:
+    # on all-MiniLM-L6-v2 an unfrozen int8 graph ran 3x slower, as slow as fp32.
+    counters.clear()
+    with torch.inference_mode():
+        out = real(x)
+    assert counters["inductor"]["qconv_weight_prepack_matcher_count"] == 2
+    assert counters["inductor"]["qlinear_weight_prepack_matcher_count"] == 1
+    assert _rel_err(out, model(x)) < 0.05
+
+
 def test_static_int8_conv1d_stays_float_and_runs_compiled() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(

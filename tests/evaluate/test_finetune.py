@@ -15,6 +15,7 @@ from autocompress.compress.apply import apply
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.finetune import (
     FinetuneError,
+    TeacherOutputs,
     distillation_loss,
     finetune,
     recalibrate_batchnorm,
@@ -154,6 +155,62 @@ def test_finetune_reduces_the_distillation_loss(tiny_resnet: TinyResNet) -> None
     assert not student.training
     # the teacher is frozen
     assert all(torch.equal(v, teacher_state[k]) for k, v in teacher.state_dict().items())
+
+
+class _CountingTeacher(nn.Module):
+    """Wraps a model and counts its forward passes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.model(x)
+
+
+def test_teacher_outputs_run_the_teacher_once_per_batch_across_fine_tunes(
+    tiny_resnet: TinyResNet,
+) -> None:
+    teacher = _CountingTeacher(copy.deepcopy(tiny_resnet)).eval()
+    outputs = TeacherOutputs(teacher)
+    task = _task(train=_loader(n=64, batch_size=16))  # 4 batches, same order every pass
+    trained = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        student = _pruned(copy.deepcopy(tiny_resnet))
+        finetune(student, teacher, task, steps=6, teacher_outputs=outputs)
+        trained.append(student.state_dict())
+    assert teacher.calls == 4  # 12 steps over 4 distinct batches
+    # without the cache: the teacher runs every step, and the student ends the same
+    torch.manual_seed(0)
+    student = _pruned(copy.deepcopy(tiny_resnet))
+    finetune(student, teacher, task, steps=6)
+    assert teacher.calls == 4 + 6
+    for reference in trained:
+        for name, value in student.state_dict().items():
+            torch.testing.assert_close(value, reference[name])
+
+
+def test_teacher_outputs_tell_batches_apart_and_respect_their_byte_cap(
+    tiny_resnet: TinyResNet,
+) -> None:
+    teacher = _CountingTeacher(tiny_resnet.eval())
+    x = torch.randn(8, 1, 16, 16)
+    capped = TeacherOutputs(teacher, max_bytes=8 * 10 * 4)  # room for one (8, 10) output
+    torch.testing.assert_close(capped(x), tiny_resnet(x))
+    torch.testing.assert_close(capped(x.clone()), tiny_resnet(x))  # same bytes: a hit
+    other = x.clone()
+    other[0, 0, 0, 0] += 1.0
+    assert not torch.equal(capped(other), capped(x))
+    capped(other)
+    assert teacher.calls == 3  # x once; `other` twice: it did not fit under the cap
+
+
+def test_finetune_refuses_outputs_of_another_teacher(tiny_resnet: TinyResNet) -> None:
+    outputs = TeacherOutputs(copy.deepcopy(tiny_resnet))
+    with pytest.raises(ValueError, match="another teacher"):
+        finetune(_pruned(tiny_resnet), tiny_resnet, _task(), steps=1, teacher_outputs=outputs)
 
 
 def test_finetune_with_labels_reduces_the_loss(tiny_resnet: TinyResNet) -> None:
