@@ -42,7 +42,8 @@ from autocompress.task import Task
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 5  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans
+PROFILE_VERSION = 6  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
+# 6: compiled int8 plans timed frozen (they were recompiled unfrozen in inference mode)
 DEFAULT_CALIBRATION_PLANS = 40
 # Per lookup-table entry: few rounds, since entries are many and each is small and steady.
 LUT_ROUNDS = 3
