@@ -13,7 +13,7 @@ What it measures (1 thread, batch 1, 128 tokens, `search_spaces/transformer.yaml
   bar: >= 3x faster, >= 4x smaller, cosine >= 0.95, probe within 2 points of fp32.
 - the plain alternative: every Linear dynamic int8 (no search, no fine-tune), measured the same way.
 
-Usage: python bench/minilm.py [--trials 50] [--steps 24] [--plans 16] [--no-early-stop]
+Usage: python bench/minilm.py [--trials 50] [--steps 12] [--plans 16] [--no-early-stop]
        [--out reports/benchmarks/minilm.md]
 """
 
@@ -72,7 +72,7 @@ def _plain_int8(base_ms: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=24, help="fine-tune steps per trial")
+    parser.add_argument("--steps", type=int, default=12, help="fine-tune steps per trial")
     parser.add_argument(
         "--no-early-stop", dest="early_stop", action="store_false", help="fine-tune every trial"
     )

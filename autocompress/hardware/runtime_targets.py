@@ -242,12 +242,24 @@ class OrtCpuTarget(RuntimeTarget):
         calibration: Iterable[tuple[torch.Tensor, ...]],
         int8_nodes: list[str] | None,
     ) -> RuntimeModel:
-        """Static QDQ int8 on the nodes and the ops between them; see `RuntimeTarget`."""
-        from autocompress.hardware.runtimes.onnx_graph import int8_region
-        from autocompress.hardware.runtimes.onnxruntime import quantize
+        """Static QDQ int8 on the nodes and the ops between them; see `RuntimeTarget`.
 
-        nodes = None if int8_nodes is None else int8_region(graph, int8_nodes)
-        model = self.load_graph(quantize(graph, calibration, nodes=nodes))
+        The whole-model int8 (`int8_nodes` None) of a graph without convolutions is ORT's
+        dynamic quantization instead, the standard for transformers.
+        """
+        from autocompress.hardware.runtimes.onnx_graph import int8_region
+        from autocompress.hardware.runtimes.onnxruntime import (
+            has_convolutions,
+            quantize,
+            quantize_dynamic,
+        )
+
+        if int8_nodes is None and not has_convolutions(graph):
+            quantized = quantize_dynamic(graph)
+        else:
+            nodes = None if int8_nodes is None else int8_region(graph, int8_nodes)
+            quantized = quantize(graph, calibration, nodes=nodes)
+        model = self.load_graph(quantized)
         model.int8_nodes = list(int8_nodes or [])
         return model
 

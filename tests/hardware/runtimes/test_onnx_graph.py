@@ -127,3 +127,18 @@ def test_int8_calibrates_on_batches_shorter_than_the_exported_sequence() -> None
     graph = to_onnx(model, example)
     int8 = _run(quantize(graph, calibration, nodes=None), *example)
     assert torch.allclose(int8, model(*example), atol=0.1)
+
+
+def test_the_standard_int8_of_a_graph_without_convolutions_is_dynamic() -> None:
+    from autocompress.hardware.runtime_targets import OrtCpuTarget
+
+    torch.manual_seed(0)
+    model = _Embedder().eval()
+    example = (torch.randint(1, 50, (1, 12)), torch.ones(1, 12, dtype=torch.long))
+    int8 = OrtCpuTarget().quantize_graph(to_onnx(model, example), [], None)
+    import onnx
+
+    ops = {node.op_type for node in onnx.load_from_string(int8.model_bytes).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops, ops
+    assert "QuantizeLinear" not in ops  # no static activation ranges: nothing to calibrate
+    assert torch.allclose(int8.run(example), model(*example), atol=0.1)
