@@ -309,10 +309,11 @@ def _alternative_note(alternative: dict[str, Any], dense_ms: float) -> str:
     label = alternative["label"]
     if "error" in alternative:
         return f"plain alternative {label}: not measured ({alternative['error']})"
+    speed = dense_ms / alternative["latency_ms"]
+    relation = f"{speed:.2f}x faster than" if speed >= 1 else f"{1 / speed:.2f}x slower than"
     return (
-        f"plain alternative {label}: {alternative['latency_ms']:.3f} ms "
-        f"({dense_ms / alternative['latency_ms']:.2f}x the dense model), "
-        f"accuracy {alternative['accuracy']:.4f}"
+        f"plain alternative {label}: {alternative['latency_ms']:.3f} ms ({relation} the dense "
+        f"model), accuracy {alternative['accuracy']:.4f}"
     )
 
 
