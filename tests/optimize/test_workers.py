@@ -41,8 +41,17 @@ def _search(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
                "--latency", "measured", "--no-alternatives", "--quiet", *args]  # fmt: skip
     return subprocess.Popen(
         command, cwd=tmp_path, env=_env(tmp_path), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_interruptible,
     )  # fmt: skip
+
+
+def _interruptible() -> None:
+    """In the child: SIGINT raises KeyboardInterrupt even where the tests run with it ignored.
+
+    A shell without job control starts background commands (`bash .ci/run &`) with SIGINT
+    ignored; children inherit that, and Python then installs no KeyboardInterrupt handler.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
