@@ -310,7 +310,12 @@ def _alternative_note(alternative: dict[str, Any], dense_ms: float) -> str:
     if "error" in alternative:
         return f"plain alternative {label}: not measured ({alternative['error']})"
     speed = dense_ms / alternative["latency_ms"]
-    relation = f"{speed:.2f}x faster than" if speed >= 1 else f"{1 / speed:.2f}x slower than"
+    if round(speed, 2) == 1 or round(1 / speed, 2) == 1:
+        relation = "as fast as"
+    elif speed > 1:
+        relation = f"{speed:.2f}x faster than"
+    else:
+        relation = f"{1 / speed:.2f}x slower than"
     return (
         f"plain alternative {label}: {alternative['latency_ms']:.3f} ms ({relation} the dense "
         f"model), accuracy {alternative['accuracy']:.4f}"
