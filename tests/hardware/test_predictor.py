@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.metrics import top1
 from autocompress.hardware.predictor import LatencyPredictor, _Table
-from autocompress.hardware.profile import Profile, lut_grid, profile_model
+from autocompress.hardware.profile import PROFILE_VERSION, Profile, lut_grid, profile_model
 from autocompress.hardware.profiles import PredictorCheck, check_predictor, predictor_for
 from autocompress.hardware.shapes import BF16, FP32, INT8, ModelShapes
 from autocompress.hardware.targets import CpuTarget
@@ -100,7 +100,7 @@ def test_profile_round_trips_and_refuses_other_versions(profile: Profile) -> Non
     assert Profile.from_json(profile.to_json()) == profile
     data = json.loads(profile.to_json())
     data["version"] = 0
-    with pytest.raises(ValueError, match="not a version-5 latency profile"):
+    with pytest.raises(ValueError, match=f"not a version-{PROFILE_VERSION} latency profile"):
         Profile.from_json(json.dumps(data))
     # 4 random plans, then the warm starts' uniform plan (every group at keep 0.5)
     assert len(profile.calibration) == 5
