@@ -5,6 +5,8 @@ Timing is noisy, so the assertions are about structure and order, never absolute
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from autocompress.compress.apply import apply
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.metrics import top1
 from autocompress.hardware.predictor import LatencyPredictor, _Table
@@ -113,6 +116,57 @@ def test_predictions_order_plans_by_how_much_they_prune(profile: Profile) -> Non
     dense, half, quarter = (predictor.predict_ratio(_uniform(k)) for k in (1.0, 0.5, 0.25))
     assert quarter < half < dense
     assert 0.7 < dense < 1.3  # the dense model is a calibration point at 1.0
+
+
+def _macs(model: torch.nn.Module, inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass, counted with hooks on the built model."""
+    total = 0
+
+    def count(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            per_out = module.in_channels // module.groups * math.prod(module.kernel_size)
+        else:
+            per_out = module.in_features
+        total += out.numel() * per_out
+
+    kinds = (torch.nn.Conv2d, torch.nn.Linear)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
+    with torch.no_grad():
+        model(inputs)
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def test_compute_bound_latency_is_learned_when_kernels_time_as_overhead(
+    setup, profile: Profile
+) -> None:
+    # A runtime whose single-layer timings are all per-call overhead (OpenVINO at batch 1),
+    # while the whole model's time follows its multiply-accumulates.
+    model, task, *_ = setup
+    dense_macs = _macs(model, task.inputs()[0])
+
+    def measured(plan: Plan) -> float:
+        return (
+            0.3
+            + 0.7 * _macs(apply(model, plan, task.inputs()).eval(), task.inputs()[0]) / dense_macs
+        )
+
+    def plan(keeps: tuple[float, ...]) -> Plan:
+        groups = zip(keeps, TINY_GROUPS.values(), strict=True)
+        return Plan(layers={m: LayerConfig(keep_ratio=k) for k, ms in groups for m in ms})
+
+    plans = [plan(k) for k in itertools.product((1.0, 0.75, 0.5), repeat=len(TINY_GROUPS))]
+    fitted, held_out = plans[::2], plans[1::2]
+    flat = dataclasses.replace(
+        profile,
+        lut=[{**e, "ms": 0.05} for e in profile.lut],
+        calibration=[{"plan": p.to_dict(), "ratio": measured(p)} for p in fitted],
+    )
+    predictor = LatencyPredictor(flat)
+    errors = [abs(predictor.predict_ratio(p) / measured(p) - 1) for p in held_out]
+    assert max(errors) < 0.05
 
 
 def test_unprofiled_geometry_falls_back_to_the_regression(profile: Profile) -> None:
