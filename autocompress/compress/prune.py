@@ -34,13 +34,15 @@ def kept_channels(channels: int, keep_ratio: float, round_to: int | None = None)
     Args:
         channels: the layer's output channels now.
         keep_ratio: fraction to keep, in (0, 1].
-        round_to: round the kept count to the nearest multiple of this (never below it).
+        round_to: round the kept count to the nearest multiple of this (never below it); a
+            layer of exactly `round_to` channels is that multiple and stays whole, one with
+            fewer is rounded plainly.
 
     Returns:
         The number of channels kept.
     """
     kept = max(1, round(channels * keep_ratio))
-    if round_to and round_to > 1 and channels > round_to:
+    if round_to and round_to > 1 and channels >= round_to:
         kept = max(round_to, round_to * round(kept / round_to))
     return min(kept, channels)
 

@@ -120,6 +120,8 @@ def test_pruning_keeps_the_mode_of_the_dense_model(
         (4, 0.5, 8, 2),  # fewer channels than round_to: plain rounding
         (12, 0.99, 8, 12),  # rounding up never exceeds the channels
         (16, 1.0, 8, 16),
+        (16, 0.5, 16, 16),  # exactly round_to channels: the only multiple, kept whole
+        (24, 0.5, 16, 16),
         (10, 0.5, 1, 5),
     ],
 )
@@ -137,7 +139,7 @@ def test_kept_channels_is_between_one_and_channels(
 ) -> None:
     kept = kept_channels(channels, keep_ratio, round_to)
     assert 1 <= kept <= channels
-    if round_to and channels > round_to and kept < channels:
+    if round_to and channels >= round_to and kept < channels:
         assert kept % round_to == 0
 
 
