@@ -70,8 +70,13 @@ class SearchProgress:
         return text
 
     def trial_done(self, figures: dict[str, Any], *, feasible: bool) -> None:
-        """Count a finished trial; keep the most accurate feasible one for display."""
-        if feasible and (self.best is None or figures["accuracy"] > self.best["accuracy"]):
+        """Count a finished trial; keep the most accurate feasible one for display (of equally
+        accurate ones, the fastest, then the smallest)."""
+
+        def rank(f: dict[str, Any]) -> tuple[float, float, float]:
+            return f["accuracy"], -f["latency_ms"], -f["size_bytes"]
+
+        if feasible and (self.best is None or rank(figures) > rank(self.best)):
             self.best = figures
         self._progress.update(self._task, advance=1, best=self._describe())
 
