@@ -90,6 +90,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             heartbeat_s=args.heartbeat or None,
             alternatives=not args.no_alternatives,
             early_stop=args.early_stop,
+            warm_start=not args.no_warm_start,
         )
     except KeyboardInterrupt:
         print(
@@ -326,6 +327,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop a trial's fine-tune a quarter of the way in when even its best hope is "
         "dominated by a finished trial (or below the --max-drop floor); such trials are pruned",
+    )
+    s.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="do not start a new study with the space's uniform plans (each method alone at "
+        "each level); every trial is the sampler's",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=_cmd_search)

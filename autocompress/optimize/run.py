@@ -127,6 +127,7 @@ def search(
     worker: bool = False,
     alternatives: bool = True,
     early_stop: bool = False,
+    warm_start: bool = True,
 ) -> SearchResult:
     """Search per-layer compression plans and return the Pareto front of accuracy, latency, size.
 
@@ -166,6 +167,9 @@ def search(
         early_stop: stop a trial's fine-tune at its rung (a quarter of its steps) when even
             its optimistic final accuracy is dominated by a completed feasible trial or below
             the `--max-drop` floor (`optimize.early_stop`); such trials are PRUNED in the study.
+        warm_start: a new study first tries the space's uniform plans (each method alone at
+            each level, then middle pruning with int8; `space.uniform.uniform_plans`); False
+            leaves every trial to the sampler.
 
     Returns:
         The front over all the study's trials, the dense baseline row, and this run's counts.
@@ -263,7 +267,7 @@ def search(
         )
         the_study.set_user_attr("alternatives", measured)
         notes += [_alternative_note(a, baseline.latency_ms) for a in measured]
-    if existing == 0:
+    if existing == 0 and warm_start:
         for params in uniform_plans(knobs)[:trials]:
             # skip_if_exists: workers on several machines may start a new study at once
             the_study.enqueue_trial(
