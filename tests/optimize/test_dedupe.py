@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from autocompress.cli import main
-from autocompress.optimize import run
+from autocompress.optimize import trial_loop
 
 F = "tests.factories"
 
@@ -32,6 +32,6 @@ def test_a_told_again_plan_keeps_its_own_worker_and_queue_attributes(
     for t in copies:
         original = trials[t.user_attrs["duplicate_of"]]
         assert t.values == original.values
-        assert t.user_attrs["worker"] == run._WORKER
+        assert t.user_attrs["worker"] == trial_loop.WORKER
         assert "warm_start" not in t.user_attrs and "retry_of" not in t.user_attrs
     assert "warm_start" in trials[0].user_attrs  # the queued uniform plan ran first

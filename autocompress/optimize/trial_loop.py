@@ -1,0 +1,143 @@
+"""The ask/tell loop of one search process: a plan per trial, scored and told, or failed."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import warnings
+from typing import Any
+
+import optuna
+import torch
+
+from autocompress.optimize.early_stop import EarlyStopper
+from autocompress.optimize.heartbeat import fail_stale_trials, heartbeat
+from autocompress.optimize.objectives import SearchContext, constraint_values, evaluate_plan
+from autocompress.optimize.progress import SearchProgress
+from autocompress.optimize.study import OBJECTIVES
+from autocompress.space.sample import plan_from_trial
+
+WORKER = f"{platform.node()}:{os.getpid()}"  # which process ran a trial, for many-machine runs
+_BOOKKEEPING = frozenset({"worker", "warm_start", "retry_of", "duplicate_of", "fail_reason"})
+_COMPLETE, _PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+
+
+def run_trials(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    ctx: SearchContext,
+    trials: int,
+    timeout_s: float | None,
+    show_progress: bool,
+    notes: list[str],
+) -> tuple[int, int, int]:
+    """The ask/tell loop: one plan per trial; a plan already scored is told again, not re-run.
+
+    Each trial keeps a heartbeat while it runs; before each trial, trials whose worker died
+    are failed and queued again (a queued trial is the next one asked for). With early
+    stopping, a trial stopped at a rung is told PRUNED; a plan stopped before and drawn
+    again is told PRUNED again with the first one's figures (`duplicate_of`), not re-run:
+    the trial that dominated it is still in the study.
+
+    Returns:
+        Trials run, failed, and stopped early (included in run).
+    """
+    started = time.monotonic()
+    run = failed = stopped = 0
+    stopper = None
+    if ctx.early_stop:
+        floor = None
+        if ctx.budget.max_drop is not None:
+            floor = ctx.baseline.accuracy - ctx.budget.max_drop
+        stopper = EarlyStopper(study, floor=floor)
+    with SearchProgress(total=trials, enabled=show_progress, notes=notes) as progress:
+        for _ in range(trials):
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                break
+            for number in fail_stale_trials(study, storage):
+                progress.trial_failed(f"#{number}: its worker died; queued again")
+            # other workers may have scored plans meanwhile
+            seen = _scored_plans(study, stopped=ctx.early_stop)
+            with warnings.catch_warnings():  # we keep the heartbeats ourselves (heartbeat.py)
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                trial = study.ask()
+            trial.set_user_attr("worker", WORKER)
+            try:
+                with heartbeat(storage, trial._trial_id):
+                    plan = plan_from_trial(trial, ctx.knobs, round_to=ctx.round_to)
+                    key = json.dumps(plan.to_dict(), sort_keys=True)
+                    if key in seen:
+                        figures = {  # its figures, not who ran it or why it was queued
+                            k: v for k, v in seen[key].user_attrs.items() if k not in _BOOKKEEPING
+                        }
+                        figures["duplicate_of"] = seen[key].number
+                    else:
+                        figures = evaluate_plan(ctx, plan, stopper=stopper)
+                        figures["plan"] = plan.to_dict()
+                stopped += _tell(study, trial, ctx, figures, progress)
+            except KeyboardInterrupt:
+                _record_failure(study, trial, "interrupted (Ctrl-C)")
+                raise
+            except Exception as exc:  # any failure of one plan is recorded and the search goes on
+                reason = failure_reason(exc)
+                _record_failure(study, trial, reason)
+                failed += 1
+                progress.trial_failed(reason)
+            run += 1
+    return run, failed, stopped
+
+
+def _tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    ctx: SearchContext,
+    figures: dict[str, Any],
+    progress: SearchProgress,
+) -> bool:
+    """Record a scored trial's figures and tell it; True when it was stopped early (PRUNED)."""
+    for name, value in figures.items():
+        trial.set_user_attr(name, value)
+    if "stopped_at_step" in figures:
+        study.tell(trial, state=_PRUNED)
+        progress.trial_stopped(figures)
+        return True
+    for name, value in constraint_values(ctx.budget, ctx.baseline, figures).items():
+        trial.set_constraint(name, value)
+    frozen = study.tell(trial, [figures[o] for o in OBJECTIVES])
+    progress.trial_done(figures, feasible=all(v <= 0 for v in frozen.constraints.values()))
+    return False
+
+
+def _scored_plans(
+    study: optuna.Study, *, stopped: bool = False
+) -> dict[str, optuna.trial.FrozenTrial]:
+    """Scored trials by plan (sorted JSON), the first completed one for each plan.
+
+    Args:
+        study: the study.
+        stopped: also plans whose trial was stopped early (PRUNED), where no completed
+            trial has the plan: with early stopping on, they are not fine-tuned again.
+    """
+    seen: dict[str, optuna.trial.FrozenTrial] = {}
+    states = (_COMPLETE, _PRUNED) if stopped else (_COMPLETE,)
+    trials = study.get_trials(deepcopy=False, states=states)
+    for t in sorted(trials, key=lambda t: (t.state == _PRUNED, t.number)):
+        if "plan" in t.user_attrs and (t.state != _PRUNED or "stopped_at_step" in t.user_attrs):
+            seen.setdefault(json.dumps(t.user_attrs["plan"], sort_keys=True), t)
+    return seen
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a trial failed, for `show` and the report."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        return f"out of memory ({type(exc).__name__}: {detail[:200]})"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _record_failure(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr("fail_reason", reason)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
