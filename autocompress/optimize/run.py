@@ -152,7 +152,7 @@ def search(
             its optimistic final accuracy is dominated by a completed feasible trial or below
             the `--max-drop` floor (`optimize.early_stop`); such trials are PRUNED in the study.
         warm_start: a new study first tries the space's uniform plans (each method alone at
-            each level, then middle pruning with int8; `space.uniform.uniform_plans`); False
+            each level, then each keep ratio with int8; `space.uniform.uniform_plans`); False
             leaves every trial to the sampler.
 
     Returns:

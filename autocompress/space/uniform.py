@@ -95,8 +95,14 @@ def _mildest(knob: Knob) -> Any:
 
 def uniform_plans(knobs: Sequence[Knob]) -> list[dict[str, Any]]:
     """Warm-start points, as sampler parameters: the mildest plan where it compresses, each
-    method's uniform levels alone (pruning, then int8, sparsity, low-rank), then the middle
-    pruning level with int8.
+    method's uniform levels alone (pruning, then int8, sparsity, low-rank), then each keep
+    ratio in [0.3, 1) with int8, mildest first.
+
+    Pruning with int8 gets every keep ratio, not every other one: on an int8 target those
+    pairs are the fastest and smallest uniform plans, and where int8 sets the latency they
+    differ in size and accuracy only, so each is a distinct point of the front a search
+    starts from (on digits-resnet the uniform sweep, which has them all, out-scored a joint
+    search that started from one; reports/benchmarks/search_quality.md).
 
     Args:
         knobs: the space's knobs for the model (a space without a method's knobs gets none
@@ -110,9 +116,9 @@ def uniform_plans(knobs: Sequence[Knob]) -> list[dict[str, Any]]:
     # transformer space's int8-only projections: then it is plain int8 everywhere).
     levels: list[dict[str, Any]] = [{}]
     levels += [level for method in methods for level in uniform_levels(knobs, method)]
-    prune, quant = uniform_levels(knobs, "prune"), uniform_levels(knobs, "quant")
-    if prune and quant:
-        levels.append({**prune[len(prune) // 2], **quant[0]})
+    if quant := uniform_levels(knobs, "quant"):
+        keeps = sorted((r for r in _shared(knobs, "keep_ratio") if 0.3 <= r < 1.0), reverse=True)
+        levels += [{"keep_ratio": r, **quant[0]} for r in keeps]
     plans: list[dict[str, Any]] = []
     for level in levels:
         params = uniform_params(knobs, level)

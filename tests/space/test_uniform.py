@@ -27,6 +27,10 @@ JOINT = {
 }
 
 
+# Every keep ratio of JOINT in [0.3, 1): each is a warm start with int8.
+KEEPS_WITH_INT8 = (0.875, 0.75, 0.625, 0.5, 0.375)
+
+
 def _knobs(model: TinyResNet, x: torch.Tensor, spec: dict) -> list[Knob]:
     return parse_space(spec).knobs(discover(model, (x,)))
 
@@ -36,7 +40,7 @@ def _configs(knobs: list[Knob], params: dict) -> set[LayerConfig]:
     return set(plan.layers.values())
 
 
-def test_joint_space_warm_starts_each_method_alone_then_prune_with_int8(
+def test_joint_space_warm_starts_each_method_alone_then_each_keep_ratio_with_int8(
     tiny_resnet: TinyResNet, tiny_input: torch.Tensor
 ) -> None:
     knobs = _knobs(tiny_resnet, tiny_input, JOINT)
@@ -48,7 +52,7 @@ def test_joint_space_warm_starts_each_method_alone_then_prune_with_int8(
         {LayerConfig(weight_bits=8, act_bits=8)},  # the Linear offers no 8: it stays float
         {LayerConfig(sparsity=0.5)},
         {LayerConfig(rank_ratio=0.5)},  # the Linear offers no rank: it stays whole
-        {LayerConfig(keep_ratio=0.625, weight_bits=8, act_bits=8)},
+        *({LayerConfig(keep_ratio=r, weight_bits=8, act_bits=8)} for r in KEEPS_WITH_INT8),
     ]
 
 
