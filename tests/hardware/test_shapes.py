@@ -89,3 +89,16 @@ def test_round_trips_through_json(tiny) -> None:
     again = ModelShapes.from_dict(shapes.to_dict())
     plan = Plan(layers={"layer2.conv1": LayerConfig(keep_ratio=0.5, rank_ratio=0.5)})
     assert again.kernels(plan) == shapes.kernels(plan)
+
+
+def test_boundary_elems_counts_tensors_between_int8_and_float_layers(tiny) -> None:
+    _, _, shapes = tiny
+    int8 = LayerConfig(weight_bits=8, act_bits=8)
+    assert shapes.boundary_elems(Plan()) == 0
+    everywhere = {x.name: int8 for x in shapes.layers}
+    assert shapes.boundary_elems(Plan(layers=everywhere)) == 0
+    # layer1.conv1 alone in int8 reads the stem's tensor (16 channels, 16x16) and writes its
+    # own (16 channels, 16x16) for a float layer1.conv2: both are converted.
+    assert shapes.boundary_elems(Plan(layers={"layer1.conv1": int8})) == 2 * 16 * 16 * 16
+    halved = {"layer1.conv1": int8, "stem.0": LayerConfig(keep_ratio=0.5)}
+    assert shapes.boundary_elems(Plan(layers=halved)) == (8 + 16) * 16 * 16
