@@ -213,6 +213,7 @@ def report(results, args: argparse.Namespace, command: str, html_name: str) -> s
 def plot(results, path: Path) -> None:
     """Hypervolume per config (mean ± std) and each config's accuracy-vs-latency staircase."""
     import plotly.graph_objects as go
+    import plotly.offline
     from plotly.subplots import make_subplots
 
     bars = go.Figure()
@@ -261,8 +262,13 @@ def plot(results, path: Path) -> None:
     )
     html = (
         "<html><head><meta charset='utf-8'><title>search quality</title></head><body>"
-        + bars.to_html(full_html=False, include_plotlyjs="inline")
+        + bars.to_html(full_html=False, include_plotlyjs="directory")
         + fronts.to_html(full_html=False, include_plotlyjs=False)
         + "</body></html>"
     )
     path.write_text(html)
+    # plotly.js beside the page, not inside it: each re-run then commits a few kB, not 4.7 MB.
+    script = path.parent / "plotly.min.js"
+    source = plotly.offline.get_plotlyjs()
+    if not script.exists() or script.read_text() != source:
+        script.write_text(source)
