@@ -23,8 +23,9 @@ Per (model, config), from the COMPLETE trials of each study:
   size, dense accuracy - `--floor-drop`), normalised so the box from there to (zero latency,
   zero size, dense accuracy) is 1 (`report.data.hypervolume_gain`); mean and std over seeds;
 - best accuracy with predicted latency at most 0.75x, 0.5x and 0.35x of dense;
-- trial time: the sum of the study's trial durations (fine-tunes, scoring; not the study's
-  set-up), and for joint-es the time saved and the hypervolume lost against joint, seed by seed.
+- trial time: the sum of the durations of the study's complete and stopped trials
+  (fine-tunes, scoring; not the study's set-up, not failed trials), and for joint-es the
+  time saved and the hypervolume lost against joint, seed by seed.
 Latency is predicted everywhere, by one predictor per model (the cached profile of the full
 default space), also for the single-method runs, whose searches used their own space's
 profile: every configuration is judged by the same predictor. The fronts are not measured
@@ -218,7 +219,10 @@ def study_figures(
     baseline = study.user_attrs.get("baseline")
     State = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False):
-        if t.datetime_start is not None and t.datetime_complete is not None:
+        # A failed trial's span is not work: a worker killed mid-trial (an interrupted bench)
+        # leaves it running until a resumed search fails it, hours later; its retry counts.
+        finished = t.state in (State.COMPLETE, State.PRUNED)
+        if finished and t.datetime_start is not None and t.datetime_complete is not None:
             figures.trial_s += (t.datetime_complete - t.datetime_start).total_seconds()
         figures.complete += t.state == State.COMPLETE
         figures.stopped += t.state == State.PRUNED
