@@ -23,6 +23,7 @@ Per (model, config), from the COMPLETE trials of each study:
   size, dense accuracy - `--floor-drop`), normalised so the box from there to (zero latency,
   zero size, dense accuracy) is 1 (`report.data.hypervolume_gain`); mean and std over seeds;
 - best accuracy with predicted latency at most 0.75x, 0.5x and 0.35x of dense;
+- the front above the accuracy floor, split into warm starts and plans the sampler drew;
 - trial time: the sum of the durations of the study's complete and stopped trials
   (fine-tunes, scoring; not the study's set-up, not failed trials), and for joint-es the
   time saved and the hypervolume lost against joint, seed by seed.
@@ -213,10 +214,12 @@ def study_figures(
     study: optuna.Study, seed: int | None, predict: Any, *, floor_drop: float
 ) -> StudyFigures:
     """Hypervolume, best accuracy under each latency budget and time, from one study."""
+    from autocompress.optimize.pareto import non_dominated
     from autocompress.report.data import hypervolume, hypervolume_gain
 
     figures = StudyFigures(study.study_name, seed, wall_s=study.user_attrs.get("bench_wall_s", 0))
     baseline = study.user_attrs.get("baseline")
+    warm: list[bool] = []  # per point: an enqueued warm start (or uniform level)
     State = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False):
         # A failed trial's span is not work: a worker killed mid-trial (an interrupted bench)
@@ -233,6 +236,7 @@ def study_figures(
             size_ratio = attrs["size_bytes"] / baseline["size_bytes"]
             figures.points.append((attrs["accuracy"], ratio, size_ratio))
             figures.labels.append(attrs.get("uniform_level", f"trial {t.number}"))
+            warm.append("warm_start" in attrs or "uniform_level" in attrs)
     if baseline is None:
         return figures
     dense = float(baseline["accuracy"])
@@ -241,6 +245,12 @@ def study_figures(
         for a, r, s in figures.points
     ]
     figures.hypervolume = hypervolume(gains)
+    above = [i for i, (a, _, _) in enumerate(figures.points) if a >= dense - floor_drop]
+    for i in non_dominated([figures.points[i] for i in above]):
+        if warm[above[i]]:
+            figures.front_warm += 1
+        else:
+            figures.front_sampled += 1
     for budget in LATENCY_BUDGETS:
         fits = [a for a, r, _ in figures.points if r <= budget]
         figures.best[budget] = max(fits) if fits else None
