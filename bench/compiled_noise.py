@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from autocompress.compress.apply import apply, bake
     from autocompress.compress.quantize_real import RealizedModel, _export
-    from autocompress.hardware.profile import random_plans
+    from autocompress.hardware.profile import measure_plan, random_plans
     from autocompress.hardware.targets import resolve_target
     from autocompress.optimize.latency import batch_inputs
     from autocompress.space.discover import discover
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         for plan in plans[2 + 2 * repeat : 4 + 2 * repeat]:  # age the process as a profile does
-            target.measure(build(plan), inputs, reference=dense)
+            measure_plan(dense, plan, task, target, inputs)
     factor = target.measure(compiled_dense, inputs, reference=dense, rounds=2 * target.rounds)
 
     lines = [

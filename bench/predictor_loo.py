@@ -15,6 +15,7 @@ the path.)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     predicted, measured, regimes = [], [], []
     for i in range(min(args.random, len(calibration))):
         rest = calibration[:i] + calibration[i + 1 :]
-        fitted = LatencyPredictor(Profile(**{**profile.__dict__, "calibration": rest}))
+        fitted = LatencyPredictor(dataclasses.replace(profile, calibration=rest))
         plan = Plan.from_dict(calibration[i]["plan"])
         predicted.append(fitted.predict_ratio(plan))
         measured.append(calibration[i]["ratio"])
