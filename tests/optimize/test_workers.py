@@ -73,9 +73,10 @@ def _wait_running(storage: str, name: str, proc: subprocess.Popen[str]) -> optun
             running = study.get_trials(deepcopy=False, states=(State.RUNNING,))
         except Exception:  # the study (or the file) is not created yet
             running = []
-        if running and "worker" in running[0].user_attrs:
+        # params too: a worker marks its trial before it suggests the plan
+        if running and "worker" in running[0].user_attrs and running[0].params:
             time.sleep(1.5)  # into the fine-tune (every step sleeps)
-            return running[0]
+            return optuna.load_study(study_name=name, storage=storage).trials[running[0].number]
         time.sleep(0.2)
     raise AssertionError("no trial started running within 180 s")
 
