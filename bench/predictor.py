@@ -4,9 +4,10 @@ What it measures, for each model and search space asked for:
 - profile: `autocompress profile` from scratch (`refresh`): wall time, kernel sizes timed and
   whole plans timed for calibration (1 thread, batch 1);
 - check: N random plans from the space drawn with another seed than the profile's (none used
-  in fitting), each predicted, then built and measured interleaved with the dense model:
-  fraction within +-10% of measured, mean absolute percentage error, Spearman rank
-  correlation, and the slowest single prediction;
+  in fitting), each predicted, then built and measured interleaved with the dense model (a
+  compiled plan with its compiled twin, `Target.reference_for`): fraction within +-10% of
+  measured, mean absolute percentage error, Spearman rank correlation, and the slowest
+  single prediction;
 - verify (`--verify-trials N`, 0 to skip): a search of N trials with predicted latency and a
   latency budget of `--verify-budget` x the dense latency the profile measured, then its
   verify step: of the front candidates predicted within the budget, how many meet it when
@@ -15,7 +16,8 @@ What it measures, for each model and search space asked for:
 Usage: python bench/predictor.py [--models NAME ...] [--space default] [--plans 100]
        [--verify-trials 24] [--verify-budget 0.5] [--out reports/benchmarks/predictor.md]
        [--dump checks.json]
-Writes the table to --out (one section per space, replaced on a re-run) and prints it.
+Writes the table to --out (one section per space and list of models, replaced on a re-run)
+and prints it.
 """
 
 from __future__ import annotations
@@ -109,13 +111,16 @@ def main(argv: list[str] | None = None) -> int:
             args.dump.write_text(json.dumps(dumped, indent=1))
 
     cpu = CpuTarget().fingerprint()["cpu_model"]
+    title = f"Latency predictor, space `{args.space}`: {', '.join(args.models)}"
     lines = [
-        f"## Latency predictor, space `{args.space}` ({datetime.date.today()})",
+        f"## {title} ({datetime.date.today()})",
         "",
         f"`python bench/predictor.py {' '.join(sys.argv[1:] if argv is None else argv)}"
         + f"` on {cpu}, torch {torch.__version__}, 1 thread, batch 1. Fresh plans: drawn with",
         "another seed than the profile's; each predicted, then built and measured interleaved",
-        "with the dense model (ratio to dense). within10: fraction within +-10% of measured.",
+        "with the dense model (ratio to dense; a compiled plan, one with int8 layers, against the",
+        "dense model compiled the same way, times that model's ratio to the eager one).",
+        "within10: fraction within +-10% of measured.",
         f"Verify: a {args.verify_trials}-trial search with a latency budget of "
         f"{args.verify_budget:g}x the dense latency; of its front candidates predicted within "
         "it, those that meet it when measured.",
@@ -130,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    # One section per space: a new run replaces that space's section and keeps the others.
+    # One section per space and models: a new run replaces its own and keeps the others.
     head = "# Latency predictor benchmarks\n"
     sections = args.out.read_text().split("\n## ")[1:] if args.out.exists() else []
-    kept = [s for s in sections if not s.startswith(f"Latency predictor, space `{args.space}`")]
+    kept = [s for s in sections if not s.startswith(f"{title} (")]
     args.out.write_text("\n## ".join([head, *kept]) + "\n" + text + "\n")
     return 0
 

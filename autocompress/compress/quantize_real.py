@@ -63,6 +63,7 @@ class RealizedModel(nn.Module):
         super().__init__()
         self.graph_module = graph_module
         self.layers = dict(layers)
+        self.compiled = compiled
         run = torch.compile(graph_module, dynamic=False) if compiled else graph_module
         # Kept out of the module tree: the compiled wrapper holds the same graph_module.
         object.__setattr__(self, "_run", run)
@@ -184,6 +185,27 @@ def realize(
             warnings.warn(f"layer {name!r} stays fp32: no {kind} int8 pattern", stacklevel=2)
             layers[name] = "fp32 (not quantized)"
     realized = RealizedModel(graph, layers, compiled=compile)
+    realized(*example_inputs)
+    return realized
+
+
+def compile_float(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> RealizedModel:
+    """The float model deployed the way a plan with int8 layers is: exported and compiled by
+    inductor with frozen weights and the C++ wrapper, no layer quantized.
+
+    A compiled plan is timed against this twin of the dense model rather than the eager one:
+    the same code path drifts the same way over a long process (`CpuTarget.reference_for`).
+
+    Args:
+        model: the float model; not modified. Fake-quant wrappers are stripped.
+        example_inputs: one input batch as positional arguments; compiled for it here.
+
+    Returns:
+        A compiled `RealizedModel`, already called once on `example_inputs`.
+    """
+    work = copy.deepcopy(model).eval()
+    strip_fake_quant(work)
+    realized = RealizedModel(_export(work, example_inputs), {}, compiled=True)
     realized(*example_inputs)
     return realized
 

@@ -21,7 +21,7 @@ import random
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,9 @@ from autocompress.task import Task
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 6  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
-# 6: compiled int8 plans timed frozen (they were recompiled unfrozen in inference mode)
+PROFILE_VERSION = 7  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
+# 6: compiled int8 plans timed frozen (they were recompiled unfrozen in inference mode);
+# 7: compiled plans timed against the compiled dense model (`Target.reference_for`)
 DEFAULT_CALIBRATION_PLANS = 40
 # Per lookup-table entry: few rounds, since entries are many and each is small and steady.
 LUT_ROUNDS = 3
@@ -265,10 +266,21 @@ def measure_candidate(
         rounds: timing rounds; None for the target's default.
 
     Returns:
-        The Measurement; its `ratio` is deployed candidate / dense.
+        The Measurement; its `ratio` is deployed candidate / dense and its `reference_ms` the
+        dense model's latency. Timed against a twin of the dense model that runs like the
+        candidate (`Target.reference_for`), both are carried over by the twin's ratio to dense.
     """
     deployed = target.deploy(candidate, plan, inputs, task.calibration_batches())
-    return target.measure(deployed, inputs, reference=dense, rounds=rounds)
+    reference = target.reference_for(dense, deployed, inputs)
+    measurement = target.measure(deployed, inputs, reference=reference.model, rounds=rounds)
+    if reference.model is dense:
+        return measurement
+    assert measurement.ratio is not None and measurement.reference_ms is not None
+    return replace(
+        measurement,
+        ratio=measurement.ratio * reference.to_dense,
+        reference_ms=measurement.reference_ms / reference.to_dense,
+    )
 
 
 def measure_lut(

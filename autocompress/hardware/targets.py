@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,8 +21,24 @@ from autocompress.errors import UserInputError
 from autocompress.hardware.timing import Measurement, measure_latency
 from autocompress.registry import Registry
 
+log = logging.getLogger(__name__)
+
 # The plain alternative a runtime target lists for scale: its dense model in PyTorch eager.
 EAGER_ALTERNATIVE = "dense, PyTorch eager fp32"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a deployed model is timed against, and how that reference relates to the dense model.
+
+    Attributes:
+        model: the model timed interleaved with the candidate.
+        to_dense: its latency as a ratio to the dense model's (1.0: it is the dense model), so
+            that candidate / reference times `to_dense` is candidate / dense.
+    """
+
+    model: nn.Module
+    to_dense: float = 1.0
 
 
 class Target(ABC):
@@ -81,6 +100,24 @@ class Target(ABC):
 
         return deploy(model, plan, example_input, calibration)
 
+    def reference_for(
+        self, dense: nn.Module, deployed: Any, inputs: tuple[torch.Tensor, ...]
+    ) -> Reference:
+        """What to time a deployed plan against: by default the dense model itself.
+
+        A target whose deployed models do not all run the way its dense model does overrides
+        this with a dense model that runs like `deployed`.
+
+        Args:
+            dense: the dense model.
+            deployed: the plan's model from `deploy`.
+            inputs: the input batch it is timed with.
+
+        Returns:
+            The Reference.
+        """
+        return Reference(dense)
+
     def alternatives(
         self, dense: nn.Module, inputs: tuple[torch.Tensor, ...], calibration: list[Any]
     ) -> dict[str, Callable[[], Any]]:
@@ -104,6 +141,9 @@ class Target(ABC):
 
 TARGETS: Registry[type[Target]] = Registry("target")
 
+# The compiled dense model's ratio to eager carries every compiled plan's ratio: time it longer.
+TWIN_ROUNDS = 4
+
 
 @TARGETS.register("cpu")
 class CpuTarget(Target):
@@ -120,6 +160,10 @@ class CpuTarget(Target):
         _check_threads(threads)
         self.threads = threads
         self.rounds = rounds
+        # Per dense model and input shapes: its compiled twin (see reference_for).
+        self._twins: weakref.WeakKeyDictionary[nn.Module, dict[Any, Reference]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def fingerprint(self) -> dict[str, str]:
         """CPU model, logical cores, threads, torch version and runtime, all as strings."""
@@ -159,6 +203,31 @@ class CpuTarget(Target):
         finally:
             for sub, training in was_training.items():
                 sub.training = training
+
+    def reference_for(
+        self, dense: nn.Module, deployed: Any, inputs: tuple[torch.Tensor, ...]
+    ) -> Reference:
+        """The dense model for an eager plan; for a compiled one (it has int8 layers), the
+        dense model compiled the same way, with its ratio to eager timed once per dense model
+        and input shapes with `TWIN_ROUNDS` x the default rounds.
+
+        Compiled and eager code drift apart over a long process: against the eager dense model
+        a compiled plan's ratio varied 5-7% (CV) between repeats on digits-resnet, against the
+        compiled dense model 1-2% (`bench/compiled_noise.py`). See `Target.reference_for`.
+        """
+        from autocompress.compress.quantize_real import RealizedModel, compile_float
+
+        if not (isinstance(deployed, RealizedModel) and deployed.compiled):
+            return Reference(dense)
+        key = tuple((t.shape, t.dtype) for t in inputs)
+        twins = self._twins.setdefault(dense, {})
+        if key not in twins:
+            twin = compile_float(dense, inputs)
+            ratio = self.measure(twin, inputs, reference=dense, rounds=TWIN_ROUNDS * self.rounds)
+            assert ratio.ratio is not None
+            log.info("compiled dense model: %.3f x the eager one", ratio.ratio)
+            twins[key] = Reference(twin, ratio.ratio)
+        return twins[key]
 
     def alternatives(
         self, dense: nn.Module, inputs: tuple[torch.Tensor, ...], calibration: list[Any]

@@ -16,7 +16,12 @@ from autocompress.compress.quantize import (
     quantized_weight_bytes,
     strip_fake_quant,
 )
-from autocompress.compress.quantize_real import _Bf16Compute, quantized_layers, realize
+from autocompress.compress.quantize_real import (
+    _Bf16Compute,
+    compile_float,
+    quantized_layers,
+    realize,
+)
 
 
 class TinyCNN(nn.Module):
@@ -291,6 +296,19 @@ def test_realize_packs_int8_weights_in_inference_mode_too() -> None:
     assert counters["inductor"]["qconv_weight_prepack_matcher_count"] == 2
     assert counters["inductor"]["qlinear_weight_prepack_matcher_count"] == 1
     assert _rel_err(out, model(x)) < 0.05
+
+
+def test_compile_float_is_the_float_model_compiled_without_int8() -> None:
+    model = _tiny()
+    before = copy.deepcopy(model.state_dict())
+    (x,) = _batches(1)[0]
+    counters.clear()
+    twin = compile_float(model, (x,))
+    assert twin.compiled and twin.layers == {}
+    assert counters["inductor"]["qconv_weight_prepack_matcher_count"] == 0
+    with torch.inference_mode():  # as it is timed, with a batch of another size
+        assert _rel_err(twin(x[:3]), model(x[:3])) < 1e-4
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_static_int8_conv1d_stays_float_and_runs_compiled() -> None:

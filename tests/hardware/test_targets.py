@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from autocompress.compress.quantize_real import realize
 from autocompress.errors import UnknownNameError, UserInputError
-from autocompress.hardware.targets import TARGETS, CpuTarget, Target, resolve_target
+from autocompress.hardware.targets import TARGETS, CpuTarget, Reference, Target, resolve_target
 from autocompress.hardware.timing import Measurement
 
 
@@ -65,6 +66,32 @@ def test_measure_runs_in_inference_mode() -> None:
 
     CpuTarget(rounds=1).measure(Probe(), (torch.zeros(4),))
     assert seen and all(seen)
+
+
+def test_an_eager_model_is_timed_against_the_dense_model_itself() -> None:
+    dense = _mlp(32).eval()
+    x = (torch.randn(1, 64),)
+    eager = realize(dense, {"0": (16, 32)}, x, [x])  # bf16: no int8 layer, runs eagerly
+    assert not eager.compiled
+    assert CpuTarget().reference_for(dense, eager, x) == Reference(dense, 1.0)
+
+
+def test_a_compiled_model_is_timed_against_the_dense_model_compiled_once() -> None:
+    dense = _mlp(32).eval()
+    x = (torch.randn(1, 64),)
+    target = CpuTarget(rounds=2)
+    int8 = realize(dense, {"0": (8, 8)}, x, [x, (torch.randn(4, 64),)])
+    assert int8.compiled
+    reference = target.reference_for(dense, int8, x)
+    twin = reference.model
+    assert twin is not dense and getattr(twin, "compiled", False)
+    assert getattr(twin, "layers", None) == {}, "the twin is the float model, no int8 layer"
+    with torch.inference_mode():
+        assert torch.allclose(twin(*x), dense(*x), atol=1e-5)
+    assert 0.0 < reference.to_dense < 10.0
+    assert target.reference_for(dense, int8, x) is reference, "compiled and timed once"
+    other = target.reference_for(dense, int8, (torch.randn(2, 64),))
+    assert other.model is not twin, "another batch size is compiled for apart"
 
 
 def test_resolve_target_by_name() -> None:
