@@ -15,6 +15,7 @@ Two kinds of measurement, both with the target's timing protocol:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -42,10 +43,16 @@ from autocompress.task import Task
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 7  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
+PROFILE_VERSION = 8  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
 # 6: compiled int8 plans timed frozen (they were recompiled unfrozen in inference mode);
-# 7: compiled plans timed against the compiled dense model (`Target.reference_for`)
+# 7: compiled plans timed against the compiled dense model (`Target.reference_for`);
+# 8: LSTM kernel tables (whole, and unrolled into Linears)
 DEFAULT_CALIBRATION_PLANS = 40
+# A profile with the default number of plans stops drawing random plans when it would run past
+# this (a model whose plans compile for half a minute each, e.g. all-MiniLM-L6-v2); it keeps at
+# least MIN_CALIBRATION_PLANS random plans and always times the uniform ones.
+PROFILE_SECONDS = 540.0
+MIN_CALIBRATION_PLANS = 12
 # Per lookup-table entry: few rounds, since entries are many and each is small and steady.
 LUT_ROUNDS = 3
 
@@ -168,14 +175,14 @@ def lut_grid(
             kept_in = _counts(shapes, layer.in_group, keeps[layer.in_group], round_to)
             ins = [shapes.fan_in(layer, kept) for kept in kept_in]
         computes = _computes(shapes, layer, choices)
-        for cin in ins:
-            for cout in outs:
-                for rank in choices.get((layer.name, "rank_ratio"), [1.0]):
-                    for compute in computes:
-                        for kernel in shapes.layer_kernels(index, cin, cout, rank, compute):
-                            axes = seen.setdefault((kernel.geometry, compute), (set(), set()))
-                            axes[0].add(kernel.cin)
-                            axes[1].add(kernel.cout)
+        forms = (False, True) if shapes.unrollable(layer) else (False,)  # an LSTM: both
+        for cin, cout, rank, compute, unrolled in itertools.product(
+            ins, outs, choices.get((layer.name, "rank_ratio"), [1.0]), computes, forms
+        ):
+            for kernel in shapes.layer_kernels(index, cin, cout, rank, compute, unrolled=unrolled):
+                axes = seen.setdefault((kernel.geometry, kernel.compute), (set(), set()))
+                axes[0].add(kernel.cin)
+                axes[1].add(kernel.cout)
     return {key: (_three(cins), _three(couts)) for key, (cins, couts) in seen.items()}
 
 
@@ -314,7 +321,9 @@ def measure_lut(
                     log.info("no %s lookup table for %s: %s", compute, geometry, exc)
                 else:
                     with torch.inference_mode():
-                        out_elems = layer(x)[0].numel()
+                        out = layer(x)
+                    # per sample: an LSTM returns (output, state), its output batch first
+                    out_elems = (out[0] if isinstance(out, tuple) else out)[0].numel()
                     ms = target.measure(layer, (x,), rounds=LUT_ROUNDS).median_ms
                     entries.append(
                         {
@@ -342,6 +351,7 @@ def profile_model(
     round_to: int | None,
     inputs: tuple[torch.Tensor, ...],
     calibration_plans: int = DEFAULT_CALIBRATION_PLANS,
+    max_seconds: float | None = None,
     seed: int = 0,
     show_progress: bool = True,
 ) -> Profile:
@@ -357,6 +367,8 @@ def profile_model(
         round_to: the space's channel multiple.
         inputs: the input batch latency is measured with (its batch size is the profile's).
         calibration_plans: random plans from the space to build and time whole.
+        max_seconds: stop timing random plans (after `MIN_CALIBRATION_PLANS` of them) once
+            the profile, with the uniform plans still to time, would take longer; None: all.
         seed: seed for drawing those plans.
         show_progress: draw a progress bar on stderr.
 
@@ -369,26 +381,33 @@ def profile_model(
     batch = batch_size_of(inputs)
     grid = lut_grid(shapes, knobs, round_to)
     points = sum(len(c) * len(o) for c, o in grid.values())
-    plans = random_plans(knobs, calibration_plans, seed=seed, round_to=round_to, eager_plans=True)
+    drawn = random_plans(knobs, calibration_plans, seed=seed, round_to=round_to, eager_plans=True)
     # The search starts from the uniform plans (all int8, every group at one keep ratio): they
     # are the extremes random plans rarely reach, and a search's front is often built on them.
-    plans += [
+    uniform = [
         plan_from_trial(optuna.trial.FixedTrial(params), knobs, round_to=round_to)
         for params in uniform_plans(knobs)
     ]
-    with Bar(points + len(plans), enabled=show_progress) as bar:
+    with Bar(points + len(drawn) + len(uniform), enabled=show_progress) as bar:
         bar.describe(f"profile {model}: {points} kernel sizes")
         lut = measure_lut(grid, target, batch, progress=bar)
         dense_ms = target.measure(dense, inputs, rounds=2 * target.rounds).median_ms
-        bar.describe(f"profile {model}: {len(plans)} whole plans")
-        calibration = []
-        for plan in plans:
-            try:
-                ratio = measure_plan(dense, plan, task, target, inputs)
-            except Exception as exc:  # a plan the model cannot take fails its trial, not this
-                log.warning("calibration plan skipped: %s: %s", type(exc).__name__, exc)
-            else:
-                calibration.append({"plan": plan.to_dict(), "ratio": ratio})
+        bar.describe(f"profile {model}: {len(drawn) + len(uniform)} whole plans")
+        calibration: list[dict[str, Any]] = []
+        plans_started = time.monotonic()
+        for done, plan in enumerate(drawn):
+            if max_seconds is not None and done >= MIN_CALIBRATION_PLANS:
+                per_plan = (time.monotonic() - plans_started) / done
+                projected = time.monotonic() - started + per_plan * (len(uniform) + 1)
+                if projected > max_seconds:
+                    log.info("profile time budget: %d of %d random plans timed", done, len(drawn))
+                    for _ in drawn[done:]:
+                        bar.advance()
+                    break
+            _calibrate(calibration, dense, plan, task, target, inputs)
+            bar.advance()
+        for plan in uniform:
+            _calibrate(calibration, dense, plan, task, target, inputs)
             bar.advance()
     return Profile(
         model=model,
@@ -401,6 +420,23 @@ def profile_model(
         dense_ms=dense_ms,
         seconds=time.monotonic() - started,
     )
+
+
+def _calibrate(
+    calibration: list[dict[str, Any]],
+    dense: nn.Module,
+    plan: Plan,
+    task: Task,
+    target: Target,
+    inputs: tuple[torch.Tensor, ...],
+) -> None:
+    """Time one calibration plan and append it; a plan the model cannot take is skipped."""
+    try:
+        ratio = measure_plan(dense, plan, task, target, inputs)
+    except Exception as exc:  # a plan the model cannot take fails its trial, not the profile
+        log.warning("calibration plan skipped: %s: %s", type(exc).__name__, exc)
+    else:
+        calibration.append({"plan": plan.to_dict(), "ratio": ratio})
 
 
 def batch_size_of(inputs: tuple[torch.Tensor, ...]) -> int:

@@ -17,6 +17,7 @@ from autocompress.errors import UserInputError
 from autocompress.hardware.predictor import LatencyPredictor
 from autocompress.hardware.profile import (
     DEFAULT_CALIBRATION_PLANS,
+    PROFILE_SECONDS,
     Bar,
     Profile,
     batch_size_of,
@@ -76,7 +77,8 @@ def predictor_for(
         round_to: the space's channel multiple.
         inputs: the input batch latency is measured with.
         refresh: profile again even when a cached profile exists.
-        calibration_plans: whole plans to time; None: 40 for spaces with bit-widths, else 30.
+        calibration_plans: random plans to time whole; None: 40 for spaces with bit-widths,
+            else 30, as many of them as fit in `PROFILE_SECONDS` with the uniform plans.
         show_progress: draw a progress bar while profiling.
 
     Returns:
@@ -90,9 +92,11 @@ def predictor_for(
             return LatencyPredictor(profile), path
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("latency profile %s does not fit (%s); profiling again", path, exc)
-    if calibration_plans is None:
+    max_seconds = None
+    if calibration_plans is None:  # the default number, within the default time
         has_bits = any(k.setting == "weight_bits" for k in knobs)
         calibration_plans = DEFAULT_CALIBRATION_PLANS if has_bits else 30
+        max_seconds = PROFILE_SECONDS
     profile = profile_model(
         dense,
         task,
@@ -103,6 +107,7 @@ def predictor_for(
         round_to=round_to,
         inputs=inputs,
         calibration_plans=calibration_plans,
+        max_seconds=max_seconds,
         show_progress=show_progress,
     )
     write_atomic(path, profile.to_json().encode())

@@ -2,10 +2,12 @@
 
 The latency predictor needs, for any plan, every Conv/Linear kernel the deployed model runs
 (channel counts after pruning, the two halves of a factorized layer) and the number format it
-computes in. `ModelShapes` learns once, from the dense model, each layer's geometry, its
-input size and which coupling group's pruning shrinks its inputs; after that, `kernels(plan)`
-is arithmetic (how a factorized layer splits is learned once per layer on the meta device),
-well under a millisecond per plan once each layer's channel counts have been seen.
+computes in. An LSTM is one kernel while it stays an `nn.LSTM`; unrolled (for a low rank or
+fewer bits, `compress.lstm`) it is its input projection and one recurrent Linear per step.
+`ModelShapes` learns once, from the dense model, each layer's geometry, its input size and
+which coupling group's pruning shrinks its inputs; after that, `kernels(plan)` is arithmetic
+(how a factorized layer splits is learned once per layer on the meta device), well under a
+millisecond per plan once each layer's channel counts have been seen.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -29,12 +31,12 @@ log = logging.getLogger(__name__)
 
 # Formats a kernel computes in; see `compress.quantize_real.realize` for what deploys as what.
 FP32, INT8, BF16 = "fp32", "int8", "bf16"
-KERNEL_TYPES = ("Linear", "Conv1d", "Conv2d")
+KERNEL_TYPES = ("Linear", "Conv1d", "Conv2d", "LSTM")
 
 
 @dataclass(frozen=True)
 class Kernel:
-    """One Conv/Linear call of a deployed model.
+    """One Conv/Linear/LSTM call of a deployed model.
 
     Args:
         geometry: JSON of everything but the channel counts (type, kernel size, stride, padding,
@@ -79,9 +81,18 @@ class LayerShape:
 
 
 def geometry_of(module: nn.Module, in_size: Sequence[int]) -> dict[str, Any]:
-    """A Conv/Linear layer's geometry without its channel counts (see `Kernel.geometry`)."""
+    """A Conv/Linear/LSTM layer's geometry without its channel counts (see `Kernel.geometry`);
+    an LSTM's `in_size` is its number of steps."""
     if isinstance(module, nn.Linear):
         return {"type": "Linear", "bias": module.bias is not None, "in_size": list(in_size)}
+    if isinstance(module, nn.LSTM):
+        return {
+            "type": "LSTM",
+            "bias": module.bias,
+            "in_size": list(in_size),
+            "layers": module.num_layers,
+            "bidirectional": module.bidirectional,
+        }
     return {
         "type": type(module).__name__,
         "kernel": list(module.kernel_size),
@@ -99,6 +110,15 @@ def build_layer(geometry: dict[str, Any], cin: int, cout: int) -> nn.Module:
     kind = geometry["type"]
     if kind == "Linear":
         return nn.Linear(cin, cout, bias=geometry["bias"])
+    if kind == "LSTM":
+        return nn.LSTM(
+            cin,
+            cout,
+            geometry["layers"],
+            bias=geometry["bias"],
+            batch_first=True,
+            bidirectional=geometry["bidirectional"],
+        )
     conv = {"Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d}[kind]
     padding = geometry["padding"]
     return conv(
@@ -116,7 +136,7 @@ def build_layer(geometry: dict[str, Any], cin: int, cout: int) -> nn.Module:
 def example_input(geometry: dict[str, Any], cin: int, batch: int) -> torch.Tensor:
     """A random input of the right shape for `build_layer(geometry, cin, ...)`."""
     size = geometry["in_size"]
-    if geometry["type"] == "Linear":
+    if geometry["type"] in ("Linear", "LSTM"):  # an LSTM: batch first
         return torch.randn(batch, *size, cin)
     return torch.randn(batch, cin, *size)
 
@@ -148,7 +168,7 @@ class ModelShapes:
         self.group_multiples = dict(group_multiples or {})
         self.bf16_compute = bf16_compute
         self._geometry_json = [json.dumps(x.geometry, sort_keys=True) for x in self.layers]
-        self._templates: dict[int, _Template | None] = {}
+        self._templates: dict[int | tuple[int, str], _Template | None] = {}
         self._parts = lru_cache(maxsize=65536)(self._layer_parts)
         # Per coupling group: the layers writing its tensor and those reading it.
         self._writers = {g: [x for x in self.layers if x.group == g] for g in group_channels}
@@ -276,8 +296,22 @@ class ModelShapes:
                 cin = self.fan_in(layer, kept[layer.in_group])
             cfg = plan.config(layer.name)
             compute = self.compute_of(layer, cfg)
-            found.extend(self.layer_kernels(index, cin, cout, cfg.rank_ratio, compute))
+            unrolled = self.unrolled(layer, cfg)
+            found.extend(
+                self.layer_kernels(index, cin, cout, cfg.rank_ratio, compute, unrolled=unrolled)
+            )
         return found
+
+    @staticmethod
+    def unrollable(layer: LayerShape) -> bool:
+        """Whether a layer is an LSTM that `compress.lstm.unroll` can replace by Linears."""
+        g = layer.geometry
+        return g["type"] == "LSTM" and g["layers"] == 1 and not g["bidirectional"]
+
+    def unrolled(self, layer: LayerShape, cfg: LayerConfig) -> bool:
+        """Whether the plan deploys an LSTM layer unrolled into Linears (as `compress.apply`
+        does for a low rank or fewer bits) instead of as one `nn.LSTM` call."""
+        return self.unrollable(layer) and (cfg.rank_ratio < 1.0 or cfg.weight_bits < 32)
 
     def quantized(self, plan: Plan) -> bool:
         """Whether the plan deploys with int8 layers (compiled by inductor in PyTorch), else
@@ -321,6 +355,10 @@ class ModelShapes:
         """The format a layer computes in once deployed (mirrors `quantize_real.realize`, or
         `runtime_targets`: in a runtime only (8, 8) layers run in int8): INT8, BF16 or FP32."""
         kind = layer.geometry["type"]
+        if kind == "LSTM":  # unrolled, its Linears deploy like any; whole, it stays fp32
+            if not (self.unrollable(layer) and self.unrolled(layer, cfg)):
+                return FP32
+            kind = "Linear"
         if self.runtime != "pytorch":
             return INT8 if (cfg.weight_bits, cfg.act_bits) == (8, 8) else FP32
         if (cfg.weight_bits, cfg.act_bits) == (8, 8) and kind != "Conv1d":
@@ -332,26 +370,60 @@ class ModelShapes:
         return FP32
 
     def layer_kernels(
-        self, index: int, cin: int, cout: int, rank_ratio: float, compute: str
+        self,
+        index: int,
+        cin: int,
+        cout: int,
+        rank_ratio: float,
+        compute: str,
+        *,
+        unrolled: bool = False,
     ) -> tuple[Kernel, ...]:
-        """The kernels of layer `index` at these channel counts, rank and number format."""
-        return tuple(
-            Kernel(geometry, a, b, elems, compute)
-            for geometry, a, b, elems in self._parts(index, cin, cout, rank_ratio)
-        )
+        """The kernels of layer `index` at these channel counts, rank and number format; an
+        LSTM's as one fp32 call, or `unrolled` (see `unrolled`): its input projection over
+        all steps, then the recurrent Linear once per step (`compress.lstm.UnrolledLSTM`)."""
+        layer = self.layers[index]
+        if layer.geometry["type"] != "LSTM":
+            parts = self._parts(index, cin, cout, rank_ratio)
+        elif not unrolled:
+            parts = ((self._geometry_json[index], cin, cout, cout * layer.out_size),)
+            compute = FP32
+        else:
+            # `compress.lstm.lstm_ranks`: both matrices at the LSTM's rank where that keeps
+            # fewer weights, which `_parts` checks as `low_rank` does.
+            steps = layer.out_size
+            parts = self._parts((index, "input_proj"), cin, 4 * cout, rank_ratio)
+            parts += steps * self._parts((index, "recurrent"), cout, 4 * cout, rank_ratio)
+        return tuple(Kernel(geometry, a, b, elems, compute) for geometry, a, b, elems in parts)
+
+    def _unrolled_part(self, index: int, part: str) -> LayerShape:
+        """One Linear of LSTM layer `index` unrolled, at the dense hidden size."""
+        layer = self.layers[index]
+        hidden, steps = layer.out_features, layer.out_size
+        if part == "input_proj":
+            geometry = {"type": "Linear", "bias": layer.geometry["bias"], "in_size": [steps]}
+            return replace(layer, name=f"{layer.name}.{part}", geometry=geometry,
+                           out_features=4 * hidden)  # fmt: skip
+        geometry = {"type": "Linear", "bias": False, "in_size": []}
+        return replace(layer, name=f"{layer.name}.{part}", geometry=geometry,
+                       in_features=hidden, out_features=4 * hidden, out_size=1)  # fmt: skip
 
     def _layer_parts(
-        self, index: int, cin: int, cout: int, rank_ratio: float
+        self, key: int | tuple[int, str], cin: int, cout: int, rank_ratio: float
     ) -> tuple[tuple[str, int, int, int], ...]:
-        """(geometry, cin, cout, out_elems) of each kernel of layer `index` (cached per instance
-        as `_parts`)."""
-        layer = self.layers[index]
-        own = ((self._geometry_json[index], cin, cout, cout * layer.out_size),)
+        """(geometry, cin, cout, out_elems) of each kernel of a Conv/Linear layer, by index, or
+        of one Linear of an unrolled LSTM, by (index, part) (cached per instance as `_parts`)."""
+        if isinstance(key, int):
+            layer, geometry = self.layers[key], self._geometry_json[key]
+        else:
+            layer = self._unrolled_part(*key)
+            geometry = json.dumps(layer.geometry, sort_keys=True)
+        own = ((geometry, cin, cout, cout * layer.out_size),)
         if rank_ratio >= 1.0:
             return own
-        if index not in self._templates:
-            self._templates[index] = _factor_template(layer)
-        template = self._templates[index]
+        if key not in self._templates:
+            self._templates[key] = _factor_template(layer)
+        template = self._templates[key]
         if template is None:
             return own
         rows_per_out, cols_per_in, (first, first_size), (second, second_size) = template
@@ -389,8 +461,12 @@ def _factor_template(layer: LayerShape) -> _Template | None:
 
 
 def _record_sizes(name: str, in_sizes: dict[str, list[int]], out_sizes: dict[str, int]) -> Any:
-    def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         x = args[0]
+        if isinstance(module, nn.LSTM):  # per channel and sample: one output per step
+            steps = x.shape[1 if module.batch_first else 0] if x.dim() == 3 else x.shape[0]
+            in_sizes[name], out_sizes[name] = [steps], steps
+            return
         in_sizes[name] = list(x.shape[1:-1] if isinstance(module, nn.Linear) else x.shape[2:])
         out_sizes[name] = output[0].numel() // features(module)[1]
 

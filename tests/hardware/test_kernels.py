@@ -55,3 +55,12 @@ def test_int8_conv1d_has_no_table() -> None:
     conv1d.update(dilation=[1], in_size=[20])
     with pytest.raises(ValueError, match="no int8 kernel table for Conv1d"):
         timed_kernel(conv1d, 4, 4, INT8, batch=1)
+
+
+def test_an_lstm_is_timed_whole_in_fp32_only() -> None:
+    lstm = {"type": "LSTM", "bias": True, "in_size": [5], "layers": 1, "bidirectional": False}
+    layer, x = timed_kernel(lstm, 4, 6, FP32, batch=3)
+    assert isinstance(layer, torch.nn.LSTM) and x.shape == (3, 5, 4)
+    assert layer(x)[0].shape == (3, 5, 6)
+    with pytest.raises(ValueError, match="no int8 kernel table for LSTM"):
+        timed_kernel(lstm, 4, 6, INT8, batch=1)

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -20,12 +21,20 @@ from autocompress.compress.apply import apply
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.metrics import top1
 from autocompress.hardware.predictor import LatencyPredictor, _Table
-from autocompress.hardware.profile import PROFILE_VERSION, Profile, lut_grid, profile_model
+from autocompress.hardware.profile import (
+    MIN_CALIBRATION_PLANS,
+    PROFILE_VERSION,
+    Profile,
+    lut_grid,
+    profile_model,
+)
 from autocompress.hardware.profiles import PredictorCheck, check_predictor, predictor_for
 from autocompress.hardware.shapes import BF16, FP32, INT8, ModelShapes
 from autocompress.hardware.targets import CpuTarget
 from autocompress.space.discover import discover
+from autocompress.space.sample import plan_from_trial
 from autocompress.space.spec import Rule, SearchSpace
+from autocompress.space.uniform import uniform_plans
 from autocompress.task import Task
 from tests.conftest import TINY_GROUPS, make_tiny_resnet
 
@@ -61,6 +70,21 @@ def profile(setup) -> Profile:
         calibration_plans=4,
         show_progress=False,
     )
+
+
+def test_a_time_budget_keeps_the_minimum_of_random_plans_and_every_uniform_one(setup) -> None:
+    model, task, layers, knobs, target = setup
+    uniform = [dict(sorted(p.items())) for p in uniform_plans(knobs)]
+    cut = profile_model(
+        model, task, target, model="tiny",
+        shapes=ModelShapes.from_model(model, task.inputs(), layers), knobs=knobs,
+        round_to=None, inputs=task.inputs(), calibration_plans=MIN_CALIBRATION_PLANS + 3,
+        max_seconds=0.0, show_progress=False,
+    )  # fmt: skip
+    assert len(cut.calibration) == MIN_CALIBRATION_PLANS + len(uniform)
+    timed = [Plan.from_dict(c["plan"]) for c in cut.calibration[MIN_CALIBRATION_PLANS:]]
+    expected = [plan_from_trial(optuna.trial.FixedTrial(p), knobs) for p in uniform]
+    assert timed == expected, "the uniform plans are timed last, all of them"
 
 
 def _uniform(keep: float) -> Plan:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -11,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from autocompress.compress.apply import apply
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.metrics import top1
-from autocompress.hardware.profile import measure_candidate
+from autocompress.hardware.profile import measure_candidate, measure_lut
+from autocompress.hardware.shapes import FP32
 from autocompress.hardware.targets import CpuTarget, Reference
 from autocompress.hardware.timing import Measurement
 from autocompress.task import Task
@@ -82,3 +84,19 @@ def test_an_eager_plan_is_timed_against_the_dense_model() -> None:
     ((raw, timed_against),) = target.timed
     assert target.references == [Reference(dense)]
     assert timed_against is dense and measurement == raw
+
+
+def test_lookup_table_entries_count_output_elements_per_sample() -> None:
+    lstm = {"type": "LSTM", "bias": True, "in_size": [5], "layers": 1, "bidirectional": False}
+    linear = {"type": "Linear", "bias": True, "in_size": [5]}
+    grid = {
+        (json.dumps(lstm), FP32): ([4], [6, 8]),
+        (json.dumps(linear), FP32): ([4], [6]),
+    }
+    entries = measure_lut(grid, CpuTarget(rounds=1), batch=3)
+    assert [(e["cin"], e["cout"], e["out_elems"]) for e in entries] == [
+        (4, 6, 5 * 6),
+        (4, 8, 5 * 8),
+        (4, 6, 5 * 6),
+    ]
+    assert all(e["ms"] > 0 for e in entries)

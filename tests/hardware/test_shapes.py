@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -102,3 +103,68 @@ def test_boundary_elems_counts_tensors_between_int8_and_float_layers(tiny) -> No
     assert shapes.boundary_elems(Plan(layers={"layer1.conv1": int8})) == 2 * 16 * 16 * 16
     halved = {"layer1.conv1": int8, "stem.0": LayerConfig(keep_ratio=0.5)}
     assert shapes.boundary_elems(Plan(layers=halved)) == (8 + 16) * 16 * 16
+
+
+class _Rows(nn.Module):
+    """An LSTM over 5 steps of 6 features, its last hidden state into a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 24, batch_first=True)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+_TIMED = (nn.Linear, nn.LSTM)
+
+
+def _calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[str, int, int]]:
+    """(type, in, out) of every Linear/LSTM call of one forward pass, in order."""
+    found: list[tuple[str, int, int]] = []
+
+    def record(module: nn.Module, *_: object) -> None:
+        if isinstance(module, nn.LSTM):
+            found.append(("LSTM", module.input_size, module.hidden_size))
+        else:
+            found.append(("Linear", module.in_features, module.out_features))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if type(m) in _TIMED]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
+def test_an_lstm_is_one_kernel_whole_and_its_linears_per_step_unrolled() -> None:
+    torch.manual_seed(0)
+    model, inputs = _Rows().eval(), (torch.randn(1, 5, 6),)
+    layers = discover(model, inputs)
+    shapes = ModelShapes.from_model(model, inputs, layers)
+    lstm = shapes.layers[0]
+    assert (lstm.geometry["type"], lstm.geometry["in_size"], lstm.out_size) == ("LSTM", [5], 5)
+    plans = [
+        Plan(),
+        Plan(layers={"lstm": LayerConfig(keep_ratio=0.5)}),
+        Plan(layers={"lstm": LayerConfig(rank_ratio=0.5)}),
+        Plan(layers={"lstm": LayerConfig(weight_bits=8), "head": LayerConfig(weight_bits=8)}),
+        *random_plans(load_space("default").knobs(layers), 12, seed=0),
+    ]
+    for plan in plans:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = bake(apply(model, plan, inputs))
+        kernels = shapes.kernels(plan)
+        assert [(json.loads(k.geometry)["type"], k.cin, k.cout) for k in kernels] == _calls(
+            built, inputs
+        ), plan
+    whole = shapes.kernels(Plan())
+    unrolled = shapes.kernels(Plan(layers={"lstm": LayerConfig(weight_bits=8)}))
+    assert [k.compute for k in whole] == [FP32, FP32]
+    assert [k.compute for k in unrolled] == [INT8] * 6 + [FP32]  # projection, 5 steps, head
+    assert shapes.quantized(Plan(layers={"lstm": LayerConfig(weight_bits=8)}))
+    assert not shapes.quantized(Plan(layers={"lstm": LayerConfig(weight_bits=4)}))
