@@ -356,7 +356,13 @@ def _parser() -> argparse.ArgumentParser:
         help="build and measure N fresh random plans and print the predictor's accuracy",
     )
     p.add_argument("--refresh", action="store_true", help="profile again even if cached")
-    p.add_argument("--plans", type=int, default=None, help="whole plans timed for calibration")
+    p.add_argument(
+        "--plans",
+        type=int,
+        default=None,
+        help="random plans timed whole for calibration (default: 40, 30 without bit-widths, "
+        "as many as fit in 9 minutes with at least 12)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_profile)
 
