@@ -223,10 +223,10 @@ class CpuTarget(Target):
         twins = self._twins.setdefault(dense, {})
         if key not in twins:
             twin = compile_float(dense, inputs)
-            ratio = self.measure(twin, inputs, reference=dense, rounds=TWIN_ROUNDS * self.rounds)
-            assert ratio.ratio is not None
-            log.info("compiled dense model: %.3f x the eager one", ratio.ratio)
-            twins[key] = Reference(twin, ratio.ratio)
+            timed = self.measure(twin, inputs, reference=dense, rounds=TWIN_ROUNDS * self.rounds)
+            assert timed.ratio is not None
+            log.info("compiled dense model: %.3f x the eager one", timed.ratio)
+            twins[key] = Reference(twin, timed.ratio)
         return twins[key]
 
     def alternatives(

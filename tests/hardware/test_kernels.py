@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from autocompress.hardware.geometry import build_layer
 from autocompress.hardware.kernels import timed_kernel
-from autocompress.hardware.shapes import BF16, FP32, INT8, build_layer
+from autocompress.hardware.shapes import BF16, FP32, INT8
 
 CONV = {
     "type": "Conv2d",

@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from autocompress.compress.apply import apply
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.metrics import top1
+from autocompress.hardware.lut import lut_grid
 from autocompress.hardware.predictor import LatencyPredictor, _Table
 from autocompress.hardware.profile import (
     MIN_CALIBRATION_PLANS,
     PROFILE_VERSION,
     Profile,
-    lut_grid,
     profile_model,
 )
 from autocompress.hardware.profiles import PredictorCheck, check_predictor, predictor_for
