@@ -42,10 +42,11 @@ from autocompress.task import Task
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 8  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
+PROFILE_VERSION = 9  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
 # 6: compiled int8 plans timed frozen (they were recompiled unfrozen in inference mode);
 # 7: compiled plans timed against the compiled dense model (`Target.reference_for`);
-# 8: LSTM kernel tables (whole, and unrolled into Linears)
+# 8: LSTM kernel tables (whole, and unrolled into Linears); 9: plans timed settled
+# (`Target.measure_settled`: a third measurement when two disagree)
 DEFAULT_CALIBRATION_PLANS = 40
 # A profile with the default number of plans stops drawing random plans when it would run past
 # this (a model whose plans compile for half a minute each, e.g. all-MiniLM-L6-v2); it keeps at
@@ -191,7 +192,7 @@ def measure_candidate(
     rounds: int | None = None,
 ) -> Measurement:
     """Deploy a model built by `apply` on the target (real kernels, in the target's runtime) and
-    time it interleaved with `dense`.
+    time it interleaved with `dense`, settled (`Target.measure_settled`).
 
     Args:
         candidate: `apply(dense, plan, ...)`, fine-tuned or not (not modified).
@@ -209,7 +210,7 @@ def measure_candidate(
     """
     deployed = target.deploy(candidate, plan, inputs, task.calibration_batches())
     reference = target.reference_for(dense, deployed, inputs)
-    measurement = target.measure(deployed, inputs, reference=reference.model, rounds=rounds)
+    measurement = target.measure_settled(deployed, inputs, reference=reference.model, rounds=rounds)
     if reference.model is dense:
         return measurement
     assert measurement.ratio is not None and measurement.reference_ms is not None

@@ -21,22 +21,22 @@ from autocompress.task import Task
 
 
 class _Recording(CpuTarget):
-    """The cpu target, keeping what it timed against what, and the references it chose."""
+    """The cpu target, keeping what it timed (settled) against what, and the references it chose."""
 
     def __init__(self) -> None:
         super().__init__(rounds=2)
         self.timed: list[tuple[Measurement, nn.Module | None]] = []
         self.references: list[Reference] = []
 
-    def measure(
+    def measure_settled(
         self,
         model: nn.Module,
         inputs: tuple[torch.Tensor, ...],
         *,
-        reference: nn.Module | None = None,
+        reference: nn.Module,
         rounds: int | None = None,
     ) -> Measurement:
-        measurement = super().measure(model, inputs, reference=reference, rounds=rounds)
+        measurement = super().measure_settled(model, inputs, reference=reference, rounds=rounds)
         self.timed.append((measurement, reference))
         return measurement
 

@@ -94,6 +94,50 @@ def test_a_compiled_model_is_timed_against_the_dense_model_compiled_once() -> No
     assert other.model is not twin, "another batch size is compiled for apart"
 
 
+class _Scripted(Target):
+    """A target whose measurements return the given ratios in turn (and count the calls)."""
+
+    name = "scripted"
+    threads = 1
+
+    def __init__(self, ratios: list[float]) -> None:
+        self.ratios = list(ratios)
+        self.calls = 0
+
+    def fingerprint(self) -> dict[str, str]:
+        return {"device": "scripted"}
+
+    def measure(self, model, inputs, *, reference=None, rounds=None) -> Measurement:
+        ratio = self.ratios[self.calls]
+        self.calls += 1
+        return Measurement(
+            median_ms=ratio, p10_ms=ratio * 0.9, p90_ms=ratio * 1.1, reference_ms=1.0,
+            ratio=ratio, rounds=rounds or 15, calls_per_block=3, threads=1, remeasured_blocks=0,
+        )  # fmt: skip
+
+
+def test_two_agreeing_ratios_are_averaged() -> None:
+    target = _Scripted([0.50, 0.51, 9.0])
+    m = target.measure_settled(_mlp(8), (torch.zeros(1, 64),), reference=_mlp(8), rounds=4)
+    assert target.calls == 2, "no third measurement when the first two agree"
+    assert m.ratio == pytest.approx(0.505) and m.median_ms == pytest.approx(0.505)
+    assert m.rounds == 8 and m.p10_ms == pytest.approx(0.45) and m.p90_ms == pytest.approx(0.561)
+
+
+@pytest.mark.parametrize("ratios", [[0.50, 0.56, 0.51], [0.56, 0.50, 0.51], [0.44, 0.50, 0.51]])
+def test_disagreeing_ratios_get_a_third_and_keep_the_median(ratios: list[float]) -> None:
+    target = _Scripted(ratios)
+    m = target.measure_settled(_mlp(8), (torch.zeros(1, 64),), reference=_mlp(8))
+    assert target.calls == 3
+    assert m.ratio == sorted(ratios)[1] and m.rounds == 15
+
+
+def test_settled_cpu_measurement_is_a_real_ratio() -> None:
+    m = CpuTarget(rounds=2).measure_settled(_mlp(64), (torch.randn(1, 64),), reference=_mlp(64))
+    assert m.ratio is not None and 0.5 < m.ratio < 2.0
+    assert m.rounds in (2, 4), "averaged from two measurements, or the median of three"
+
+
 def test_resolve_target_by_name() -> None:
     target = resolve_target("cpu", threads=2)
     assert isinstance(target, CpuTarget)
