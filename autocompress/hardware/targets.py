@@ -109,7 +109,7 @@ class Target(ABC):
             The kept Measurement; two averaged ones give the mean of each time and ratio,
             with their rounds added up.
         """
-        runs = [self.measure(model, inputs, reference=reference, rounds=rounds) for _ in "ab"]
+        runs = [self.measure(model, inputs, reference=reference, rounds=rounds) for _ in range(2)]
         first, second = (run.ratio for run in runs)
         assert first is not None and second is not None
         if abs(first / second - 1) <= SETTLE_TOLERANCE:
