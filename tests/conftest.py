@@ -56,6 +56,18 @@ TINY_GROUPS = {
 }
 
 
+class LstmRows(nn.Module):
+    """An LSTM over 5 steps of 6 features, its last hidden state into a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 24, batch_first=True)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x)[0][:, -1])
+
+
 def make_tiny_resnet(seed: int = 0) -> TinyResNet:
     """A TinyResNet with deterministic weights and non-trivial BatchNorm statistics."""
     torch.manual_seed(seed)

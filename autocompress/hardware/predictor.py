@@ -17,7 +17,11 @@ Two layers of model, both fitted on what `hardware.profile` measured:
    and the elements converted between int8 and float layers (`ModelShapes.boundary_elems`).
    The eager fit counts kernels too: an LSTM unrolled for a low rank or fewer bits runs its
    recurrent Linear and the gates' elementwise ops once per step (digits-lstm leave-one-out
-   on eager plans: within-10% 0.26 without the count, 0.91 with it).
+   on eager plans: within-10% 0.26 without the count, 0.91 with it). Plans that keep an
+   LSTM whole (one fused call) get a fit of their own where the profile timed at least
+   `MIN_FORM_PLANS` of them in their regime: shared with unrolled plans, the fit had one
+   slope for both, and predicted pruned whole LSTMs up to 16% slow (digits-lstm
+   leave-one-out on eager whole plans: within-10% 0.78, bias +5.4%, with the split 1.00, -0.2%).
 
 The prediction is a ratio to the dense model; times the study's dense latency it gives ms.
 """
@@ -37,6 +41,9 @@ from autocompress.hardware.profile import Profile
 from autocompress.hardware.shapes import BF16, FP32, INT8, Kernel, ModelShapes
 
 EAGER, COMPILED = "eager", "compiled"
+# Calibration plans of a regime that keep an LSTM whole needed for them to get a fit of their
+# own; with fewer they share their regime's. Eager features are 7, the fit's unknowns 8.
+MIN_FORM_PLANS = 8
 
 
 class _Table:
@@ -113,19 +120,21 @@ class LatencyPredictor:
             lambda k: _macs(json.loads(k.geometry), k.cin, k.out_elems)
         )
         self._dense = self._totals(self.shapes.kernels(Plan()))
-        samples: dict[str, tuple[list[list[float]], list[float]]] = {}
-        for point in profile.calibration:
-            regime, row = self.features(Plan.from_dict(point["plan"]))
-            xs, ys = samples.setdefault(regime, ([], []))
-            xs.append(row)
-            ys.append(point["ratio"])
         # The dense model itself is an eager plan at ratio 1 by definition.
-        xs, ys = samples.setdefault(EAGER, ([], []))
-        xs.append(self.features(Plan())[1])
-        ys.append(1.0)
+        points = [(Plan.from_dict(p["plan"]), p["ratio"]) for p in profile.calibration]
+        points.append((Plan(), 1.0))
+        # Keyed (regime, None) for every plan of a regime, (regime, whole) for one form.
+        samples: dict[tuple[str, bool | None], tuple[list[list[float]], list[float]]] = {}
+        for plan, ratio in points:
+            regime, row = self.features(plan)
+            for key in ((regime, None), (regime, self.shapes.keeps_recurrence(plan))):
+                xs, ys = samples.setdefault(key, ([], []))
+                xs.append(row)
+                ys.append(ratio)
         self._models = {
-            regime: LinearRegression(positive=True).fit(np.array(xs), np.array(ys))
-            for regime, (xs, ys) in samples.items()
+            key: LinearRegression(positive=True).fit(np.array(xs), np.array(ys))
+            for key, (xs, ys) in samples.items()
+            if key[1] is None or len(ys) >= MIN_FORM_PLANS
         }
 
     def _kernel_ms(self, kernel: Kernel) -> float:
@@ -185,7 +194,8 @@ class LatencyPredictor:
             ValueError: the plan deploys in a regime the profile measured no plan of.
         """
         regime, row = self.features(plan)
-        model = self._models.get(regime)
+        form = (regime, self.shapes.keeps_recurrence(plan))
+        model = self._models.get(form, self._models.get((regime, None)))
         if model is None:
             raise ValueError(
                 f"the profile measured no {regime} plans (with int8 layers); "

@@ -253,6 +253,14 @@ class ModelShapes:
         does for a low rank or fewer bits) instead of as one `nn.LSTM` call."""
         return self.unrollable(layer) and (cfg.rank_ratio < 1.0 or cfg.weight_bits < 32)
 
+    def keeps_recurrence(self, plan: Plan) -> bool:
+        """Whether the plan deploys an LSTM layer whole, as one `nn.LSTM` call (one fused
+        kernel whose time scales unlike the Linears of an unrolled one)."""
+        return any(
+            x.geometry["type"] == "LSTM" and not self.unrolled(x, plan.config(x.name))
+            for x in self.layers
+        )
+
     def quantized(self, plan: Plan) -> bool:
         """Whether the plan deploys with int8 layers (compiled by inductor in PyTorch), else
         as an eager (PyTorch) or float (runtime) model."""

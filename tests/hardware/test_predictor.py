@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from autocompress.compress.apply import apply
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.metrics import top1
-from autocompress.hardware.lut import lut_grid
+from autocompress.hardware import predictor as predictor_module
+from autocompress.hardware.lut import lut_grid, measure_lut
 from autocompress.hardware.predictor import LatencyPredictor, _Table
 from autocompress.hardware.profile import (
     MIN_CALIBRATION_PLANS,
@@ -33,10 +34,10 @@ from autocompress.hardware.shapes import BF16, FP32, INT8, ModelShapes
 from autocompress.hardware.targets import CpuTarget
 from autocompress.space.discover import discover
 from autocompress.space.sample import plan_from_trial
-from autocompress.space.spec import Rule, SearchSpace
+from autocompress.space.spec import Knob, Rule, SearchSpace
 from autocompress.space.uniform import uniform_plans
 from autocompress.task import Task
-from tests.conftest import TINY_GROUPS, make_tiny_resnet
+from tests.conftest import TINY_GROUPS, LstmRows, make_tiny_resnet
 
 SPACE = SearchSpace(defaults={"keep_ratio": (1.0, 0.5)})
 
@@ -258,3 +259,45 @@ def test_cache_is_reused_and_a_corrupt_file_is_profiled_again(
     fresh, _ = predictor_for(model, task, target, **kwargs)
     assert "unreadable" in caplog.text
     assert Profile.from_json(path.read_text()) == fresh.profile
+
+
+def test_plans_keeping_an_lstm_whole_get_a_fit_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One fused nn.LSTM call and its unrolled Linears scale differently with the kept hidden
+    # size; here whole plans follow one law and unrolled (low-rank or 4-bit) plans another.
+    model, inputs = LstmRows().eval(), (torch.randn(1, 5, 6),)
+    layers = discover(model, inputs)
+    shapes = ModelShapes.from_model(model, inputs, layers)
+    knobs = [
+        Knob("keep", "keep_ratio", tuple(i / 24 for i in range(4, 25)), ("lstm",)),
+        Knob("rank", "rank_ratio", (0.5, 1.0), ("lstm",)),
+        Knob("bits", "weight_bits", (4, 32), ("lstm",)),
+    ]
+    lut = measure_lut(lut_grid(shapes, knobs, None), CpuTarget(rounds=3), 1)
+    whole = [Plan(layers={"lstm": LayerConfig(keep_ratio=i / 24)}) for i in range(4, 24)]
+    unrolled = [
+        Plan(layers={"lstm": LayerConfig(keep_ratio=i / 24, rank_ratio=r, weight_bits=b)})
+        for i in range(4, 25, 2)
+        for r, b in ((0.5, 32), (1.0, 4), (0.5, 4))
+    ]
+
+    def measured(plan: Plan) -> float:
+        kept = shapes.kept("lstm", plan.config("lstm").keep_ratio, None) / 24
+        return 0.25 + 0.75 * kept if shapes.keeps_recurrence(plan) else 1.8 + 0.4 * kept
+
+    plans = whole + unrolled
+    profile = Profile(
+        model="rows", fingerprint={}, batch_size=1, space_key="", shapes=shapes.to_dict(),
+        lut=lut, calibration=[{"plan": p.to_dict(), "ratio": measured(p)} for p in plans[::2]],
+        dense_ms=1.0, seconds=0.0,
+    )  # fmt: skip
+
+    def worst(predictor: LatencyPredictor) -> float:
+        return max(abs(predictor.predict_ratio(p) / measured(p) - 1) for p in plans[1::2])
+
+    split = LatencyPredictor(profile)
+    assert {split.features(p)[0] for p in plans} == {"eager"}
+    assert worst(split) < 0.02
+    monkeypatch.setattr(predictor_module, "MIN_FORM_PLANS", len(plans))  # one fit for both
+    assert worst(LatencyPredictor(profile)) > 0.05

@@ -15,7 +15,7 @@ from autocompress.hardware.profile import random_plans
 from autocompress.hardware.shapes import BF16, FP32, INT8, ModelShapes
 from autocompress.space.discover import discover
 from autocompress.space.spec import load_space
-from tests.conftest import make_tiny_resnet
+from tests.conftest import LstmRows, make_tiny_resnet
 
 
 def _real_channels(model: nn.Module) -> list[tuple[int, int]]:
@@ -85,6 +85,12 @@ def test_compute_format_follows_what_deploy_realizes(tiny) -> None:
     assert {k.compute for k in shapes.kernels(Plan())} == {FP32}
 
 
+def test_a_model_without_an_lstm_keeps_no_recurrence(tiny) -> None:
+    _, _, shapes = tiny
+    assert not shapes.keeps_recurrence(Plan())
+    assert not shapes.keeps_recurrence(Plan(layers={"layer1.conv1": LayerConfig(rank_ratio=0.5)}))
+
+
 def test_round_trips_through_json(tiny) -> None:
     _, _, shapes = tiny
     again = ModelShapes.from_dict(shapes.to_dict())
@@ -103,18 +109,6 @@ def test_boundary_elems_counts_tensors_between_int8_and_float_layers(tiny) -> No
     assert shapes.boundary_elems(Plan(layers={"layer1.conv1": int8})) == 2 * 16 * 16 * 16
     halved = {"layer1.conv1": int8, "stem.0": LayerConfig(keep_ratio=0.5)}
     assert shapes.boundary_elems(Plan(layers=halved)) == (8 + 16) * 16 * 16
-
-
-class _Rows(nn.Module):
-    """An LSTM over 5 steps of 6 features, its last hidden state into a Linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(6, 24, batch_first=True)
-        self.head = nn.Linear(24, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.lstm(x)[0][:, -1])
 
 
 _TIMED = (nn.Linear, nn.LSTM)
@@ -142,7 +136,7 @@ def _calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[str
 
 def test_an_lstm_is_one_kernel_whole_and_its_linears_per_step_unrolled() -> None:
     torch.manual_seed(0)
-    model, inputs = _Rows().eval(), (torch.randn(1, 5, 6),)
+    model, inputs = LstmRows().eval(), (torch.randn(1, 5, 6),)
     layers = discover(model, inputs)
     shapes = ModelShapes.from_model(model, inputs, layers)
     lstm = shapes.layers[0]
@@ -168,3 +162,6 @@ def test_an_lstm_is_one_kernel_whole_and_its_linears_per_step_unrolled() -> None
     assert [k.compute for k in unrolled] == [INT8] * 6 + [FP32]  # projection, 5 steps, head
     assert shapes.quantized(Plan(layers={"lstm": LayerConfig(weight_bits=8)}))
     assert not shapes.quantized(Plan(layers={"lstm": LayerConfig(weight_bits=4)}))
+    assert shapes.keeps_recurrence(Plan(layers={"lstm": LayerConfig(keep_ratio=0.5)}))
+    assert not shapes.keeps_recurrence(Plan(layers={"lstm": LayerConfig(rank_ratio=0.5)}))
+    assert not shapes.keeps_recurrence(Plan(layers={"lstm": LayerConfig(weight_bits=16)}))
