@@ -14,7 +14,8 @@ Two layers of model, both fitted on what `hardware.profile` measured:
    int8 layers are fitted separately: compiled graphs fuse, and convert between formats. The
    compiled fit also counts kernels per format (a low-rank layer is two calls: with the fp32
    count, leave-one-out Spearman on digits-resnet's compiled plans rose from 0.53 to 0.78)
-   and the elements converted between int8 and float layers (`ModelShapes.boundary_elems`).
+   and the elements converted between int8 and float layers (`ModelShapes.boundary_elems`)
+   or quantized at run time by dynamic int8 layers (`ModelShapes.dynamic_elems`).
    The eager fit counts kernels too: an LSTM unrolled for a low rank or fewer bits runs its
    recurrent Linear and the gates' elementwise ops once per step (digits-lstm leave-one-out
    on eager plans: within-10% 0.26 without the count, 0.91 with it). Plans that keep an
@@ -185,6 +186,7 @@ class LatencyPredictor:
             *(t[f"elems_{c}"] / d["elems"] for c in (FP32, INT8, BF16)),
             *(t[f"n_{c}"] / d["count"] for c in (FP32, INT8, BF16)),
             self.shapes.boundary_elems(plan) / d["elems"],
+            self.shapes.dynamic_elems(plan) / d["elems"],
         ]
 
     def predict_ratio(self, plan: Plan) -> float:

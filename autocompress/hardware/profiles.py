@@ -3,6 +3,7 @@ accuracy on freshly measured plans (`autocompress profile --check N`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress.config import Plan
 from autocompress.errors import UserInputError
 from autocompress.hardware.predictor import LatencyPredictor
 from autocompress.hardware.profile import (
@@ -35,6 +37,9 @@ from autocompress.task import Task
 from autocompress.zoo._cache import cache_dir, write_atomic
 
 log = logging.getLogger(__name__)
+
+# `check_predictor` draws up to this many times the plans asked for to find fresh ones.
+DRAW_FACTOR = 20
 
 
 def load_profile(path: Path) -> Profile | None:
@@ -158,6 +163,11 @@ class PredictorCheck:
         )
 
 
+def _key(plan: Plan) -> str:
+    """A plan's identity, as a set key (plans hold mappings, so they do not hash)."""
+    return json.dumps(plan.to_dict(), sort_keys=True)
+
+
 def check_predictor(
     predictor: LatencyPredictor,
     dense: nn.Module,
@@ -173,8 +183,10 @@ def check_predictor(
 ) -> PredictorCheck:
     """Draw fresh random plans, predict each, then build and measure it.
 
-    The plans come from another seed than the profile's, so none was used in fitting (a
-    repeat is possible only in a tiny space).
+    The plans come from another seed than the profile's; a plan the profile timed, or one
+    drawn before, is skipped, so none was used in fitting and each counts once. A small space
+    may hold fewer such plans than asked for (minilm's tied transformer space has 96 in all):
+    the check then measures those it found in `DRAW_FACTOR` times as many draws.
 
     Args:
         predictor: the fitted predictor.
@@ -193,7 +205,20 @@ def check_predictor(
     """
     if plans < 1:
         raise UserInputError(f"--check needs at least 1 plan, got {plans}")
-    drawn = random_plans(knobs, plans, seed=1000 + seed, round_to=round_to, eager_plans=True)
+    draws = random_plans(
+        knobs, DRAW_FACTOR * plans, seed=1000 + seed, round_to=round_to, eager_plans=True
+    )
+    seen = {_key(Plan.from_dict(point["plan"])) for point in predictor.profile.calibration}
+    drawn: list[Plan] = []
+    for plan in draws:
+        if _key(plan) not in seen and len(drawn) < plans:
+            drawn.append(plan)
+        seen.add(_key(plan))
+    if len(drawn) < plans:
+        log.warning(
+            "the space gave %d plans the profile did not time in %d draws; checking those",
+            len(drawn), len(draws),
+        )  # fmt: skip
     predicted, measured, slowest = [], [], 0.0
     with Bar(len(drawn), enabled=show_progress) as bar:
         bar.describe(f"check: {len(drawn)} fresh plans")

@@ -235,6 +235,20 @@ def test_check_measures_fresh_plans(setup, profile: Profile) -> None:
     assert result.predict_ms > 0
 
 
+def test_check_skips_plans_the_profile_timed_and_repeats(setup, profile: Profile) -> None:
+    model, task, _, knobs, target = setup
+    # One knob of two choices: two plans in all, and the profile timed the dense one.
+    dense_only = [{"plan": Plan().to_dict(), "ratio": 1.0}]
+    predictor = LatencyPredictor(dataclasses.replace(profile, calibration=dense_only))
+    result = check_predictor(
+        predictor, model, task, target, knobs=knobs[:1], round_to=None, inputs=task.inputs(),
+        plans=5, show_progress=False,
+    )  # fmt: skip
+    pruned = Plan(layers={m: LayerConfig(keep_ratio=0.5) for m in knobs[0].layers})
+    assert result.predicted == [predictor.predict_ratio(pruned)]
+    assert len(result.measured) == 1
+
+
 def test_cache_is_reused_and_a_corrupt_file_is_profiled_again(
     setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
