@@ -149,6 +149,11 @@ class Plan:
         """The plan as JSON text (see `to_dict`)."""
         return json.dumps(self.to_dict(), indent=indent)
 
+    def key(self) -> str:
+        """The plan's identity as a string (plans hold mappings, so they do not hash): equal
+        plans give equal keys, and it equals the key of `to_dict()` dumped with sorted keys."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         """Parse a plan dict, checking every key and type (nothing in it is ever evaluated)."""

@@ -210,3 +210,12 @@ def test_every_method_setting_round_trips_through_json() -> None:
         }
     )
     assert Plan.from_json(plan.to_json()) == plan
+
+
+def test_plan_key_is_equal_for_equal_plans_and_matches_the_sorted_dict() -> None:
+    a = Plan(layers={"b": LayerConfig(keep_ratio=0.5), "a": LayerConfig(weight_bits=8)})
+    b = Plan(layers={"a": LayerConfig(weight_bits=8), "b": LayerConfig(keep_ratio=0.5)})
+    identity_dropped = Plan(layers={**b.layers, "c": LayerConfig()})
+    assert a.key() == b.key() == identity_dropped.key()
+    assert a.key() != Plan(layers={"a": LayerConfig(weight_bits=8)}).key()
+    assert a.key() == json.dumps(a.to_dict(), sort_keys=True)

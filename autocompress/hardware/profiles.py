@@ -3,7 +3,6 @@ accuracy on freshly measured plans (`autocompress profile --check N`)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -163,11 +162,6 @@ class PredictorCheck:
         )
 
 
-def _key(plan: Plan) -> str:
-    """A plan's identity, as a set key (plans hold mappings, so they do not hash)."""
-    return json.dumps(plan.to_dict(), sort_keys=True)
-
-
 def check_predictor(
     predictor: LatencyPredictor,
     dense: nn.Module,
@@ -208,12 +202,12 @@ def check_predictor(
     draws = random_plans(
         knobs, DRAW_FACTOR * plans, seed=1000 + seed, round_to=round_to, eager_plans=True
     )
-    seen = {_key(Plan.from_dict(point["plan"])) for point in predictor.profile.calibration}
+    seen = {Plan.from_dict(point["plan"]).key() for point in predictor.profile.calibration}
     drawn: list[Plan] = []
     for plan in draws:
-        if _key(plan) not in seen and len(drawn) < plans:
+        if plan.key() not in seen and len(drawn) < plans:
             drawn.append(plan)
-        seen.add(_key(plan))
+            seen.add(plan.key())
     if len(drawn) < plans:
         log.warning(
             "the space gave %d plans the profile did not time in %d draws; checking those",

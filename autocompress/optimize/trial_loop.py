@@ -67,7 +67,7 @@ def run_trials(
             try:
                 with heartbeat(storage, trial._trial_id):
                     plan = plan_from_trial(trial, ctx.knobs, round_to=ctx.round_to)
-                    key = json.dumps(plan.to_dict(), sort_keys=True)
+                    key = plan.key()
                     if key in seen:
                         figures = {  # its figures, not who ran it or why it was queued
                             k: v for k, v in seen[key].user_attrs.items() if k not in _BOOKKEEPING
