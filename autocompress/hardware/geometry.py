@@ -1,5 +1,11 @@
-"""Conv/Linear/LSTM layer geometries: what a layer is apart from its channel counts, and a
-layer and input rebuilt from one (to time it alone, or to see how it factorizes)."""
+"""Conv/Linear/LSTM layer and attention-core geometries: what a kernel is apart from its channel
+counts, and a kernel and input rebuilt from one (to time it alone, or to see how it factorizes).
+
+An attention core is the part of self-attention between the projections: scores from the
+queries and keys, their softmax and the values they weigh (one `scaled_dot_product_attention`
+call). It has no weights, and pruning whole heads shrinks it: its "channels" are the heads kept
+(`cin`) and the head size (`cout`).
+"""
 
 from __future__ import annotations
 
@@ -35,9 +41,30 @@ def geometry_of(module: nn.Module, in_size: Sequence[int]) -> dict[str, Any]:
     }
 
 
+def attention_geometry(tokens: int, head_size: int) -> dict[str, Any]:
+    """An attention core's geometry: self-attention over `tokens` positions, `head_size` wide
+    per head; its kernels' cin is the heads kept and cout the head size."""
+    return {"type": "Attention", "tokens": tokens, "head_size": head_size}
+
+
+class AttentionCore(nn.Module):
+    """Multi-head self-attention between the projections, as Hugging Face's sdpa attention runs
+    it: input (batch, heads, tokens, head size) as queries, keys and values, with a padding
+    mask (all positions kept: its time does not depend on its values)."""
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.ones(1, 1, 1, tokens, dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.scaled_dot_product_attention(x, x, x, attn_mask=self.mask)
+
+
 def build_layer(geometry: dict[str, Any], cin: int, cout: int) -> nn.Module:
     """A layer of this geometry and these channel counts, on the current default device."""
     kind = geometry["type"]
+    if kind == "Attention":
+        return AttentionCore(geometry["tokens"])
     if kind == "Linear":
         return nn.Linear(cin, cout, bias=geometry["bias"])
     if kind == "LSTM":
@@ -65,6 +92,8 @@ def build_layer(geometry: dict[str, Any], cin: int, cout: int) -> nn.Module:
 
 def example_input(geometry: dict[str, Any], cin: int, batch: int) -> torch.Tensor:
     """A random input of the right shape for `build_layer(geometry, cin, ...)`."""
+    if geometry["type"] == "Attention":  # cin heads
+        return torch.randn(batch, cin, geometry["tokens"], geometry["head_size"])
     size = geometry["in_size"]
     if geometry["type"] in ("Linear", "LSTM"):  # an LSTM: batch first
         return torch.randn(batch, *size, cin)

@@ -29,8 +29,8 @@ def lut_grid(
     """The channel counts to time for every geometry and number format the space can produce.
 
     Every combination of a layer's input keep ratio, output keep ratio, rank and bit-widths
-    is listed; each (geometry, format)'s axes are then cut to the smallest, middle and
-    largest value seen.
+    is listed, and every head count an attention core can keep (in fp32); each
+    (geometry, format)'s axes are then cut to the smallest, middle and largest value seen.
 
     Returns:
         ``{(geometry, compute): (cin values, cout values)}``.
@@ -58,6 +58,12 @@ def lut_grid(
                 axes = seen.setdefault((kernel.geometry, kernel.compute), (set(), set()))
                 axes[0].add(kernel.cin)
                 axes[1].add(kernel.cout)
+    for index, attention in enumerate(shapes.attention):
+        for keep in keeps.get(attention.group, [1.0]):
+            kernel = shapes.attention_kernel(index, shapes.heads_kept(index, keep, round_to))
+            axes = seen.setdefault((kernel.geometry, kernel.compute), (set(), set()))
+            axes[0].add(kernel.cin)
+            axes[1].add(kernel.cout)
     return {key: (_three(cins), _three(couts)) for key, (cins, couts) in seen.items()}
 
 

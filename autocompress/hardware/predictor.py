@@ -2,9 +2,10 @@
 
 Two layers of model, both fitted on what `hardware.profile` measured:
 1. Kernel times: a lookup table per Conv/Linear/LSTM geometry and number format (fp32, int8,
-   bf16) over (input, output) channels, bilinear between the measured points; a kernel the
-   profile never timed falls back to a scikit-learn ridge regression in log space over all
-   timed kernels of its format (of fp32 when it timed none).
+   bf16) over (input, output) channels, and per attention core over the heads kept, bilinear
+   between the measured points; a kernel the profile never timed falls back to a
+   scikit-learn ridge regression in log space over all timed kernels of its format (of fp32
+   when it timed none).
 2. Whole model: a non-negative linear regression (scikit-learn) from per-plan sums of those
    kernel times, of multiply-accumulates and of output sizes per format, normalised by the
    dense model's, to the measured latency ratio. The multiply-accumulates carry the compute
@@ -67,8 +68,11 @@ class _Table:
 
 
 def _macs(geometry: dict[str, Any], cin: int, out_elems: int) -> int:
-    """Multiply-accumulates of one call of a Conv/Linear kernel, or of a whole LSTM (four
-    gates, each from the input and the hidden state, at every step)."""
+    """Multiply-accumulates of one call of a Conv/Linear kernel, of a whole LSTM (four
+    gates, each from the input and the hidden state, at every step), or of an attention core
+    (scores and weighted values: each output element sums over every token twice)."""
+    if geometry["type"] == "Attention":
+        return 2 * geometry["tokens"] * out_elems
     if geometry["type"] == "LSTM":
         hidden = out_elems // geometry["in_size"][0]
         return 4 * (cin + hidden) * out_elems

@@ -1,15 +1,15 @@
 """Profile a model on a target: kernel lookup tables and whole-plan calibration measurements.
 
 Two kinds of measurement, both with the target's timing protocol:
-1. Lookup tables: every Conv/Linear geometry the search space can produce (the dense layers
-   and the halves of factorized ones), timed alone at a grid of channel counts (the smallest,
-   middle and largest the space allows on each axis), in every number format the space lets
-   the layer deploy in: fp32 eager, and the int8 and bf16 kernels of `hardware.kernels`.
+1. Lookup tables: every Conv/Linear geometry the search space can produce (the dense layers,
+   the halves of factorized ones, and the attention cores between projections), timed alone
+   at a grid of channel counts (the smallest, middle and largest the space allows on each
+   axis), in every number format the space lets the layer deploy in: fp32 eager, and the int8
+   and bf16 kernels of `hardware.kernels`.
 2. Calibration: random plans from the space, and the uniform plans a search starts from,
    built and deployed for real (int8 kernels compiled) and timed as a ratio to the dense
-   model, interleaved. The predictor learns from
-   these how the per-kernel sums turn into a whole model's latency: the other layers,
-   per-call overhead and fusion.
+   model, interleaved. The predictor learns from these how the per-kernel sums turn into a
+   whole model's latency: the other layers, per-call overhead and fusion.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ from autocompress.task import Task
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 9  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
+PROFILE_VERSION = 10  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
 # 6: compiled int8 plans timed frozen (they were recompiled unfrozen in inference mode);
 # 7: compiled plans timed against the compiled dense model (`Target.reference_for`);
 # 8: LSTM kernel tables (whole, and unrolled into Linears); 9: plans timed settled
-# (`Target.measure_settled`: a third measurement when two disagree)
+# (`Target.measure_settled`: a third measurement when two disagree); 10: attention cores
+# (`hardware.attention`)
 DEFAULT_CALIBRATION_PLANS = 40
 # A profile with the default number of plans stops drawing random plans when it would run past
 # this (a model whose plans compile for half a minute each, e.g. all-MiniLM-L6-v2); it keeps at

@@ -2,8 +2,9 @@
 
 The latency predictor needs, for any plan, every Conv/Linear kernel the deployed model runs
 (channel counts after pruning, the two halves of a factorized layer) and the number format it
-computes in. An LSTM is one kernel while it stays an `nn.LSTM`; unrolled (for a low rank or
-fewer bits, `compress.lstm`) it is its input projection and one recurrent Linear per step.
+computes in, and each self-attention core at the heads it keeps (`hardware.attention`). An
+LSTM is one kernel while it stays an `nn.LSTM`; unrolled (for a low rank or fewer bits,
+`compress.lstm`) it is its input projection and one recurrent Linear per step.
 `ModelShapes` learns once, from the dense model, each layer's geometry, its input size and
 which coupling group's pruning shrinks its inputs; after that, `kernels(plan)` is arithmetic
 (how a factorized layer splits is learned once per layer on the meta device), well under a
@@ -25,6 +26,7 @@ from torch import nn
 from autocompress.compress.factorize import factor_pair, matrix_shape, smaller_rank
 from autocompress.compress.prune import kept_channels
 from autocompress.config import LayerConfig, Plan
+from autocompress.hardware.attention import AttentionShape, find_attention
 from autocompress.hardware.geometry import build_layer, example_input, geometry_of
 from autocompress.space.discover import LayerInfo, features
 
@@ -37,7 +39,8 @@ KERNEL_TYPES = ("Linear", "Conv1d", "Conv2d", "LSTM")
 
 @dataclass(frozen=True)
 class Kernel:
-    """One Conv/Linear/LSTM call of a deployed model.
+    """One Conv/Linear/LSTM or attention-core call of a deployed model (an attention core's cin
+    is the heads it keeps, its cout the head size: see `geometry.attention_geometry`).
 
     Args:
         geometry: JSON of everything but the channel counts (type, kernel size, stride, padding,
@@ -91,6 +94,7 @@ class ModelShapes:
         group_multiples: channel multiple a group keeps (the head size of attention heads).
         runtime: the target's runtime ("pytorch", "onnxruntime", "openvino"): which layers
             run in int8 or bf16 once deployed.
+        attention: the model's self-attention modules (their cores run in fp32).
     """
 
     def __init__(
@@ -101,8 +105,11 @@ class ModelShapes:
         bf16_compute: bool,
         group_multiples: dict[str, int] | None = None,
         runtime: str = "pytorch",
+        attention: Sequence[AttentionShape] = (),
     ) -> None:
         self.layers = list(layers)
+        self.attention = list(attention)
+        self._attention_json = [a.geometry_json() for a in self.attention]
         self.runtime = runtime
         self.group_channels = dict(group_channels)
         self.group_multiples = dict(group_multiples or {})
@@ -190,8 +197,12 @@ class ModelShapes:
             )
             for info in layers
         ]
+        attention = find_attention(heads, {x.name: x.group for x in shapes}, out_sizes)
         bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        return cls(shapes, channels, bf16_compute=bf16, group_multiples=multiples, runtime=runtime)
+        return cls(
+            shapes, channels, bf16_compute=bf16, group_multiples=multiples, runtime=runtime,
+            attention=attention,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; `ModelShapes.from_dict(s.to_dict())` rebuilds it."""
@@ -201,6 +212,7 @@ class ModelShapes:
             "bf16_compute": self.bf16_compute,
             "group_multiples": self.group_multiples,
             "runtime": self.runtime,
+            "attention": [asdict(a) for a in self.attention],
         }
 
     @classmethod
@@ -212,10 +224,12 @@ class ModelShapes:
             bf16_compute=data["bf16_compute"],
             group_multiples=data.get("group_multiples"),
             runtime=data.get("runtime", "pytorch"),
+            attention=[AttentionShape(**a) for a in data.get("attention", [])],
         )
 
     def kernels(self, plan: Plan) -> list[Kernel]:
-        """Every Conv/Linear kernel the plan's deployed model runs, in module order.
+        """Every Conv/Linear kernel the plan's deployed model runs, in module order, then its
+        attention cores.
 
         Args:
             plan: the plan (its sparsity does not change kernels: sparse layers deploy dense).
@@ -223,7 +237,25 @@ class ModelShapes:
         Returns:
             The kernels; a factorized layer gives two.
         """
-        return [kernel for _, kernels in self._layer_kernels(plan) for kernel in kernels]
+        layers = [kernel for _, kernels in self._layer_kernels(plan) for kernel in kernels]
+        cores = []
+        for index, shape in enumerate(self.attention):
+            keep = 1.0 if shape.group is None else plan.config(shape.group).keep_ratio
+            cores.append(self.attention_kernel(index, self.heads_kept(index, keep, plan.round_to)))
+        return layers + cores
+
+    def heads_kept(self, index: int, keep_ratio: float, round_to: int | None) -> int:
+        """Heads attention module `index` keeps when its group keeps `keep_ratio` of them."""
+        shape = self.attention[index]
+        if shape.group is None:
+            return shape.heads
+        return self.kept(shape.group, keep_ratio, round_to) // shape.head_size
+
+    def attention_kernel(self, index: int, heads: int) -> Kernel:
+        """The fp32 core of attention module `index` at `heads` heads kept."""
+        shape = self.attention[index]
+        out_elems = heads * shape.head_size * shape.tokens
+        return Kernel(self._attention_json[index], heads, shape.head_size, out_elems, FP32)
 
     def _layer_kernels(self, plan: Plan) -> list[tuple[LayerConfig, tuple[Kernel, ...]]]:
         """Each layer's config in the plan and the kernels it deploys as, in module order."""
