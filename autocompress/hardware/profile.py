@@ -276,20 +276,17 @@ def profile_model(
         dense_ms = target.measure(dense, inputs, rounds=2 * target.rounds).median_ms
         bar.describe(f"profile {model}: {len(drawn) + len(uniform)} whole plans")
         calibration: list[dict[str, Any]] = []
-        slowest = 0.0  # seconds of the slowest plan timed so far
+        plans_started = time.monotonic()
         for done, plan in enumerate(drawn):
             if max_seconds is not None and done >= MIN_CALIBRATION_PLANS:
-                # This plan and the uniform ones, each at the slowest plan's time: projected
-                # at the mean, minilm's profile ran 9.95 min against a 9-minute budget.
-                projected = time.monotonic() - started + slowest * (len(uniform) + 1)
+                per_plan = (time.monotonic() - plans_started) / done
+                projected = time.monotonic() - started + per_plan * (len(uniform) + 1)
                 if projected > max_seconds:
                     log.info("profile time budget: %d of %d random plans timed", done, len(drawn))
                     for _ in drawn[done:]:
                         bar.advance()
                     break
-            plan_started = time.monotonic()
             _calibrate(calibration, dense, plan, task, target, inputs)
-            slowest = max(slowest, time.monotonic() - plan_started)
             bar.advance()
         for plan in uniform:
             _calibrate(calibration, dense, plan, task, target, inputs)
