@@ -13,7 +13,7 @@ import torch
 
 from autocompress.config import LayerConfig
 from autocompress.hardware.kernels import timed_kernel
-from autocompress.hardware.shapes import FP32, LayerShape, ModelShapes
+from autocompress.hardware.shapes import FP32, Kernel, LayerShape, ModelShapes
 from autocompress.hardware.targets import Target
 from autocompress.space.spec import Knob
 
@@ -41,7 +41,7 @@ def lut_grid(
             choices[(layer, knob.setting)] = list(knob.choices)
     # A group is named after its first member (which may be a layer that is no kernel).
     keeps = {g: choices.get((g, "keep_ratio"), [1.0]) for g in shapes.group_channels}
-    seen: dict[tuple[str, str], tuple[set[int], set[int]]] = {}
+    kernels: list[Kernel] = []
     for index, layer in enumerate(shapes.layers):
         outs, ins = [layer.out_features], [layer.in_features]
         if layer.group is not None:
@@ -54,16 +54,15 @@ def lut_grid(
         for cin, cout, rank, compute, unrolled in itertools.product(
             ins, outs, choices.get((layer.name, "rank_ratio"), [1.0]), computes, forms
         ):
-            for kernel in shapes.layer_kernels(index, cin, cout, rank, compute, unrolled=unrolled):
-                axes = seen.setdefault((kernel.geometry, kernel.compute), (set(), set()))
-                axes[0].add(kernel.cin)
-                axes[1].add(kernel.cout)
+            kernels += shapes.layer_kernels(index, cin, cout, rank, compute, unrolled=unrolled)
     for index, attention in enumerate(shapes.attention):
         for keep in keeps.get(attention.group, [1.0]):
-            kernel = shapes.attention_kernel(index, shapes.heads_kept(index, keep, round_to))
-            axes = seen.setdefault((kernel.geometry, kernel.compute), (set(), set()))
-            axes[0].add(kernel.cin)
-            axes[1].add(kernel.cout)
+            kernels.append(shapes.attention_kernel(index, shapes.heads_kept(index, keep, round_to)))
+    seen: dict[tuple[str, str], tuple[set[int], set[int]]] = {}
+    for kernel in kernels:
+        axes = seen.setdefault((kernel.geometry, kernel.compute), (set(), set()))
+        axes[0].add(kernel.cin)
+        axes[1].add(kernel.cout)
     return {key: (_three(cins), _three(couts)) for key, (cins, couts) in seen.items()}
 
 
