@@ -1,5 +1,6 @@
 """Conv/Linear/LSTM layer and attention-core geometries: what a kernel is apart from its channel
-counts, and a kernel and input rebuilt from one (to time it alone, or to see how it factorizes).
+counts, and a kernel and input rebuilt from one (to time it alone, or to see how it factorizes:
+`factor_template`); `size_recorder` reads a layer's sizes off a forward pass.
 
 An attention core is the part of self-attention between the projections: scores from the
 queries and keys, their softmax and the values they weigh (one `scaled_dot_product_attention`
@@ -9,11 +10,15 @@ call). It has no weights, and pruning whole heads shrinks it: its "channels" are
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from autocompress.compress.factorize import factor_pair, matrix_shape
+from autocompress.space.discover import features
 
 
 def geometry_of(module: nn.Module, in_size: Sequence[int]) -> dict[str, Any]:
@@ -98,3 +103,57 @@ def example_input(geometry: dict[str, Any], cin: int, batch: int) -> torch.Tenso
     if geometry["type"] in ("Linear", "LSTM"):  # an LSTM: batch first
         return torch.randn(batch, *size, cin)
     return torch.randn(batch, cin, *size)
+
+
+FactorTemplate = tuple[int, int, tuple[str, int], tuple[str, int]]
+
+
+def factor_template(
+    geometry: dict[str, Any], in_features: int, out_features: int
+) -> FactorTemplate | None:
+    """How `low_rank` splits a layer, independent of its channel counts and rank: the SVD
+    matrix's rows per output channel and columns per input channel, and each half's geometry
+    (JSON) and output size per channel. None where the layer cannot be factorized.
+
+    Worked out on the meta device, at the dense channel counts and full rank.
+
+    Args:
+        geometry: the layer's geometry.
+        in_features: its dense input channels.
+        out_features: its dense output channels.
+
+    Returns:
+        (rows per output channel, columns per input channel, (first half's geometry JSON,
+        output size per channel), (second half's ...)), or None.
+    """
+    with torch.device("meta"):
+        module = build_layer(geometry, in_features, out_features)
+        pair = factor_pair(module, 1.0)
+        if pair is None:
+            return None
+        rows, cols = matrix_shape(module)
+        x = example_input(geometry, in_features, 1)
+        halves = []
+        for part in pair:
+            linear = isinstance(part, nn.Linear)
+            half = geometry_of(part, list(x.shape[1:-1] if linear else x.shape[2:]))
+            x = part(x)
+            size = x[0].numel() // features(part)[1]
+            halves.append((json.dumps(half, sort_keys=True), size))
+    return rows // out_features, cols // in_features, halves[0], halves[1]
+
+
+def size_recorder(name: str, in_sizes: dict[str, list[int]], out_sizes: dict[str, int]) -> Any:
+    """A forward hook for a Conv/Linear/LSTM layer that records, under `name`, its input size
+    as `geometry_of` takes it and its output size per channel per sample (an LSTM: its steps)."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        x = args[0]
+        if isinstance(module, nn.LSTM):  # per channel and sample: one output per step
+            steps = x.shape[1 if module.batch_first else 0] if x.dim() == 3 else x.shape[0]
+            in_sizes[name], out_sizes[name] = [steps], steps
+            return
+        in_sizes[name] = list(x.shape[1:-1] if isinstance(module, nn.Linear) else x.shape[2:])
+        out_sizes[name] = output[0].numel() // features(module)[1]
+
+    return hook

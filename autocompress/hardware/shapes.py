@@ -23,11 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.compress.factorize import factor_pair, matrix_shape, smaller_rank
+from autocompress.compress.factorize import smaller_rank
 from autocompress.compress.prune import kept_channels
 from autocompress.config import LayerConfig, Plan
 from autocompress.hardware.attention import AttentionShape, find_attention
-from autocompress.hardware.geometry import build_layer, example_input, geometry_of
+from autocompress.hardware.geometry import (
+    FactorTemplate,
+    factor_template,
+    geometry_of,
+    size_recorder,
+)
 from autocompress.space.discover import LayerInfo, features
 
 log = logging.getLogger(__name__)
@@ -115,7 +120,7 @@ class ModelShapes:
         self.group_multiples = dict(group_multiples or {})
         self.bf16_compute = bf16_compute
         self._geometry_json = [json.dumps(x.geometry, sort_keys=True) for x in self.layers]
-        self._templates: dict[int | tuple[int, str], _Template | None] = {}
+        self._templates: dict[int | tuple[int, str], FactorTemplate | None] = {}
         self._parts = lru_cache(maxsize=65536)(self._layer_parts)
         # Per coupling group: the layers writing its tensor and those reading it.
         self._writers = {g: [x for x in self.layers if x.group == g] for g in group_channels}
@@ -154,7 +159,7 @@ class ModelShapes:
         in_sizes: dict[str, list[int]] = {}
         out_sizes: dict[str, int] = {}
         hooks = [
-            modules[info.name].register_forward_hook(_record_sizes(info.name, in_sizes, out_sizes))
+            modules[info.name].register_forward_hook(size_recorder(info.name, in_sizes, out_sizes))
             for info in layers
         ]
         try:
@@ -427,7 +432,9 @@ class ModelShapes:
         if rank_ratio >= 1.0:
             return own
         if key not in self._templates:
-            self._templates[key] = _factor_template(layer)
+            self._templates[key] = factor_template(
+                layer.geometry, layer.in_features, layer.out_features
+            )
         template = self._templates[key]
         if template is None:
             return own
@@ -436,43 +443,3 @@ class ModelShapes:
         if rank is None:  # low_rank leaves the layer whole at these channel counts
             return own
         return ((first, cin, rank, rank * first_size), (second, rank, cout, cout * second_size))
-
-
-_Template = tuple[int, int, tuple[str, int], tuple[str, int]]
-
-
-def _factor_template(layer: LayerShape) -> _Template | None:
-    """How `low_rank` splits a layer, independent of its channel counts and rank: the SVD
-    matrix's rows per output channel and columns per input channel, and each half's geometry
-    (JSON) and output size per channel. None where the layer cannot be factorized.
-
-    Worked out once per layer on the meta device, at the dense channel counts and full rank.
-    """
-    with torch.device("meta"):
-        module = build_layer(layer.geometry, layer.in_features, layer.out_features)
-        pair = factor_pair(module, 1.0)
-        if pair is None:
-            return None
-        rows, cols = matrix_shape(module)
-        x = example_input(layer.geometry, layer.in_features, 1)
-        halves = []
-        for part in pair:
-            linear = isinstance(part, nn.Linear)
-            geometry = geometry_of(part, list(x.shape[1:-1] if linear else x.shape[2:]))
-            x = part(x)
-            size = x[0].numel() // features(part)[1]
-            halves.append((json.dumps(geometry, sort_keys=True), size))
-    return rows // layer.out_features, cols // layer.in_features, halves[0], halves[1]
-
-
-def _record_sizes(name: str, in_sizes: dict[str, list[int]], out_sizes: dict[str, int]) -> Any:
-    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        x = args[0]
-        if isinstance(module, nn.LSTM):  # per channel and sample: one output per step
-            steps = x.shape[1 if module.batch_first else 0] if x.dim() == 3 else x.shape[0]
-            in_sizes[name], out_sizes[name] = [steps], steps
-            return
-        in_sizes[name] = list(x.shape[1:-1] if isinstance(module, nn.Linear) else x.shape[2:])
-        out_sizes[name] = output[0].numel() // features(module)[1]
-
-    return hook
