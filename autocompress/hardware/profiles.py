@@ -205,9 +205,12 @@ def check_predictor(
     seen = {Plan.from_dict(point["plan"]).key() for point in predictor.profile.calibration}
     drawn: list[Plan] = []
     for plan in draws:
-        if plan.key() not in seen and len(drawn) < plans:
+        key = plan.key()
+        if key not in seen:
             drawn.append(plan)
-            seen.add(plan.key())
+            seen.add(key)
+            if len(drawn) == plans:
+                break
     if len(drawn) < plans:
         log.warning(
             "the space gave %d plans the profile did not time in %d draws; checking those",
