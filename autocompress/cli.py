@@ -214,7 +214,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"exported trial {result.trial} of study {m['study']} to {result.out}")
     print(
         f"  {name} {m['accuracy']:.4f} (study {m['study_accuracy']:.4f}), "
-        f"latency {m['latency_ms']:.3f} ms measured now (study {m['study_latency_ms']:.3f} ms), "
+        f"latency {m['latency_ms']:.3f} ms measured now (study {m['study_latency_ms']:.3f} ms "
+        f"{m['study_latency_source']}), "
         f"model.pt2 {m['artifact_bytes']} bytes (size_bytes {m['size_bytes']})"
     )
     runtime = m.get("runtime")

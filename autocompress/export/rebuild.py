@@ -8,7 +8,6 @@ The rebuild replays the search's recipe: the dense model and task from the study
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 import torch
@@ -21,22 +20,6 @@ from autocompress.task import Task
 PICKS = ("fastest", "smallest", "most-accurate")
 
 
-def _feasible(candidate: dict[str, Any], trial: optuna.trial.FrozenTrial, budget: Budget) -> bool:
-    """Within every budget; latency judged by the re-measured `measured_ms` where a trial has it."""
-    violations = dict(candidate["violations"])
-    measured = trial.user_attrs.get("measured_ms")
-    if measured is not None and budget.latency_ms is not None:
-        violations.pop("latency_ms", None)
-        if measured > budget.latency_ms:
-            violations["latency_ms"] = measured - budget.latency_ms
-    return not violations
-
-
-def _latency(candidate: dict[str, Any], trial: optuna.trial.FrozenTrial) -> float:
-    measured = trial.user_attrs.get("measured_ms")
-    return float(measured if measured is not None else candidate["measured_ms"])
-
-
 def select_trial(
     study: optuna.Study, *, trial: int | None = None, pick: str | None = None
 ) -> optuna.trial.FrozenTrial:
@@ -44,9 +27,10 @@ def select_trial(
 
     Args:
         study: an existing study.
-        trial: a trial number; exactly one of `trial` and `pick`.
-        pick: "fastest", "smallest" or "most-accurate": on the front of the trials that meet
-            every budget, latency taken as re-measured where a trial records `measured_ms`.
+        trial: a trial number, any completed trial; exactly one of `trial` and `pick`.
+        pick: "fastest", "smallest" or "most-accurate" among the front's candidates that meet
+            every budget, as `autocompress show` lists them (latency as measured by the verify
+            step wherever it was).
 
     Returns:
         The completed trial.
@@ -76,33 +60,83 @@ def select_trial(
         return chosen
     if pick not in PICKS:
         raise UnknownNameError("pick", str(pick), list(PICKS))
-    from autocompress.optimize.pareto import candidate, non_dominated
+    from autocompress.optimize.pareto import pareto_front
 
-    budget = Budget(**(study.user_attrs.get("budget") or {}))
-    baseline = study.user_attrs.get("baseline") or {}
-    done = [t for t in trials.values() if t.state == optuna.trial.TrialState.COMPLETE]
-    feasible = [
-        (c, t)
-        for t in done
-        if "plan" in t.user_attrs
-        for c in [candidate(t, baseline)]
-        if _feasible(c, t, budget)
-    ]
-    # The front of the feasible trials, with latency as re-measured where a trial has it.
-    points = [(c["accuracy"], _latency(c, t), c["size_bytes"]) for c, t in feasible]
-    pool = [feasible[i] for i in non_dominated(points)]
+    pool = [c for c in pareto_front(study) if c["feasible"]]
     if not pool:
+        budget = Budget(**(study.user_attrs.get("budget") or {}))
         raise UserInputError(
             f"study {name!r} has no candidate within its budgets ({budget.describe()}) to pick "
             f"the {pick} from; choose one with --trial N (see autocompress show --study {name})"
         )
     if pick == "fastest":
-        best = min(pool, key=lambda p: (_latency(*p), -p[0]["accuracy"], p[0]["trial"]))
+        best = min(pool, key=lambda c: (c["latency_ms"], -c["accuracy"], c["trial"]))
     elif pick == "smallest":
-        best = min(pool, key=lambda p: (p[0]["size_bytes"], -p[0]["accuracy"], p[0]["trial"]))
+        best = min(pool, key=lambda c: (c["size_bytes"], -c["accuracy"], c["trial"]))
     else:
-        best = min(pool, key=lambda p: (-p[0]["accuracy"], _latency(*p), p[0]["trial"]))
-    return best[1]
+        best = min(pool, key=lambda c: (-c["accuracy"], c["latency_ms"], c["trial"]))
+    return trials[best["trial"]]
+
+
+@dataclass(frozen=True)
+class StudyFigures:
+    """What the study knows of a trial: its latency, how it got it, and its place on the front."""
+
+    latency_ms: float
+    measured: bool
+    on_front: bool
+    feasible: bool
+
+    def notes(self, trial: int) -> list[str]:
+        """What a user exporting this trial should know (nothing for a measured front candidate).
+
+        Args:
+            trial: the trial's number, for the message.
+
+        Returns:
+            Zero to two sentences.
+        """
+        notes = []
+        if not self.on_front:
+            notes.append(
+                f"trial {trial} is not on the study's Pareto front (another candidate is at "
+                "least as accurate, fast and small)"
+            )
+        if not self.measured:
+            notes.append(
+                f"the study never measured trial {trial}'s latency (only the front is measured "
+                f"after a search): {self.latency_ms:.3f} ms was predicted"
+            )
+        return notes
+
+
+def study_figures(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> StudyFigures:
+    """A completed trial's latency as the study knows it, and whether it is on the front.
+
+    Args:
+        study: the study.
+        trial: a completed trial of it.
+
+    Returns:
+        The figures; latency measured where the search or its verify step measured it.
+    """
+    from autocompress.optimize.pareto import candidate, pareto_front
+
+    front = {c["trial"]: c for c in pareto_front(study)}
+    row = front.get(trial.number)
+    if row is None:
+        row = candidate(
+            trial,
+            study.user_attrs.get("baseline") or {},
+            verified=study.user_attrs.get("verified") or {},
+            budget=study.user_attrs.get("budget") or {},
+        )
+    return StudyFigures(
+        latency_ms=float(row["latency_ms"]),
+        measured=row["measured_ms"] is not None,
+        on_front=trial.number in front,
+        feasible=bool(row["feasible"]),
+    )
 
 
 @dataclass

@@ -158,7 +158,7 @@ def export(
         ExportError: the reloaded artifact's accuracy or outputs do not match (nothing written).
     """
     from autocompress.export.onnx_file import ONNX_FILE, write_onnx
-    from autocompress.export.rebuild import rebuild, select_trial
+    from autocompress.export.rebuild import rebuild, select_trial, study_figures
     from autocompress.export.runtime_file import write_runtime_artifact
     from autocompress.hardware.targets import resolve_target
     from autocompress.optimize.study import load_study
@@ -167,6 +167,7 @@ def export(
         raise UserInputError(f"--train-threads must be at least 1, got {train_threads}")
     the_study = load_study(study, storage)
     chosen = select_trial(the_study, trial=trial, pick=pick)
+    figures = study_figures(the_study, chosen)
     identity = the_study.user_attrs.get("identity") or {}
     threads = int(identity.get("threads", 1))
     target = resolve_target(identity.get("target", "cpu"), threads=threads)
@@ -180,6 +181,9 @@ def export(
         # model.pt2 is timed in PyTorch; a runtime target's own artifact is timed below.
         eager = target if target.runtime == "pytorch" else resolve_target("cpu", threads=threads)
         metrics, failures = _verify(the_study, chosen, built, program_path, eager)
+        metrics["study_latency_ms"] = figures.latency_ms
+        metrics["study_latency_source"] = "measured" if figures.measured else "predicted"
+        metrics["on_front"] = figures.on_front
         val_inputs = [x for x, _ in built.task.val]
         if target.runtime == "pytorch" or target.artifact != ONNX_FILE:
             onnx = write_onnx(
@@ -233,7 +237,7 @@ def export(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    notes = []
+    notes = figures.notes(chosen.number)
     if not onnx["written"]:
         notes.append(f"model.onnx not written: {onnx['reason']}")
     notes += metrics["size"]["notes"]
@@ -323,7 +327,6 @@ def _verify(
         "baseline_accuracy": baseline.get("accuracy"),
         "latency_ms": ratio * baseline["latency_ms"],
         "latency_ratio": ratio,
-        "study_latency_ms": attrs["latency_ms"],
         "baseline_latency_ms": baseline["latency_ms"],
         "measurement": measurement.to_dict(),
         "latency_vs_in_memory_ratio": versus.ratio,

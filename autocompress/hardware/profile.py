@@ -362,3 +362,8 @@ class Bar:
 
     def advance(self) -> None:
         self._progress.advance(self._task)
+
+    def grow(self, more: int) -> None:
+        """Add `more` steps to the bar's total (work found while working)."""
+        total = self._progress.tasks[0].total or 0
+        self._progress.update(self._task, total=total + more)

@@ -104,10 +104,13 @@ def candidate(
 def pareto_front(study: optuna.Study) -> list[Candidate]:
     """The study's front, best accuracy first.
 
-    The non-dominated feasible trials; when no trial is feasible, the non-dominated trials of
-    all, each marked `feasible: false` with its violations, so the user sees how close it came.
-    A candidate whose measured latency (verify step) misses the budget is marked infeasible.
-    Trials with identical figures (the same plan told twice) appear once.
+    The non-dominated trials among those within the budgets, with each trial's latency taken as
+    measured wherever it was (the verify step, `--latency measured`) and as predicted elsewhere:
+    a candidate that measures slower than predicted no longer hides the trials it dominated
+    only on paper. A candidate whose measured latency misses the budget stays on the front,
+    marked infeasible, so the user sees the miss. When no trial is within the budgets, the
+    non-dominated trials of all, each marked `feasible: false` with its violations, so the user
+    sees how close it came. Trials with identical figures (the same plan told twice) appear once.
     """
     baseline = study.user_attrs.get("baseline")
     if baseline is None:
@@ -119,7 +122,9 @@ def pareto_front(study: optuna.Study) -> list[Candidate]:
         "budget": study.user_attrs.get("budget") or {},
         "alternatives": study.user_attrs.get("alternatives") or [],
     }
-    front = [candidate(pool[i], baseline, **extra) for i in non_dominated([t.values for t in pool])]
+    rows = [candidate(t, baseline, **extra) for t in pool]
+    points = [(c["accuracy"], c["latency_ms"], c["size_bytes"]) for c in rows]
+    front = [rows[i] for i in non_dominated(points)]
     front.sort(key=lambda c: (-c["accuracy"], c["latency_ms"], c["trial"]))
     seen: set[tuple[float, float, int]] = set()
     unique = []

@@ -15,8 +15,10 @@ def verify_front(study: optuna.Study, ctx: SearchContext, *, show_progress: bool
 
     A candidate's measured latency replaces its predicted one in `show`, the report and
     `--pick`; one that misses the latency budget when measured is flagged infeasible there.
-    The figures go to the study's `verified` attribute (trial number -> `measured_ms`,
-    `ratio`, `predicted_ms`), since finished trials cannot be changed.
+    A candidate measured slower than predicted can leave the front and let a trial it hid
+    onto it, so the front is measured again until every candidate on it is measured. The
+    figures go to the study's `verified` attribute (trial number -> `measured_ms`, `ratio`,
+    `predicted_ms`), since finished trials cannot be changed.
 
     Args:
         study: the study, after its trials.
@@ -30,17 +32,23 @@ def verify_front(study: optuna.Study, ctx: SearchContext, *, show_progress: bool
     if not todo:
         return 0
     verified = dict(study.user_attrs.get("verified") or {})
+    measured = 0
     with Bar(len(todo), enabled=show_progress) as bar:
-        bar.describe(f"verify: measuring {len(todo)} front candidates")
-        for c in todo:
-            ratio = measure_plan(
-                ctx.dense, Plan.from_dict(c["plan"]), ctx.task, ctx.target, ctx.latency_inputs
-            )
-            verified[str(c["trial"])] = {
-                "measured_ms": ratio * ctx.baseline.latency_ms,
-                "ratio": ratio,
-                "predicted_ms": c["predicted_ms"],
-            }
-            bar.advance()
-    study.set_user_attr("verified", verified)
-    return len(todo)
+        while todo:
+            bar.describe(f"verify: measuring {measured + len(todo)} front candidates")
+            for c in todo:
+                ratio = measure_plan(
+                    ctx.dense, Plan.from_dict(c["plan"]), ctx.task, ctx.target, ctx.latency_inputs
+                )
+                verified[str(c["trial"])] = {
+                    "measured_ms": ratio * ctx.baseline.latency_ms,
+                    "ratio": ratio,
+                    "predicted_ms": c["predicted_ms"],
+                }
+                measured += 1
+                bar.advance()
+            study.set_user_attr("verified", verified)
+            # Each round measures trials never measured before, so this ends.
+            todo = [c for c in pareto_front(study) if c["measured_ms"] is None]
+            bar.grow(len(todo))
+    return measured

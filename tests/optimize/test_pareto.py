@@ -231,3 +231,19 @@ def test_a_plan_told_again_shares_its_first_trials_measurement() -> None:
     assert [c["trial"] for c in front] == [first]  # same figures once verified: shown once
     trials = {t.number: t for t in study.trials}
     assert measured_ms(trials[again], study.user_attrs["verified"]) == 1.4
+
+
+def test_a_candidate_measured_slower_no_longer_hides_the_trials_it_dominated_on_paper() -> None:
+    study = _study()
+    study.set_user_attr("budget", {"latency_ms": 2.0, "size_bytes": None, "max_drop": None})
+    paper = _tell(study, 0.9, 1.0, 1000, {"latency_ms": -1.0}, predicted_ms=1.0)
+    hidden = _tell(study, 0.89, 1.2, 1000, {"latency_ms": -0.8}, predicted_ms=1.2)
+    assert [c["trial"] for c in pareto_front(study)] == [paper]
+
+    # Built and timed, `paper` runs at 1.8 ms: `hidden` is now faster, so it joins the front
+    # (still unmeasured: the verify step measures it next); `paper` stays, within budget.
+    study.set_user_attr("verified", {str(paper): {"measured_ms": 1.8}})
+    front = {c["trial"]: c for c in pareto_front(study)}
+    assert set(front) == {paper, hidden}
+    assert front[paper]["latency_ms"] == 1.8 and front[paper]["feasible"]
+    assert front[hidden]["measured_ms"] is None and front[hidden]["latency_ms"] == 1.2
