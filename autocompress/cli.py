@@ -143,6 +143,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.storage)
     front = pareto_front(study)
     failures = describe_failures(failed_trials(study)) + describe_stopped(study)
+    failures += [
+        f"#{c['trial']} is on the front but could not be built to measure it: {c['verify_error']}"
+        for c in front
+        if c["verify_error"]
+    ]
     if args.json:  # stdout stays the candidate list; failures go to stderr
         print(json.dumps(front, indent=2))
         for line in failures:

@@ -29,6 +29,10 @@ def non_dominated(points: Sequence[Sequence[float]]) -> list[int]:
     ]
 
 
+def _point(c: Candidate) -> tuple[float, float, int]:
+    return (c["accuracy"], c["latency_ms"], c["size_bytes"])
+
+
 def _violation(trial: optuna.trial.FrozenTrial) -> float:
     return sum(max(0.0, v) for v in trial.constraints.values())
 
@@ -44,6 +48,14 @@ def measured_ms(trial: optuna.trial.FrozenTrial, verified: dict[str, Any]) -> fl
             return verified[str(number)]["measured_ms"]
     if "predicted_ms" not in attrs and "latency_ms" in attrs:
         return attrs["latency_ms"]  # studies from before the predictor measured every trial
+    return None
+
+
+def verify_error(trial: optuna.trial.FrozenTrial, verified: dict[str, Any]) -> str | None:
+    """Why the verify step could not build or time a trial's plan; None when it did (or not yet)."""
+    for number in (trial.number, trial.user_attrs.get("duplicate_of")):
+        if number is not None and str(number) in verified:
+            return verified[str(number)].get("error")
     return None
 
 
@@ -66,6 +78,7 @@ def candidate(
 
     Returns:
         The candidate; `latency_ms` is the measured latency where there is one, else predicted;
+        `verify_error`: why the verify step could not build or time it (then infeasible);
         `best_alternative` (label) and `best_alternative_ms`: the plain alternative it is
         compared with (`alternatives.best_alternative`), None when the study measured none.
     """
@@ -73,7 +86,10 @@ def candidate(
 
     attrs = trial.user_attrs
     measured = measured_ms(trial, verified or {})
+    error = verify_error(trial, verified or {})
     violations = {k: v for k, v in trial.constraints.items() if v > 0}
+    if error is not None:
+        violations["verify"] = 1.0  # not built, so not deployable as searched
     limit = (budget or {}).get("latency_ms")
     if measured is not None and limit is not None and measured > limit:
         violations["latency_ms"] = measured - limit
@@ -95,6 +111,7 @@ def candidate(
         "feasible": not violations,
         "violations": violations,
         "finetuned": attrs.get("finetuned", True),
+        "verify_error": error,
         "plan": attrs["plan"],
         "best_alternative": None if best is None else best["label"],
         "best_alternative_ms": None if best is None else best["latency_ms"],
@@ -108,7 +125,8 @@ def pareto_front(study: optuna.Study) -> list[Candidate]:
     measured wherever it was (the verify step, `--latency measured`) and as predicted elsewhere:
     a candidate that measures slower than predicted no longer hides the trials it dominated
     only on paper. A candidate whose measured latency misses the budget stays on the front,
-    marked infeasible, so the user sees the miss. When no trial is within the budgets, the
+    marked infeasible, so the user sees the miss; so does one the verify step could not build,
+    which hides no other trial. When no trial is within the budgets, the
     non-dominated trials of all, each marked `feasible: false` with its violations, so the user
     sees how close it came. Trials with identical figures (the same plan told twice) appear once.
     """
@@ -123,8 +141,14 @@ def pareto_front(study: optuna.Study) -> list[Candidate]:
         "alternatives": study.user_attrs.get("alternatives") or [],
     }
     rows = [candidate(t, baseline, **extra) for t in pool]
-    points = [(c["accuracy"], c["latency_ms"], c["size_bytes"]) for c in rows]
-    front = [rows[i] for i in non_dominated(points)]
+    built = [c for c in rows if c["verify_error"] is None]
+    front = [built[i] for i in non_dominated([_point(c) for c in built])]
+    # A plan the verify step could not build stays in view, marked, but hides no other trial.
+    front += [
+        c
+        for c in rows
+        if c["verify_error"] is not None and not any(dominates(_point(o), _point(c)) for o in built)
+    ]
     front.sort(key=lambda c: (-c["accuracy"], c["latency_ms"], c["trial"]))
     seen: set[tuple[float, float, int]] = set()
     unique = []
@@ -156,6 +180,7 @@ def baseline_row(study: optuna.Study) -> Candidate | None:
         "feasible": None,
         "violations": {},
         "finetuned": False,
+        "verify_error": None,
         "plan": {"version": 1, "round_to": None, "layers": {}},
         "best_alternative": None,
         "best_alternative_ms": None,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import optuna
 
 from autocompress.config import Plan
 from autocompress.hardware.profile import Bar, measure_plan
 from autocompress.optimize.objectives import SearchContext
-from autocompress.optimize.pareto import pareto_front
+from autocompress.optimize.pareto import Candidate, pareto_front
+
+log = logging.getLogger(__name__)
 
 
 def verify_front(study: optuna.Study, ctx: SearchContext, *, show_progress: bool = True) -> int:
@@ -18,7 +23,8 @@ def verify_front(study: optuna.Study, ctx: SearchContext, *, show_progress: bool
     A candidate measured slower than predicted can leave the front and let a trial it hid
     onto it, so the front is measured again until every candidate on it is measured. The
     figures go to the study's `verified` attribute (trial number -> `measured_ms`, `ratio`,
-    `predicted_ms`), since finished trials cannot be changed.
+    `predicted_ms`), since finished trials cannot be changed. A plan that fails to build or
+    time is recorded with its `error` and marked infeasible; the others are measured still.
 
     Args:
         study: the study, after its trials.
@@ -28,7 +34,7 @@ def verify_front(study: optuna.Study, ctx: SearchContext, *, show_progress: bool
     Returns:
         How many candidates were measured now.
     """
-    todo = [c for c in pareto_front(study) if c["measured_ms"] is None]
+    todo = _unmeasured(study)
     if not todo:
         return 0
     verified = dict(study.user_attrs.get("verified") or {})
@@ -37,18 +43,38 @@ def verify_front(study: optuna.Study, ctx: SearchContext, *, show_progress: bool
         while todo:
             bar.describe(f"verify: measuring {measured + len(todo)} front candidates")
             for c in todo:
-                ratio = measure_plan(
-                    ctx.dense, Plan.from_dict(c["plan"]), ctx.task, ctx.target, ctx.latency_inputs
-                )
-                verified[str(c["trial"])] = {
-                    "measured_ms": ratio * ctx.baseline.latency_ms,
-                    "ratio": ratio,
-                    "predicted_ms": c["predicted_ms"],
-                }
+                verified[str(c["trial"])] = _measure(c, ctx)
                 measured += 1
                 bar.advance()
             study.set_user_attr("verified", verified)
             # Each round measures trials never measured before, so this ends.
-            todo = [c for c in pareto_front(study) if c["measured_ms"] is None]
+            todo = _unmeasured(study)
             bar.grow(len(todo))
     return measured
+
+
+def _unmeasured(study: optuna.Study) -> list[Candidate]:
+    return [
+        c for c in pareto_front(study) if c["measured_ms"] is None and c["verify_error"] is None
+    ]
+
+
+def _measure(c: Candidate, ctx: SearchContext) -> dict[str, Any]:
+    """One candidate's verify figures, or the reason its plan could not be built or timed."""
+    try:
+        ratio = measure_plan(
+            ctx.dense, Plan.from_dict(c["plan"]), ctx.task, ctx.target, ctx.latency_inputs
+        )
+    except Exception as exc:  # one broken build must not cost the user the whole front
+        detail = (str(exc).splitlines() or [""])[0][:160]
+        log.warning("verify: trial %d could not be built or timed: %s", c["trial"], detail)
+        return {
+            "measured_ms": None,
+            "error": f"{type(exc).__name__}: {detail}",
+            "predicted_ms": c["predicted_ms"],
+        }
+    return {
+        "measured_ms": ratio * ctx.baseline.latency_ms,
+        "ratio": ratio,
+        "predicted_ms": c["predicted_ms"],
+    }

@@ -80,6 +80,8 @@ def front_table(
     for row in rows:
         is_base = row["trial"] is None
         feasible = "" if is_base else ("ok" if row["feasible"] else "[red]over[/]")
+        if row.get("verify_error"):
+            feasible = "[red]unbuilt[/]"
         best = row.get("best_alternative_ms")
         table.add_row(
             "dense" if is_base else str(row["trial"]),

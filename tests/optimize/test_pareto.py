@@ -114,6 +114,7 @@ def test_pareto_front_holds_exactly_the_non_dominated_feasible_trials() -> None:
         "feasible": True,
         "violations": {},
         "finetuned": True,
+        "verify_error": None,
         "plan": _plan(0.5),
         "best_alternative": None,  # the study measured no plain alternatives
         "best_alternative_ms": None,
