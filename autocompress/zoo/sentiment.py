@@ -13,12 +13,13 @@ import csv
 import functools
 import importlib.util
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from autocompress.errors import UserInputError
 from autocompress.evaluate.metrics import top1
@@ -34,7 +35,9 @@ MAX_TOKENS = 64
 VAL_TWEETS = 2000
 TRAIN_BATCH = 32
 EVAL_BATCH = 128
-TRAIN_LR = 5e-5
+TRAIN_LR = 8e-5
+# One pass over this many of the ~20.8k training tweets (fixed seed): ~10 min on 2 cores.
+TRAIN_TWEETS = 10_000
 # Fine-tunes of a pretrained transformer: see `zoo.text.FINETUNE_LR`.
 FINETUNE_LR = 1e-4
 VERSION = 1
@@ -188,15 +191,23 @@ def build_classifier() -> nn.Module:
     return SentenceClassifier(load_encoder(model_folder())).eval()
 
 
-def train_classifier(model: nn.Module, task: Task, *, epochs: int = 1) -> None:
-    """Fine-tune encoder and head in place on the task's training tweets (fixed seed).
+def train_classifier(model: nn.Module, task: Task, *, tweets: int = TRAIN_TWEETS) -> None:
+    """Fine-tune encoder and head in place: one pass over `tweets` training tweets drawn with
+    a fixed seed, AdamW with a one-cycle schedule.
 
     Args:
         model: `build_classifier()`.
         task: `tweet_task()`; only its training split is used.
-        epochs: passes over the training tweets.
+        tweets: how many training tweets the pass covers (all of them if fewer).
     """
-    fit_classifier(model, task, epochs=epochs, lr=TRAIN_LR, label="minilm-sentiment")
+    dataset = task.train.dataset
+    picked = sorted(random.Random(SEED).sample(range(len(dataset)), min(tweets, len(dataset))))
+    loader = DataLoader(
+        Subset(dataset, picked), batch_size=TRAIN_BATCH, collate_fn=task.train.collate_fn
+    )
+    fit_classifier(
+        model, replace(task, train=loader), epochs=1, lr=TRAIN_LR, label="minilm-sentiment"
+    )
 
 
 MINILM_SENTIMENT = register(
