@@ -36,7 +36,8 @@ VAL_TWEETS = 2000
 TRAIN_BATCH = 32
 EVAL_BATCH = 128
 TRAIN_LR = 8e-5
-# One pass over this many of the ~20.8k training tweets (fixed seed): ~10 min on 2 cores.
+# One pass over this many of the ~20.8k training tweets (fixed seed): 9 CPU-min at 1 thread;
+# 90.95% top-1 on the 2000 held-out tweets.
 TRAIN_TWEETS = 10_000
 # Fine-tunes of a pretrained transformer: see `zoo.text.FINETUNE_LR`.
 FINETUNE_LR = 1e-4
