@@ -97,9 +97,9 @@ def main() -> None:
         "# Zoo models: fp32 accuracy on held-out data\n\n"
         f"Written by `bench/zoo_accuracy.py` on {datetime.date.today()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. "
-        "Training and validation times were taken on a shared 2-core machine (another "
-        "process busy beside it): wall time is an upper bound; CPU time / 2 approximates "
-        "an idle 2-core run.\n\n" + _table(rows) + "\n"
+        "Training and validation times are taken on whatever else the machine runs: on a "
+        "shared, busy one they are upper bounds for an idle run (CPU time too: waiting "
+        "threads spin).\n\n" + _table(rows) + "\n"
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
