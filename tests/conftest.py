@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -66,6 +69,60 @@ class LstmRows(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.lstm(x)[0][:, -1])
+
+
+class SameConv2d(nn.Conv2d):
+    """A Conv2d that pads in `forward` as TensorFlow's "same" does (one-sided where the total
+    is odd), as models ported from TensorFlow do (EfficientNet-Lite's convolutions)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(cin, cout, k, stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        sizes = zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1], strict=True)
+        for size, k, s in sizes:
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        x = F.pad(x, pads)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class OwnLinear(nn.Linear):
+    """A Linear subclass with its own `forward` (same computation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class SamePadNet(nn.Module):
+    """Every Conv and Linear a subclass of the torch class: "same"-padded stem (stride 2),
+    depthwise and pointwise convs, a 5x5 stride-2 conv (one-sided padding), two Linears;
+    1x16x16 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(SameConv2d(1, 8, 3, 2), nn.BatchNorm2d(8), nn.ReLU6())
+        self.dw = nn.Sequential(SameConv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU6())
+        self.pw = nn.Sequential(SameConv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU6())
+        self.down = nn.Sequential(SameConv2d(16, 16, 5, 2), nn.BatchNorm2d(16), nn.ReLU6())
+        self.hidden = OwnLinear(16, 32)
+        self.fc = OwnLinear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down(self.pw(self.dw(self.stem(x))))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(torch.relu(self.hidden(x)))
+
+
+# Its layers: every one a subclass.
+SAME_PAD_LAYERS = ["stem.0", "dw.0", "pw.0", "down.0", "hidden", "fc"]
+
+
+def make_same_pad_net(seed: int = 0) -> SamePadNet:
+    """A SamePadNet with deterministic weights, in eval mode."""
+    torch.manual_seed(seed)
+    return SamePadNet().eval()
 
 
 def make_tiny_resnet(seed: int = 0) -> TinyResNet:

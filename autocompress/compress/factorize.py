@@ -101,7 +101,10 @@ def unsupported_reason(
         return "transposed convolutions are not supported"
     # Exact types only: subclasses (e.g. attention's out_proj) are often read by weight directly.
     if type(module) not in _SUPPORTED:
-        return f"it is a {type(module).__name__}, not a plain nn.Linear, nn.Conv1d or nn.Conv2d"
+        return (
+            f"it is a {type(module).__name__}, not a plain nn.Linear, nn.Conv1d or nn.Conv2d "
+            "(a subclass's forward may do more than the plain layer, e.g. pad its input)"
+        )
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         if module.groups != 1:
             return f"grouped/depthwise convolutions (groups={module.groups}) are not supported"

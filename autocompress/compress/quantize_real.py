@@ -175,7 +175,9 @@ def realize(
         # Nothing needs inductor: the model runs eagerly, as float plans do (compiling would
         # change the runtime, and costs 1.4-1.7x eager on a model as small as digits-cnn).
         return RealizedModel(work, layers, compiled=False)
-    graph = _quantize(_export(work, example_inputs), static, dynamic, calibration, example_inputs)
+    exported = _export(work, example_inputs)
+    _as_torch_layers(exported, work)
+    graph = _quantize(exported, static, dynamic, calibration, example_inputs)
     done = quantized_layers(graph)
     for name in sorted(static | dynamic):
         kind = "static" if name in static else "dynamic"
@@ -282,6 +284,30 @@ def _module_of(node: torch.fx.Node) -> str:
         return ""
     name = list(stack.values())[-1][0]
     return name.removeprefix("L['self'].")
+
+
+def _as_torch_layers(graph: nn.Module, model: nn.Module) -> None:
+    """Record the graph's nodes from subclassed Conv/Linear layers as the torch class's.
+
+    The int8 quantizer finds a layer's nodes by the class name its graph records for the
+    innermost module (`nn_module_stack`), compared exactly: the nodes of an `nn.Conv2d`
+    subclass that pads in `forward` (models ported from TensorFlow) would match no pattern and
+    stay fp32. Names are kept, so `_module_of` still finds the layer.
+
+    Args:
+        graph: the exported graph module (changed in place: node metadata only).
+        model: the model it was exported from.
+    """
+    modules = dict(model.named_modules())
+    for node in getattr(graph, "graph", torch.fx.Graph()).nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key, (path, _) = list(stack.items())[-1]
+        module = modules.get(path.removeprefix("L['self']."))
+        base = next((b for b in (nn.Conv1d, nn.Conv2d, nn.Linear) if isinstance(module, b)), None)
+        if base is not None and type(module) is not base:
+            stack[key] = (path, f"{base.__module__}.{base.__qualname__}")
 
 
 def _export(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> nn.Module:

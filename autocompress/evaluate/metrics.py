@@ -23,7 +23,8 @@ def param_count(model: nn.Module) -> int:
 
 @torch.no_grad()
 def top1(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy as a fraction in [0, 1] over `(x, y)` batches.
+    """Top-1 accuracy as a fraction in [0, 1] over `(x, y)` batches (x a tuple: the model's
+    positional arguments).
 
     The model is evaluated in eval mode; its previous mode is restored afterwards.
 
@@ -35,7 +36,8 @@ def top1(model: nn.Module, loader: DataLoader) -> float:
     correct = total = 0
     try:
         for x, y in loader:
-            correct += int((model(x).argmax(dim=1) == y).sum())
+            out = model(*x) if isinstance(x, tuple | list) else model(x)
+            correct += int((out.argmax(dim=1) == y).sum())
             total += int(y.numel())
     finally:
         model.train(was_training)

@@ -18,12 +18,17 @@ import torch
 from torch import nn
 
 from autocompress.compress.factorize import factor_pair, matrix_shape
-from autocompress.space.discover import features
+from autocompress.space.discover import features, layer_type
 
 
 def geometry_of(module: nn.Module, in_size: Sequence[int]) -> dict[str, Any]:
     """A Conv/Linear/LSTM layer's geometry without its channel counts (see `Kernel.geometry`);
-    an LSTM's `in_size` is its number of steps."""
+    an LSTM's `in_size` is its number of steps.
+
+    The type is the torch class the layer derives from (a subclass runs that class's kernel);
+    for a convolution that pads in its own `forward`, `in_size` is the padded input its kernel
+    sees (`size_recorder` records it), so the layer rebuilt from it computes the same output.
+    """
     if isinstance(module, nn.Linear):
         return {"type": "Linear", "bias": module.bias is not None, "in_size": list(in_size)}
     if isinstance(module, nn.LSTM):
@@ -35,7 +40,7 @@ def geometry_of(module: nn.Module, in_size: Sequence[int]) -> dict[str, Any]:
             "bidirectional": module.bidirectional,
         }
     return {
-        "type": type(module).__name__,
+        "type": layer_type(module),
         "kernel": list(module.kernel_size),
         "stride": list(module.stride),
         "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
@@ -143,9 +148,39 @@ def factor_template(
     return rows // out_features, cols // in_features, halves[0], halves[1]
 
 
+def kernel_input_size(
+    conv: nn.Module, in_size: Sequence[int], out_size: Sequence[int]
+) -> list[int]:
+    """The input size a convolution's kernel sees, given the layer's input and output sizes.
+
+    A plain convolution's kernel sees the layer's input, padded by `conv.padding`. A subclass
+    may pad in its own `forward` first (TensorFlow's "same" padding, often one-sided); then
+    its output is larger than its padding alone gives, and the kernel's input is the smallest
+    one giving that output with `conv.padding`: the same output positions and multiply-adds.
+
+    Args:
+        conv: the Conv1d/Conv2d layer (or subclass).
+        in_size: the spatial size of the input the layer was called with.
+        out_size: the spatial size of its output.
+
+    Returns:
+        The spatial input size to rebuild the layer's kernel with (`build_layer`).
+    """
+    if isinstance(conv.padding, str):  # "same"/"valid": the module pads as nn.Conv pads
+        return list(in_size)
+    sizes = []
+    for i, o, k, s, p, d in zip(
+        in_size, out_size, conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True
+    ):
+        plain = (i + 2 * p - d * (k - 1) - 1) // s + 1
+        sizes.append(i if plain == o else (o - 1) * s + d * (k - 1) + 1 - 2 * p)
+    return sizes
+
+
 def size_recorder(name: str, in_sizes: dict[str, list[int]], out_sizes: dict[str, int]) -> Any:
     """A forward hook for a Conv/Linear/LSTM layer that records, under `name`, its input size
-    as `geometry_of` takes it and its output size per channel per sample (an LSTM: its steps)."""
+    as `geometry_of` takes it (a convolution's: as its kernel sees it, `kernel_input_size`)
+    and its output size per channel per sample (an LSTM: its steps)."""
 
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         x = args[0]
@@ -153,7 +188,10 @@ def size_recorder(name: str, in_sizes: dict[str, list[int]], out_sizes: dict[str
             steps = x.shape[1 if module.batch_first else 0] if x.dim() == 3 else x.shape[0]
             in_sizes[name], out_sizes[name] = [steps], steps
             return
-        in_sizes[name] = list(x.shape[1:-1] if isinstance(module, nn.Linear) else x.shape[2:])
+        if isinstance(module, nn.Linear):
+            in_sizes[name] = list(x.shape[1:-1])
+        else:
+            in_sizes[name] = kernel_input_size(module, x.shape[2:], output.shape[2:])
         out_sizes[name] = output[0].numel() // features(module)[1]
 
     return hook

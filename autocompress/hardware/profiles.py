@@ -93,7 +93,14 @@ def predictor_for(
     profile = None if refresh else load_profile(path)
     if profile is not None:
         try:
-            return LatencyPredictor(profile), path
+            missing = ModelShapes.from_dict(profile.shapes).missing(layers)
+            if not missing:
+                return LatencyPredictor(profile), path
+            # written before subclassed layers were recognised: it left them out
+            log.warning(
+                "latency profile %s leaves out %d layer(s) of the model (%s); profiling again",
+                path, len(missing), ", ".join(missing[:3]),
+            )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("latency profile %s does not fit (%s); profiling again", path, exc)
     max_seconds = None

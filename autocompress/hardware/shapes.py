@@ -26,6 +26,7 @@ from torch import nn
 from autocompress.compress.factorize import smaller_rank
 from autocompress.compress.prune import kept_channels
 from autocompress.config import LayerConfig, Plan
+from autocompress.errors import AutocompressError
 from autocompress.hardware.attention import AttentionShape, find_attention
 from autocompress.hardware.geometry import (
     FactorTemplate,
@@ -39,7 +40,10 @@ log = logging.getLogger(__name__)
 
 # Formats a kernel computes in; see `compress.quantize_real.realize` for what deploys as what.
 FP32, INT8, BF16 = "fp32", "int8", "bf16"
+# The layer types (`discover.layer_type`: subclasses count as their torch class) that are
+# kernels; embedding lookups are not modelled one by one (the whole-plan calibration has them).
 KERNEL_TYPES = ("Linear", "Conv1d", "Conv2d", "LSTM")
+UNMODELLED_TYPES = ("Embedding",)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class LayerShape:
         in_per_channel: input features removed per channel pruned from `in_group` (1 for a
             convolution, the spatial size for a Linear after a flatten).
         out_size: the output's size per channel per sample (spatial positions, or tokens).
+        splittable: whether compress can replace the layer by smaller ones at all (`low_rank`'s
+            two halves, an LSTM unrolled into Linears); both refuse subclasses of the torch
+            classes, whose `forward` may compute something more (e.g. pad the input).
     """
 
     name: str
@@ -87,6 +94,17 @@ class LayerShape:
     in_group: str | None
     in_per_channel: int
     out_size: int
+    splittable: bool = True
+
+
+def _splittable(module: nn.Module) -> bool:
+    """See `LayerShape.splittable`: `compress.lstm` unrolls a plain `nn.LSTM` only, and at full
+    rank only the kind of layer can make `low_rank` refuse one."""
+    from autocompress.compress.factorize import unsupported_reason
+
+    if isinstance(module, nn.LSTM):
+        return type(module) is nn.LSTM
+    return unsupported_reason(module, 1.0) is None
 
 
 class ModelShapes:
@@ -152,8 +170,13 @@ class ModelShapes:
             if info.group is not None:
                 groups.setdefault(info.group, []).append(info.name)
         channels = {g: next(i.out_features for i in layers if i.group == g) for g in groups}
-        # Only Conv/Linear layers are kernels: embedding lookups and LSTM recurrences are not
-        # modelled one by one; their time is learned from the whole-plan calibration.
+        left_out = [i for i in layers if i.type not in KERNEL_TYPES + UNMODELLED_TYPES]
+        if left_out:
+            raise AutocompressError(
+                f"the latency model has no kernel for {len(left_out)} layer(s) the search "
+                f"compresses ({', '.join(f'{i.name} ({i.type})' for i in left_out[:3])}); "
+                "profiling without them would predict their plans wrong"
+            )
         layers = [i for i in layers if i.type in KERNEL_TYPES]
         modules = dict(model.named_modules())
         in_sizes: dict[str, list[int]] = {}
@@ -199,6 +222,7 @@ class ModelShapes:
                 in_group=in_group.get(info.name, (None, 0))[0],
                 in_per_channel=in_group.get(info.name, (None, 0))[1],
                 out_size=out_sizes[info.name],
+                splittable=_splittable(modules[info.name]),
             )
             for info in layers
         ]
@@ -208,6 +232,14 @@ class ModelShapes:
             shapes, channels, bf16_compute=bf16, group_multiples=multiples, runtime=runtime,
             attention=attention,
         )  # fmt: skip
+
+    def missing(self, layers: Sequence[LayerInfo]) -> list[str]:
+        """Names of `layers` (from `discover`) a plan may compress but these shapes leave out
+        (embedding tables excepted: their lookups are not kernels). A profile whose shapes
+        miss a layer predicts every plan that changes it wrong; it must not be used.
+        """
+        known = {x.name for x in self.layers}
+        return [i.name for i in layers if i.type not in UNMODELLED_TYPES and i.name not in known]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; `ModelShapes.from_dict(s.to_dict())` rebuilds it."""
@@ -308,7 +340,9 @@ class ModelShapes:
     def unrollable(layer: LayerShape) -> bool:
         """Whether a layer is an LSTM that `compress.lstm.unroll` can replace by Linears."""
         g = layer.geometry
-        return g["type"] == "LSTM" and g["layers"] == 1 and not g["bidirectional"]
+        return (
+            g["type"] == "LSTM" and g["layers"] == 1 and not g["bidirectional"] and layer.splittable
+        )
 
     def unrolled(self, layer: LayerShape, cfg: LayerConfig) -> bool:
         """Whether the plan deploys an LSTM layer unrolled into Linears (as `compress.apply`
@@ -429,7 +463,7 @@ class ModelShapes:
             layer = self._unrolled_part(*key)
             geometry = json.dumps(layer.geometry, sort_keys=True)
         own = ((geometry, cin, cout, cout * layer.out_size),)
-        if rank_ratio >= 1.0:
+        if rank_ratio >= 1.0 or not layer.splittable:
             return own
         if key not in self._templates:
             self._templates[key] = factor_template(

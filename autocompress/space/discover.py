@@ -11,6 +11,19 @@ from torch import nn
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.LSTM)
 # Embedding tables are listed too: a plan may quantize them (their only knob, see spec.py).
 _TABLES = (nn.Embedding,)
+# The layer types a search space's `match: {type: ...}` names, as the torch classes they are.
+LAYER_TYPES = {cls.__name__: cls for cls in (*_PRUNABLE, *_TABLES)}
+
+
+def layer_type(module: nn.Module) -> str | None:
+    """The torch layer class `module` is, by name ("Conv2d", "Linear", "LSTM", "Embedding"),
+    or None for any other module.
+
+    A subclass counts as the torch class it derives from: models ported from TensorFlow
+    subclass `nn.Conv2d` to pad in `forward` ("same" padding), and they are convolutions all
+    the same.
+    """
+    return next((name for name, cls in LAYER_TYPES.items() if isinstance(module, cls)), None)
 
 
 @dataclass(frozen=True)
@@ -19,7 +32,8 @@ class LayerInfo:
 
     Args:
         name: module name in `model.named_modules()`.
-        type: module class name ("Conv2d", "Linear").
+        type: the torch layer class it is ("Conv2d", "Linear"; see `layer_type`: a subclass
+            of `nn.Conv2d` is a "Conv2d").
         in_features: input channels / features.
         out_features: output channels / features.
         params: number of weight and bias elements.
@@ -132,7 +146,8 @@ def discover(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[LayerIn
         inputs: an example input batch, as positional arguments.
 
     Returns:
-        One LayerInfo per Conv1d/Conv2d/Linear/LSTM layer (`group` names its coupling group;
+        One LayerInfo per Conv1d/Conv2d/Linear/LSTM layer, subclasses of them included
+        (`group` names its coupling group;
         an LSTM's outputs are its hidden units) and
         per Embedding table (in = rows, out = width; never grouped).
     """
@@ -147,12 +162,13 @@ def discover(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[LayerIn
         model.train(was_training)
     layers = []
     for name, module in model.named_modules():
-        if isinstance(module, _PRUNABLE + _TABLES):
+        kind = layer_type(module)
+        if kind is not None:
             fan_in, fan_out = features(module)
             layers.append(
                 LayerInfo(
                     name=name,
-                    type=type(module).__name__,
+                    type=kind,
                     in_features=fan_in,
                     out_features=fan_out,
                     params=sum(p.numel() for p in module.parameters(recurse=False)),

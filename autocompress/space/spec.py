@@ -7,7 +7,7 @@ A space file reads::
     defaults:                   # choices for every compressible layer
       keep_ratio: [1.0, 0.75, 0.5, 0.25]
     rules:                      # applied in order; a later rule overrides a knob of an earlier one
-      - match: {type: Linear}   # class name (or a list of names)
+      - match: {type: Linear}   # torch layer class (or a list); subclasses match too
         keep_ratio: [1.0]
       - match: {name: "layer3.*"}   # shell-style pattern on the module name
         keep_ratio: [1.0, 0.5]
@@ -28,7 +28,7 @@ from typing import Any
 
 from autocompress.config import METHOD_KNOBS, LayerConfig
 from autocompress.errors import AutocompressError, SpaceError
-from autocompress.space.discover import LayerInfo
+from autocompress.space.discover import LAYER_TYPES, LayerInfo
 
 SPACE_VERSION = 1
 KNOBS = tuple(f.name for f in fields(LayerConfig))
@@ -52,7 +52,8 @@ class Rule:
     tie: bool = False
 
     def matches(self, layer: LayerInfo) -> bool:
-        """True when `layer` fits both the type and the name pattern (each optional)."""
+        """True when `layer` fits both the type and the name pattern (each optional); the type
+        is the torch class a layer derives from (`discover.layer_type`)."""
         if self.types is not None and layer.type not in self.types:
             return False
         return self.pattern is None or fnmatch.fnmatchcase(layer.name, self.pattern)
@@ -248,6 +249,13 @@ def _rule(data: Any, index: int, source: str) -> Rule:
         not isinstance(types, list) or not all(isinstance(t, str) for t in types)
     ):
         raise SpaceError(f"{where}.match.type: expected a class name or a list of them")
+    for name in types or ():
+        if name not in LAYER_TYPES:
+            raise SpaceError(
+                f"{where}.match.type: {name[:40]!r} is not a layer type; use one of "
+                f"{', '.join(LAYER_TYPES)} (a subclass, e.g. a Conv2d that pads in forward, "
+                "matches the torch class it derives from)"
+            )
     pattern = match.get("name")
     if pattern is not None and not isinstance(pattern, str):
         raise SpaceError(f"{where}.match.name: expected a string pattern, got {pattern!r}")

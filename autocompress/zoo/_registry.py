@@ -111,10 +111,10 @@ def load_model(name: str, *, task: Task | None = None) -> nn.Module:
 
 def _train_and_cache(entry: ZooEntry, task: Task | None) -> nn.Module:
     path = weights_path(entry.name, entry.version)
-    print(f"training {entry.name} once, cached at {path}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    if task is None:
+    if task is None:  # first: missing data is bad input, reported before anything is announced
         task = entry.task()
+    print(f"training {entry.name} once, cached at {path}", file=sys.stderr, flush=True)
     # A fixed seed for the initial weights too, without disturbing the caller's random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

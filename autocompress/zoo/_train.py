@@ -29,16 +29,24 @@ def fit_classifier(
 
     Args:
         model: trained in place, left in eval mode.
-        task: its `train` dataset is reshuffled with a fixed seed (the loader's own state is
-            not used, so results don't depend on how often it was iterated before).
+        task: its `train` dataset is reshuffled with a fixed seed (the loader's own order is
+            not used, so results don't depend on how often it was iterated before), in
+            batches of the loader's size, put together by its `collate_fn`; a batch input
+            that is a tuple is passed as positional arguments.
         epochs: passes over the training split.
         lr: peak learning rate.
-        augment: optional batch transform applied to inputs during training.
+        augment: optional batch transform applied to (tensor) inputs during training.
         label: shown on the progress bar.
     """
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
-    loader = DataLoader(task.train.dataset, batch_size=TRAIN_BATCH, shuffle=True, generator=gen)
+    loader = DataLoader(
+        task.train.dataset,
+        batch_size=task.train.batch_size or TRAIN_BATCH,
+        shuffle=True,
+        generator=gen,
+        collate_fn=task.train.collate_fn,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr, epochs=epochs, steps_per_epoch=len(loader)
@@ -54,7 +62,8 @@ def fit_classifier(
             for x, y in loader:
                 if augment is not None:
                     x = augment(x)
-                loss = F.cross_entropy(model(x), y)
+                out = model(*x) if isinstance(x, tuple | list) else model(x)
+                loss = F.cross_entropy(out, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -93,7 +93,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], *, max_tokens: int = MAX_TOKE
     return enc["input_ids"].long(), enc["attention_mask"].long()
 
 
-class _Texts(Dataset):
+class Texts(Dataset):
     """Tokenized texts with one target per text (a label, or a (teacher, label) pair)."""
 
     def __init__(self, ids: torch.Tensor, mask: torch.Tensor, targets: Sequence[Any]) -> None:
@@ -106,7 +106,7 @@ class _Texts(Dataset):
         return self.ids[i], self.mask[i], self.targets[i]
 
 
-def _collate(samples: list[tuple[torch.Tensor, torch.Tensor, Any]]) -> tuple[Any, Any]:
+def collate_texts(samples: list[tuple[torch.Tensor, torch.Tensor, Any]]) -> tuple[Any, Any]:
     """((ids, mask), target) with padding trimmed to the longest text of the batch."""
     ids = torch.stack([s[0] for s in samples])
     mask = torch.stack([s[1] for s in samples])
@@ -123,7 +123,8 @@ def _collate(samples: list[tuple[torch.Tensor, torch.Tensor, Any]]) -> tuple[Any
 def embed(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The model's embeddings of tokenized texts, in batches, padding trimmed per batch."""
     model.eval()
-    loader = DataLoader(_Texts(ids, mask, torch.zeros(len(ids))), EVAL_BATCH, collate_fn=_collate)
+    texts = Texts(ids, mask, torch.zeros(len(ids)))
+    loader = DataLoader(texts, EVAL_BATCH, collate_fn=collate_texts)
     return torch.cat([model(*x).float() for x, _ in loader]) if len(ids) else torch.empty(0)
 
 
@@ -177,8 +178,8 @@ def embedding_task(
     target = torch.tensor(list(labels), dtype=torch.long)
     teacher = _teacher_embeddings(model, ids, mask, val_idx + probe_idx, cache)
     val_emb, probe_emb = teacher[:val_size], teacher[val_size:]
-    val = _Texts(ids[val_idx], mask[val_idx], list(zip(val_emb, target[val_idx], strict=True)))
-    train = _Texts(ids[train_idx], mask[train_idx], target[train_idx])
+    val = Texts(ids[val_idx], mask[val_idx], list(zip(val_emb, target[val_idx], strict=True)))
+    train = Texts(ids[train_idx], mask[train_idx], target[train_idx])
     return Task(
         name=name,
         train=DataLoader(
@@ -186,9 +187,9 @@ def embedding_task(
             batch_size=TRAIN_BATCH,
             shuffle=True,
             generator=torch.Generator().manual_seed(SEED),
-            collate_fn=_collate,
+            collate_fn=collate_texts,
         ),
-        val=DataLoader(val, batch_size=EVAL_BATCH, collate_fn=_collate),
+        val=DataLoader(val, batch_size=EVAL_BATCH, collate_fn=collate_texts),
         example_input=(ids[val_idx[:1]].clone(), mask[val_idx[:1]].clone()),
         metric=cosine_fidelity,
         metric_name="cosine",

@@ -22,6 +22,7 @@ from autocompress.compress.quantize_real import (
     quantized_layers,
     realize,
 )
+from tests.conftest import SAME_PAD_LAYERS, make_same_pad_net
 
 
 class TinyCNN(nn.Module):
@@ -347,3 +348,16 @@ def test_static_int8_calibrates_on_batches_shorter_than_the_example() -> None:
     ]
     real = realize(model, {"proj": (8, 8)}, example, calibration, compile=False)
     assert float((real(*example) - model(*example)).abs().max()) < 0.1
+
+
+def test_realize_quantizes_subclassed_layers_that_pad_in_forward() -> None:
+    # The int8 quantizer matched the recorded class name exactly: every layer stayed fp32.
+    model = make_same_pad_net()
+    gen = torch.Generator().manual_seed(3)
+    calib = [(torch.randn(8, 1, 16, 16, generator=gen),) for _ in range(3)]
+    plan = {name: (8, 8) for name in SAME_PAD_LAYERS}
+    real = realize(model, plan, calib[0], calib, compile=False)
+    assert quantized_layers(real.graph_module) == dict.fromkeys(SAME_PAD_LAYERS, "static")
+    (x,) = calib[0]
+    with torch.no_grad():
+        assert _rel_err(real(x), model(x)) < 0.05

@@ -273,6 +273,14 @@ def test_cache_is_reused_and_a_corrupt_file_is_profiled_again(
     fresh, _ = predictor_for(model, task, target, **kwargs)
     assert "unreadable" in caplog.text
     assert Profile.from_json(path.read_text()) == fresh.profile
+    # A profile whose shapes leave layers out (as class-name matching left out subclassed
+    # convolutions) is not used: it is profiled again.
+    stale = json.loads(path.read_text())
+    stale["shapes"]["layers"] = stale["shapes"]["layers"][-1:]
+    path.write_text(json.dumps(stale))
+    redone, _ = predictor_for(model, task, target, **kwargs)
+    assert f"leaves out {len(layers) - 1} layer(s) of the model" in caplog.text
+    assert [x["name"] for x in redone.profile.shapes["layers"]] == [x.name for x in layers]
 
 
 def test_plans_keeping_an_lstm_whole_get_a_fit_of_their_own(

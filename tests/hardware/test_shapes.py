@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,11 +12,14 @@ from torch import nn
 
 from autocompress.compress.apply import apply, bake
 from autocompress.config import LayerConfig, Plan
+from autocompress.errors import AutocompressError
+from autocompress.hardware.geometry import build_layer, example_input
+from autocompress.hardware.lut import lut_grid
 from autocompress.hardware.profile import random_plans
 from autocompress.hardware.shapes import BF16, FP32, INT8, ModelShapes
 from autocompress.space.discover import discover
 from autocompress.space.spec import load_space
-from tests.conftest import LstmRows, make_tiny_resnet
+from tests.conftest import SAME_PAD_LAYERS, LstmRows, make_same_pad_net, make_tiny_resnet
 
 
 def _real_channels(model: nn.Module) -> list[tuple[int, int]]:
@@ -165,3 +169,68 @@ def test_an_lstm_is_one_kernel_whole_and_its_linears_per_step_unrolled() -> None
     assert shapes.keeps_recurrence(Plan(layers={"lstm": LayerConfig(keep_ratio=0.5)}))
     assert not shapes.keeps_recurrence(Plan(layers={"lstm": LayerConfig(rank_ratio=0.5)}))
     assert not shapes.keeps_recurrence(Plan(layers={"lstm": LayerConfig(weight_bits=16)}))
+
+
+@pytest.fixture(scope="module")
+def same_pad() -> tuple[nn.Module, tuple[torch.Tensor, ...], ModelShapes]:
+    model = make_same_pad_net()
+    inputs = (torch.randn(1, 1, 16, 16),)
+    return model, inputs, ModelShapes.from_model(model, inputs, discover(model, inputs))
+
+
+def _outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Size]:
+    modules = dict(model.named_modules())
+    found: dict[str, torch.Size] = {}
+    hooks = [
+        modules[name].register_forward_hook(
+            lambda m, a, out, name=name: found.__setitem__(name, out.shape)
+        )
+        for name in SAME_PAD_LAYERS
+    ]
+    with torch.no_grad():
+        model(*inputs)
+    for hook in hooks:
+        hook.remove()
+    return found
+
+
+def test_subclassed_layers_padding_in_forward_are_all_kernels(same_pad) -> None:
+    # Class names were matched before: these Conv2d/Linear subclasses were all left out.
+    model, inputs, shapes = same_pad
+    assert [layer.name for layer in shapes.layers] == SAME_PAD_LAYERS
+    assert [layer.geometry["type"] for layer in shapes.layers] == ["Conv2d"] * 4 + ["Linear"] * 2
+    assert shapes.missing(discover(model, inputs)) == []
+    # Each kernel rebuilt from its geometry computes the layer's real output: the padding the
+    # subclass adds in forward is in the input size (stem: 16 -> 17, one-sided).
+    real = _outputs(model, inputs)
+    by_name = {layer.name: layer for layer in shapes.layers}
+    assert by_name["stem.0"].geometry["in_size"] == [17, 17]
+    assert by_name["down.0"].geometry["in_size"] == [11, 11]
+    for layer in shapes.layers:
+        kernel = build_layer(layer.geometry, layer.in_features, layer.out_features)
+        out = kernel(example_input(layer.geometry, layer.in_features, 1))
+        assert out.shape == real[layer.name], layer.name
+        assert layer.out_size * layer.out_features == out[0].numel()
+
+
+def test_subclassed_layers_kernels_match_the_built_model(same_pad) -> None:
+    model, inputs, shapes = same_pad
+    knobs = load_space("cnn").knobs(discover(model, inputs))
+    grid = lut_grid(shapes, knobs, None)  # what the profile times: every kernel a plan runs
+    for plan in random_plans(knobs, 8, seed=0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # low_rank refuses the subclasses, as shapes know
+            built = bake(apply(model, plan, inputs))
+        kernels = shapes.kernels(plan)
+        assert [(k.cin, k.cout) for k in kernels] == _real_channels(built), plan
+        assert all(key in grid for key in {(k.geometry, k.compute) for k in kernels})
+
+
+def test_a_layer_the_latency_model_cannot_time_fails_loudly(same_pad) -> None:
+    model, inputs, shapes = same_pad
+    layers = discover(model, inputs)
+    odd = [*layers[:-1], replace(layers[-1], type="Conv3d")]
+    with pytest.raises(AutocompressError, match=r"no kernel for 1 layer.*fc \(Conv3d\)"):
+        ModelShapes.from_model(model, inputs, odd)
+    partial = ModelShapes.from_dict({**shapes.to_dict(), "layers": shapes.to_dict()["layers"][:4]})
+    assert partial.missing(layers) == ["hidden", "fc"]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from autocompress.space.discover import discover
-from tests.conftest import TINY_GROUPS, TinyResNet
+from tests.conftest import SAME_PAD_LAYERS, TINY_GROUPS, TinyResNet, make_same_pad_net
 
 
 def test_lists_every_conv_and_linear_in_module_order(
@@ -84,3 +84,15 @@ def test_leaves_the_model_mode_and_weights_alone(
     after = tiny_resnet.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_subclasses_of_the_torch_layers_are_discovered_as_what_they_are() -> None:
+    # Ported models subclass nn.Conv2d / nn.Linear (padding in forward): still layers.
+    model = make_same_pad_net()
+    layers = discover(model, (torch.randn(1, 1, 16, 16),))
+    assert [layer.name for layer in layers] == SAME_PAD_LAYERS
+    assert [layer.type for layer in layers] == ["Conv2d"] * 4 + ["Linear"] * 2
+    groups = {layer.name: layer.group for layer in layers}
+    # the depthwise conv is pruned with the stem that feeds it; the output layer is not pruned
+    assert groups["dw.0"] == groups["stem.0"] == "stem.0"
+    assert groups["fc"] is None and groups["down.0"] == "down.0"

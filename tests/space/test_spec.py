@@ -12,7 +12,7 @@ from autocompress.config import LayerConfig
 from autocompress.errors import SpaceError
 from autocompress.space.discover import LayerInfo, discover
 from autocompress.space.spec import Knob, load_space, packaged_spaces, parse_space
-from tests.conftest import TINY_GROUPS, TinyResNet
+from tests.conftest import SAME_PAD_LAYERS, TINY_GROUPS, TinyResNet, make_same_pad_net
 
 
 def _space(**overrides: Any) -> dict[str, Any]:
@@ -92,6 +92,11 @@ def test_default_space_resolves_on_the_tiny_resnet(tiny_layers: list[LayerInfo])
         (
             _space(rules=[{"match": {"type": 3}, "keep_ratio": [1.0]}]),
             r"rules\[0\]\.match\.type: expected a class name",
+        ),
+        (
+            _space(rules=[{"match": {"type": "SameConv2d"}, "keep_ratio": [1.0]}]),
+            r"rules\[0\]\.match\.type: 'SameConv2d' is not a layer type; use one of Conv1d, "
+            r"Conv2d, Linear, LSTM, Embedding \(a subclass",
         ),
         (
             _space(rules=[{"match": {"name": 3}, "keep_ratio": [1.0]}]),
@@ -311,3 +316,25 @@ def test_tie_must_be_a_boolean() -> None:
                 "rules": [{"match": {"type": "Linear"}, "tie": "yes", "rank_ratio": [1.0]}],
             }
         )
+
+
+def test_type_rules_match_subclasses_of_the_torch_layers() -> None:
+    model = make_same_pad_net()
+    layers = discover(model, (torch.randn(1, 1, 16, 16),))
+    space = parse_space(
+        _space(
+            defaults={"keep_ratio": [1.0, 0.5], "weight_bits": [32, 8]},
+            rules=[
+                {"match": {"type": "Conv2d"}, "weight_bits": [8]},
+                {"match": {"type": "Linear"}, "keep_ratio": [1.0]},
+            ],
+        )
+    )
+    choices = {layer.name: space.choices_for(layer) for layer in layers}
+    assert list(choices) == SAME_PAD_LAYERS
+    for name in SAME_PAD_LAYERS[:4]:  # every SameConv2d is a Conv2d to the rules
+        assert choices[name] == {"keep_ratio": (1.0, 0.5), "weight_bits": (8,)}, name
+    for name in SAME_PAD_LAYERS[4:]:  # every OwnLinear a Linear
+        assert choices[name] == {"keep_ratio": (1.0,), "weight_bits": (32, 8)}, name
+    knobs = {knob.param for knob in space.knobs(layers)}
+    assert {f"weight_bits:{name}" for name in SAME_PAD_LAYERS} <= knobs

@@ -37,6 +37,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 CLASSIFIERS = [name for name in ZOO.names() if not ZOO.get(name).pretrained]
 
 
+# Classifiers on text: a batch input is (token ids, attention mask), padded per batch.
+TEXT_CLASSIFIERS = {"minilm-sentiment": 2}
+
+
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_entry_contract(name: str) -> None:
     entry = ZOO.get(name)
@@ -45,17 +49,24 @@ def test_entry_contract(name: str) -> None:
     task = load_task(name)
     assert task.metric_name == "top1"
     x, y = next(iter(task.train))
-    assert x.shape[1:] == task.example_input.shape[1:] and y.dtype == torch.int64
+    classes = TEXT_CLASSIFIERS.get(name, 10)
+    if name in TEXT_CLASSIFIERS:
+        assert [t.shape[0] for t in x] == [len(y)] * 2 and all(t.dtype == torch.int64 for t in x)
+    else:
+        assert x.shape[1:] == task.example_input.shape[1:]
+    assert y.dtype == torch.int64 and int(y.min()) >= 0 and int(y.max()) < classes
     model = entry.build().eval()
     with torch.no_grad():
-        assert model(*task.inputs()).shape == (1, 10)
+        assert model(*task.inputs()).shape == (1, classes)
     x_val, y_val = next(iter(task.val))
-    few = [(x_val[:32], y_val[:32])]  # the metric only iterates its loader
+    x_few = tuple(t[:32] for t in x_val) if isinstance(x_val, tuple) else x_val[:32]
+    few = [(x_few, y_val[:32])]  # the metric only iterates its loader
     assert 0.0 <= task.metric(model, few) <= 1.0  # type: ignore[arg-type]
 
 
 def test_zoo_lists_the_digits_models() -> None:
     assert {"digits-cnn", "digits-resnet", "digits-lstm", "minilm"} <= set(ZOO.names())
+    assert {"effnet-fmnist", "minilm-sentiment"} <= set(ZOO.names())
 
 
 def test_split_is_disjoint_stratified_and_complete() -> None:
