@@ -85,7 +85,6 @@ class StudyFigures:
     latency_ms: float
     measured: bool
     on_front: bool
-    feasible: bool
 
     def notes(self, trial: int) -> list[str]:
         """What a user exporting this trial should know (nothing for a measured front candidate).
@@ -120,22 +119,14 @@ def study_figures(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Study
     Returns:
         The figures; latency measured where the search or its verify step measured it.
     """
-    from autocompress.optimize.pareto import candidate, pareto_front
+    from autocompress.optimize.pareto import measured_ms, pareto_front
 
-    front = {c["trial"]: c for c in pareto_front(study)}
-    row = front.get(trial.number)
-    if row is None:
-        row = candidate(
-            trial,
-            study.user_attrs.get("baseline") or {},
-            verified=study.user_attrs.get("verified") or {},
-            budget=study.user_attrs.get("budget") or {},
-        )
+    measured = measured_ms(trial, study.user_attrs.get("verified") or {})
+    on_front = any(c["trial"] == trial.number for c in pareto_front(study))
     return StudyFigures(
-        latency_ms=float(row["latency_ms"]),
-        measured=row["measured_ms"] is not None,
-        on_front=trial.number in front,
-        feasible=bool(row["feasible"]),
+        latency_ms=float(measured if measured is not None else trial.user_attrs["latency_ms"]),
+        measured=measured is not None,
+        on_front=on_front,
     )
 
 

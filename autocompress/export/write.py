@@ -167,13 +167,13 @@ def export(
         raise UserInputError(f"--train-threads must be at least 1, got {train_threads}")
     the_study = load_study(study, storage)
     chosen = select_trial(the_study, trial=trial, pick=pick)
-    figures = study_figures(the_study, chosen)
     identity = the_study.user_attrs.get("identity") or {}
     threads = int(identity.get("threads", 1))
     target = resolve_target(identity.get("target", "cpu"), threads=threads)
     out_path = Path(out)
     work = _prepare_out(out_path)
     try:
+        figures = study_figures(the_study, chosen)
         built = rebuild(the_study, chosen, model=model, task=task, train_threads=train_threads)
         program_path = work / PROGRAM_FILE
         # The same program, written the same way, as the trial counted for its size_bytes.
