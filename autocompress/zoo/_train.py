@@ -8,12 +8,34 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from autocompress.task import Task
 
 SEED = 0
 TRAIN_BATCH = 64
+
+
+def train_loader(
+    dataset: Dataset, *, batch_size: int = TRAIN_BATCH, collate_fn: Callable | None = None
+) -> DataLoader:
+    """A zoo task's training loader: shuffled in the same seeded order on every run.
+
+    Args:
+        dataset: the training split.
+        batch_size: samples per batch.
+        collate_fn: how samples become a batch; None for torch's default.
+
+    Returns:
+        The loader.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(SEED),
+        collate_fn=collate_fn,
+    )
 
 
 def fit_classifier(

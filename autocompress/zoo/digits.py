@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from autocompress.evaluate.metrics import top1
 from autocompress.task import Task
 from autocompress.zoo._registry import ZooEntry, register
-from autocompress.zoo._train import SEED, TRAIN_BATCH, fit_classifier
+from autocompress.zoo._train import SEED, fit_classifier, train_loader
 
 VAL_FRACTION = 0.3
 VAL_BATCH = 256
@@ -83,12 +83,7 @@ def _digits_32x32() -> Split:
 
 def _make_task(name: str, split: Split) -> Task:
     x_tr, y_tr, x_va, y_va = split
-    train = DataLoader(
-        TensorDataset(x_tr, y_tr),
-        batch_size=TRAIN_BATCH,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(SEED),
-    )
+    train = train_loader(TensorDataset(x_tr, y_tr))
     val = DataLoader(TensorDataset(x_va, y_va), batch_size=VAL_BATCH, shuffle=False)
     return Task(
         name=name,

@@ -28,7 +28,7 @@ from autocompress.errors import UserInputError
 from autocompress.evaluate.metrics import top1
 from autocompress.task import Task
 from autocompress.zoo._registry import ZooEntry, register
-from autocompress.zoo._train import SEED, TRAIN_BATCH, fit_classifier
+from autocompress.zoo._train import SEED, TRAIN_BATCH, fit_classifier, train_loader
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
@@ -185,12 +185,7 @@ def fashion_task(
         val = Subset(test, balanced_subset(data["test_labels"], val_images).tolist())
     return Task(
         name="fashion-mnist",
-        train=DataLoader(
-            train,
-            batch_size=TRAIN_BATCH,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(SEED),
-        ),
+        train=train_loader(train),
         val=DataLoader(val, batch_size=VAL_BATCH, shuffle=False),
         example_input=test[0][0][None].clone(),
         metric=top1,

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from autocompress.evaluate.metrics import top1
 from autocompress.task import Task
 from autocompress.zoo._registry import ZooEntry, register
-from autocompress.zoo._train import SEED, TRAIN_BATCH, fit_classifier
+from autocompress.zoo._train import fit_classifier, train_loader
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,12 +44,7 @@ def mnist1d_task() -> Task:
         A task whose batches are ``(x, y)`` with x of shape (B, 1, 40).
     """
     x_tr, y_tr, x_va, y_va = _mnist1d()
-    train = DataLoader(
-        TensorDataset(x_tr, y_tr),
-        batch_size=TRAIN_BATCH,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(SEED),
-    )
+    train = train_loader(TensorDataset(x_tr, y_tr))
     return Task(
         name="mnist1d",
         train=train,

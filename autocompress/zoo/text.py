@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from autocompress.evaluate.embedding import ProbeAccuracy, cosine_distillation_loss, cosine_fidelity
 from autocompress.task import Task
 from autocompress.zoo._cache import write_atomic
+from autocompress.zoo._train import train_loader
 
 MAX_TOKENS = 128
 TRAIN_BATCH = 16
@@ -182,13 +183,7 @@ def embedding_task(
     train = Texts(ids[train_idx], mask[train_idx], target[train_idx])
     return Task(
         name=name,
-        train=DataLoader(
-            train,
-            batch_size=TRAIN_BATCH,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(SEED),
-            collate_fn=collate_texts,
-        ),
+        train=train_loader(train, batch_size=TRAIN_BATCH, collate_fn=collate_texts),
         val=DataLoader(val, batch_size=EVAL_BATCH, collate_fn=collate_texts),
         example_input=(ids[val_idx[:1]].clone(), mask[val_idx[:1]].clone()),
         metric=cosine_fidelity,
