@@ -40,7 +40,7 @@ class AttentionShape:
     tokens: int
 
     def geometry_json(self) -> str:
-        """Its kernels' geometry (see `shapes.Kernel.geometry`)."""
+        """Its kernels' geometry (see `kernel.Kernel.geometry`)."""
         return json.dumps(attention_geometry(self.tokens, self.head_size), sort_keys=True)
 
 

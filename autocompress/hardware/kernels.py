@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from autocompress.hardware.geometry import build_layer, example_input
-from autocompress.hardware.shapes import BF16, FP32, INT8
+from autocompress.hardware.kernel import BF16, FP32, INT8
 
 # Any fixed scales do: kernel time does not depend on the values quantized.
 _X_SCALE, _X_ZERO = 0.05, 128
@@ -76,7 +76,7 @@ def timed_kernel(
     """A layer of this geometry running in `compute`, and an input to time it on.
 
     Args:
-        geometry: the layer's geometry (see `shapes.Kernel.geometry`), as a dict.
+        geometry: the layer's geometry (see `kernel.Kernel.geometry`), as a dict.
         cin: input channels.
         cout: output channels.
         compute: FP32 (eager float), BF16 (bfloat16 weights and input) or INT8 (oneDNN

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from autocompress.config import LayerConfig
+from autocompress.hardware.kernel import FP32, Kernel, LayerShape
 from autocompress.hardware.kernels import timed_kernel
-from autocompress.hardware.shapes import FP32, Kernel, LayerShape, ModelShapes
+from autocompress.hardware.shapes import ModelShapes
 from autocompress.hardware.targets import Target
 from autocompress.space.spec import Knob
 

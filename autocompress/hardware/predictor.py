@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 
 from autocompress.config import Plan
+from autocompress.hardware.kernel import BF16, FP32, INT8, Kernel
 from autocompress.hardware.profile import Profile
-from autocompress.hardware.shapes import BF16, FP32, INT8, Kernel, ModelShapes
+from autocompress.hardware.shapes import ModelShapes
 
 EAGER, COMPILED = "eager", "compiled"
 # Calibration plans of a regime that keep an LSTM whole needed for them to get a fit of their

@@ -11,10 +11,11 @@ import torch
 from autocompress.compress.apply import apply
 from autocompress.config import Plan
 from autocompress.hardware.geometry import build_layer, example_input
+from autocompress.hardware.kernel import FP32, INT8
 from autocompress.hardware.lut import lut_grid, measure_lut
 from autocompress.hardware.predictor import LatencyPredictor
 from autocompress.hardware.profile import Profile, random_plans
-from autocompress.hardware.shapes import FP32, INT8, ModelShapes
+from autocompress.hardware.shapes import ModelShapes
 from autocompress.hardware.targets import CpuTarget
 from autocompress.space.discover import discover
 from autocompress.space.spec import load_space

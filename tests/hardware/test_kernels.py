@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from autocompress.hardware.geometry import build_layer
+from autocompress.hardware.kernel import BF16, FP32, INT8
 from autocompress.hardware.kernels import timed_kernel
-from autocompress.hardware.shapes import BF16, FP32, INT8
 
 CONV = {
     "type": "Conv2d",

@@ -21,6 +21,7 @@ from autocompress.compress.apply import apply
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.metrics import top1
 from autocompress.hardware import predictor as predictor_module
+from autocompress.hardware.kernel import BF16, FP32, INT8
 from autocompress.hardware.lut import lut_grid, measure_lut
 from autocompress.hardware.predictor import LatencyPredictor, _Table
 from autocompress.hardware.profile import (
@@ -30,7 +31,7 @@ from autocompress.hardware.profile import (
     profile_model,
 )
 from autocompress.hardware.profiles import PredictorCheck, check_predictor, predictor_for
-from autocompress.hardware.shapes import BF16, FP32, INT8, ModelShapes
+from autocompress.hardware.shapes import ModelShapes
 from autocompress.hardware.targets import CpuTarget
 from autocompress.space.discover import discover
 from autocompress.space.sample import plan_from_trial

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from autocompress.compress.apply import apply
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.metrics import top1
+from autocompress.hardware.kernel import FP32
 from autocompress.hardware.lut import measure_lut
 from autocompress.hardware.profile import measure_candidate
-from autocompress.hardware.shapes import FP32
 from autocompress.hardware.targets import CpuTarget, Reference
 from autocompress.hardware.timing import Measurement
 from autocompress.task import Task

@@ -9,8 +9,9 @@ from torch import nn
 
 from autocompress.compress.apply import apply, bake
 from autocompress.config import LayerConfig, Plan
+from autocompress.hardware.kernel import FP32, INT8
 from autocompress.hardware.runtimes.onnx_graph import layer_nodes, to_onnx
-from autocompress.hardware.shapes import FP32, INT8, ModelShapes
+from autocompress.hardware.shapes import ModelShapes
 from autocompress.hardware.targets import TARGETS, resolve_target
 from autocompress.space.discover import discover
 from tests.conftest import make_tiny_resnet
