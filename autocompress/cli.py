@@ -148,6 +148,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         for c in front
         if c["verify_error"]
     ]
+    failures += [_not_applied_line(c) for c in front if c["not_applied"]]
     if args.json:  # stdout stays the candidate list; failures go to stderr
         print(json.dumps(front, indent=2))
         for line in failures:
@@ -163,6 +164,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
     for line in failures:
         print(line)
     return 0
+
+
+def _not_applied_line(c: dict) -> str:
+    """One line on what a front candidate's plan could not apply (those layers stayed as is)."""
+    notes = c["not_applied"]
+    more = f" (and {len(notes) - 1} more)" if len(notes) > 1 else ""
+    return f"#{c['trial']} applied its plan except: {notes[0]}{more}"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -38,3 +38,9 @@ class PlanError(UserInputError):
 
 class StudyError(UserInputError):
     """A study that does not exist, or that belongs to another model or task."""
+
+
+class PlanWarning(UserWarning):
+    """Part of a plan that a layer could not take (a rank that saves no weights, a 2:4 pattern
+    on an input width that is not a multiple of 4): the layer stays as it was. A search
+    records these on the trial instead of printing them."""

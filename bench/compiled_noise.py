@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     task = load_task(args.model)
     dense = load_model(args.model, task=task).eval()
-    knobs = load_space("default").knobs(discover(dense, task.inputs()))
+    knobs = load_space("default").knobs(discover(dense, task.inputs()), model=dense)
     target = resolve_target("cpu", threads=1)
     inputs = batch_inputs(task, 1)
     drawn = random_plans(knobs, 60, seed=args.seed)

@@ -69,7 +69,7 @@ def record(model: str, plans: int) -> dict[str, Any]:
     dense = load_model(model, task=task).eval()
     space = load_space("default")
     layers = discover(dense, task.inputs())
-    knobs = space.knobs(layers)
+    knobs = space.knobs(layers, model=dense)
     predictor, _ = predictor_for(
         dense, task, resolve_target("cpu", threads=1), model=model, layers=layers, knobs=knobs,
         round_to=space.round_to, inputs=batch_inputs(task, 1), show_progress=False,

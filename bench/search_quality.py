@@ -137,7 +137,7 @@ def _knobs(model: str, methods: Sequence[str] | None = None):
     dense = load_model(model, task=task).eval()
     space = load_space("default")
     layers = discover(dense, task.inputs())
-    return dense, task, layers, space, space.knobs(layers, methods=methods)
+    return dense, task, layers, space, space.knobs(layers, methods=methods, model=dense)
 
 
 def predictor(model: str, methods: Sequence[str] | None = None):

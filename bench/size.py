@@ -78,7 +78,7 @@ def measure(name: str, plans: int, steps: int, seed: int, out: Path) -> dict[str
     dense, task = load_model(name).eval(), load_task(name)
     inputs = batch_inputs(task, 1)
     layers = discover(dense, task.inputs())
-    knobs = {space: load_space(space).knobs(layers) for space in SPACES}
+    knobs = {space: load_space(space).knobs(layers, model=dense) for space in SPACES}
     ctx = SearchContext(
         dense=dense,
         task=task,

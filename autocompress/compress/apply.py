@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from autocompress.compress.prune import prune_channels
 from autocompress.config import Plan
+from autocompress.errors import PlanWarning
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -101,3 +104,28 @@ def deploy(
     if not bits:
         return plain
     return realize(plain, bits, _as_tuple(example_input), calibration, compile=compile)
+
+
+@contextlib.contextmanager
+def plan_notes() -> Iterator[list[str]]:
+    """Collect what a plan could not apply, instead of printing it.
+
+    Each `PlanWarning` raised inside the block (a layer kept as it was: a 2:4 pattern on a
+    width that pruning left odd, a layer with no int8 pattern) goes into the yielded list,
+    once per message, in the order raised, when the block ends; every other warning is shown
+    as usual.
+
+    Yields:
+        The list the messages are added to.
+    """
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PlanWarning)
+        try:
+            yield notes
+        finally:
+            planned = [r for r in caught if issubclass(r.category, PlanWarning)]
+            notes.extend(dict.fromkeys(str(r.message) for r in planned))
+    for record in caught:
+        if not issubclass(record.category, PlanWarning):
+            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from autocompress.compress._swap import swap_module
+from autocompress.errors import PlanWarning
 
 ConvSVD = Literal["spatial", "channel"]
 
@@ -219,7 +220,9 @@ def factorize(
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            warnings.warn(f"not factorizing {name!r}: the model has no such layer", stacklevel=2)
+            warnings.warn(
+                f"not factorizing {name!r}: the model has no such layer", PlanWarning, stacklevel=2
+            )
             continue
         weight = getattr(module, "weight", None)
         reason = unsupported_reason(module, ratio, conv_svd=conv_svd)
@@ -227,7 +230,7 @@ def factorize(
             reason = "its weight is shared with another layer (tied)"
         replacement = None if reason else low_rank(module, ratio, conv_svd=conv_svd)
         if replacement is None:
-            warnings.warn(f"not factorizing {name!r}: {reason}", stacklevel=2)
+            warnings.warn(f"not factorizing {name!r}: {reason}", PlanWarning, stacklevel=2)
             continue
         swap_module(model, name, replacement)
         done.append(name)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from autocompress.compress._swap import QUANTIZABLE, leaves, swap_module
+from autocompress.errors import PlanWarning
 
 #: (weight_bits, act_bits) pairs a plan may give a layer; 16 means bfloat16.
 VALID_BITS = frozenset({(32, 32), (16, 32), (8, 8), (8, 32), (4, 32)})
@@ -215,7 +216,7 @@ def planned_leaves(
     for name, pair in bits.items():
         problem = check_bits(pair) or _leaf_problem(model, name)
         if problem is not None:
-            warnings.warn(f"layer {name!r} not {action}: {problem}", stacklevel=3)
+            warnings.warn(f"layer {name!r} not {action}: {problem}", PlanWarning, stacklevel=3)
             continue
         pair = (int(pair[0]), int(pair[1]))
         for leaf_name, leaf in leaves(model, name, QUANTIZABLE):
@@ -223,6 +224,7 @@ def planned_leaves(
                 warnings.warn(
                     f"layer {name!r} not {action}: an embedding's input is token ids, so "
                     "act_bits must be 32",
+                    PlanWarning,
                     stacklevel=3,
                 )
                 continue

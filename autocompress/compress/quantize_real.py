@@ -40,6 +40,8 @@ from autocompress.compress.quantize import (
     quantize_weight,
     strip_fake_quant,
 )
+from autocompress.errors import PlanWarning
+from autocompress.quiet import import_torchao
 from autocompress.task import fit_to_shapes
 
 _ATEN = torch.ops.aten
@@ -155,6 +157,7 @@ def realize(
             warnings.warn(
                 f"layer {name!r} stays fp32: static int8 Conv1d is miscompiled by this torch; "
                 "its int8 weights count as size only",
+                PlanWarning,
                 stacklevel=3,
             )
             with torch.no_grad():
@@ -184,7 +187,9 @@ def realize(
         if done.get(name) == kind:
             layers[name] = f"int8 {kind}"
         else:
-            warnings.warn(f"layer {name!r} stays fp32: no {kind} int8 pattern", stacklevel=2)
+            warnings.warn(
+                f"layer {name!r} stays fp32: no {kind} int8 pattern", PlanWarning, stacklevel=2
+            )
             layers[name] = "fp32 (not quantized)"
     realized = RealizedModel(graph, layers, compiled=compile)
     realized(*example_inputs)
@@ -334,6 +339,7 @@ def _quantize(
     example_inputs: tuple[Tensor, ...],
 ) -> nn.Module:
     """Annotate, calibrate and convert the planned layers of an exported graph (PT2E)."""
+    import_torchao()
     from torchao.quantization.pt2e import quantize_pt2e
 
     with warnings.catch_warnings():
@@ -378,6 +384,7 @@ def _plan_quantizer(static: set[str], dynamic: set[str]) -> Any:
     batch 32 than the global recipe. This applies the global recipe, restricted by a filter to
     patterns whose Conv/Linear is planned (pooling/flatten/cat still carry int8 between them).
     """
+    import_torchao()
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     def config(is_dynamic: bool) -> Any:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from autocompress.compress._swap import leaves
+from autocompress.errors import PlanWarning
 from autocompress.hardware.timing import measure_latency
 
 PATTERNS = ("unstructured", "2:4")
@@ -35,6 +36,28 @@ def _parse_n_m(pattern: str) -> tuple[int, int] | None:
     raise ValueError(
         f'unknown sparsity pattern {pattern!r}: use "unstructured" or "n:m" like "2:4"'
     )
+
+
+def pattern_refusal(weight: Tensor, pattern: str) -> str | None:
+    """Why an n:m `pattern` cannot mask `weight`, in words; None when it can (or is unstructured).
+
+    Args:
+        weight: a Conv/Linear weight; n:m groups run along its input dimension.
+        pattern: "unstructured" or "n:m".
+
+    Returns:
+        A short reason, or None.
+    """
+    n_m = _parse_n_m(pattern)
+    if n_m is None:
+        return None
+    reduced = weight[0].numel() if weight.dim() > 1 else weight.numel()
+    if reduced % n_m[1]:
+        return (
+            f"pattern {pattern} needs the input dimension to be a multiple of {n_m[1]}, "
+            f"got {reduced}"
+        )
+    return None
 
 
 def magnitude_mask(
@@ -75,13 +98,11 @@ def magnitude_mask(
             f"{name}: pattern {pattern} zeroes exactly {1 - n / m:g} of the weights, "
             f"got sparsity {sparsity}"
         )
+    refused = pattern_refusal(weight, pattern)
+    if refused is not None:
+        raise ValueError(f"{name}: {refused}")
     rows = weight.shape[0] if weight.dim() > 1 else 1
     reduced = weight.numel() // rows
-    if reduced % m:
-        raise ValueError(
-            f"{name}: pattern {pattern} needs the input dimension to be a multiple of {m}, "
-            f"got {reduced}"
-        )
     groups = magnitude.reshape(rows, reduced // m, m)
     top = torch.topk(groups, n, dim=-1).indices
     keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, top, True)
@@ -135,7 +156,7 @@ def sparsify(model: nn.Module, settings: Mapping[str, tuple[float, str]]) -> lis
             ]
         except (AttributeError, ValueError) as error:
             reason = f"no such layer ({error})" if isinstance(error, AttributeError) else error
-            warnings.warn(f"sparsity not applied to {name!r}: {reason}", stacklevel=2)
+            warnings.warn(f"sparsity not applied to {name!r}: {reason}", PlanWarning, stacklevel=2)
             continue
         for layer, mask in masks:
             existing = _existing_mask(layer)

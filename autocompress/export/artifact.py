@@ -25,7 +25,6 @@ payloads, custom or opaque objects, example inputs): an artifact is data, never 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import os
@@ -40,6 +39,7 @@ from torch import nn
 
 from autocompress.config import Plan
 from autocompress.errors import AutocompressError
+from autocompress.quiet import copy_graph, import_torchao
 
 PROGRAM_FILE = "model.pt2"
 
@@ -66,7 +66,7 @@ def export_program(
     Returns:
         The exported program.
     """
-    module = copy.deepcopy(module)
+    module = copy_graph(module)
     for sub in module.modules():
         if isinstance(sub, nn.modules.batchnorm._BatchNorm):
             sub.num_batches_tracked = None  # counts training steps; inference never reads it
@@ -244,7 +244,7 @@ def load_program(path: Path) -> torch.export.ExportedProgram:
     """
     check_archive(path)
     with contextlib.suppress(ImportError):  # registers the ops an int8 program calls
-        import torchao.quantization.pt2e  # noqa: F401
+        import_torchao()
     try:
         return torch.export.load(path)
     except Exception as exc:  # a damaged or foreign archive: say which file and why

@@ -15,11 +15,12 @@ export go through the same function.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
+
+from autocompress.quiet import copy_graph
 
 
 def liftable(graph_module: nn.Module) -> bool:
@@ -58,7 +59,7 @@ def lift_program(graph_module: torch.fx.GraphModule) -> torch.export.ExportedPro
         TensorArgument,
     )
 
-    gm = copy.deepcopy(graph_module)
+    gm = copy_graph(graph_module)
     graph = gm.graph
     for node in [n for n in graph.nodes if n.op == "call_module" and n.target == "_guards_fn"]:
         graph.erase_node(node)

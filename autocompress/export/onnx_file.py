@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress.quiet import quiet_onnx_export
+
 ONNX_FILE = "model.onnx"
 MIN_TOP1_AGREEMENT = 0.99
 
@@ -64,7 +66,7 @@ def write_onnx(
     traced = tuple(torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t for t in example_inputs)
     dims = tuple({0: torch.export.Dim.DYNAMIC} if t.dim() else None for t in example_inputs)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_onnx_export():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module, traced, dynamo=True, external_data=False, dynamic_shapes=dims, verbose=False

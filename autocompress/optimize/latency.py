@@ -81,7 +81,7 @@ def profile(
     the_task = resolve_task(task, resolved)
     dense = resolved.model.eval()
     layers = discover(dense, the_task.inputs())
-    knobs = the_space.knobs(layers, methods=methods)
+    knobs = the_space.knobs(layers, methods=methods, model=dense)
     inputs = batch_inputs(the_task, batch_size)
     predictor, path = predictor_for(
         dense,

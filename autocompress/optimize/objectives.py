@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.compress.apply import apply, bake
+from autocompress.compress.apply import apply, bake, plan_notes
 from autocompress.compress.size import compressed_size_bytes
 from autocompress.config import Budget, Plan
 from autocompress.evaluate.finetune import TeacherOutputs, finetune
@@ -193,15 +193,20 @@ def evaluate_plan(
 
     Returns:
         Figures: accuracy, metrics (the task's extra figures, when it has any), latency_ms,
-        latency_ratio, predicted_ms or measured_ms, size_bytes (the bytes of the model.pt2 this
-        trial exports to) with size_source ("model.pt2", or "tensors" and a size_note where
-        that cannot be built), params, finetuned, finetune_s, and measurement (the raw timing
-        record) when measured. With a stopper, also rung_accuracy (the scores taken at
-        rungs); a stopped trial's figures instead hold its accuracy at the rung it stopped at,
-        stopped_at_step and stop_reason, its tensors' size, and no extra metrics.
+        latency_ratio, predicted_ms or measured_ms, not_applied (what the plan could not
+        apply, when there is something; `compress.apply.plan_notes`), size_bytes (the bytes
+        of the model.pt2 this trial exports to) with size_source ("model.pt2", or "tensors"
+        and a size_note where that cannot be built), params, finetuned, finetune_s, and
+        measurement (the raw timing record) when measured. With a stopper, also
+        rung_accuracy (the scores taken at rungs); a stopped trial's figures instead hold its
+        accuracy at the rung it stopped at, stopped_at_step and stop_reason, its tensors'
+        size, and no extra metrics.
     """
-    candidate = apply(ctx.dense, plan, ctx.task.inputs())
+    with plan_notes() as not_applied:
+        candidate = apply(ctx.dense, plan, ctx.task.inputs())
     figures: dict[str, Any] = {"params": param_count(candidate)}
+    if not_applied:
+        figures["not_applied"] = not_applied
     # Tensors only, no container: enough to tell a plan far over a size budget, not to record.
     size_estimate = compressed_size_bytes(bake(candidate), plan)
     if ctx.predictor is not None:

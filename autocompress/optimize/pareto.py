@@ -51,12 +51,27 @@ def measured_ms(trial: optuna.trial.FrozenTrial, verified: dict[str, Any]) -> fl
     return None
 
 
-def verify_error(trial: optuna.trial.FrozenTrial, verified: dict[str, Any]) -> str | None:
-    """Why the verify step could not build or time a trial's plan; None when it did (or not yet)."""
+def _verified(trial: optuna.trial.FrozenTrial, verified: dict[str, Any]) -> dict[str, Any]:
+    """The verify step's record of a trial (or of the trial whose plan it repeats); {} if none."""
     for number in (trial.number, trial.user_attrs.get("duplicate_of")):
         if number is not None and str(number) in verified:
-            return verified[str(number)].get("error")
-    return None
+            return verified[str(number)]
+    return {}
+
+
+def verify_error(trial: optuna.trial.FrozenTrial, verified: dict[str, Any]) -> str | None:
+    """Why the verify step could not build or time a trial's plan; None when it did (or not yet)."""
+    return _verified(trial, verified).get("error")
+
+
+def not_applied(trial: optuna.trial.FrozenTrial, verified: dict[str, Any]) -> list[str]:
+    """What a trial's plan could not apply (`compress.apply.plan_notes`): while it was built
+    for the fine-tune, then in its deployable build at the verify step."""
+    notes = [
+        *trial.user_attrs.get("not_applied", ()),
+        *_verified(trial, verified).get("not_applied", ()),
+    ]
+    return list(dict.fromkeys(notes))
 
 
 def candidate(
@@ -79,6 +94,7 @@ def candidate(
     Returns:
         The candidate; `latency_ms` is the measured latency where there is one, else predicted;
         `verify_error`: why the verify step could not build or time it (then infeasible);
+        `not_applied`: the parts of its plan that layers could not take (`not_applied`);
         `best_alternative` (label) and `best_alternative_ms`: the plain alternative it is
         compared with (`alternatives.best_alternative`), None when the study measured none.
     """
@@ -112,6 +128,7 @@ def candidate(
         "violations": violations,
         "finetuned": attrs.get("finetuned", True),
         "verify_error": error,
+        "not_applied": not_applied(trial, verified or {}),
         "plan": attrs["plan"],
         "best_alternative": None if best is None else best["label"],
         "best_alternative_ms": None if best is None else best["latency_ms"],
@@ -181,6 +198,7 @@ def baseline_row(study: optuna.Study) -> Candidate | None:
         "violations": {},
         "finetuned": False,
         "verify_error": None,
+        "not_applied": [],
         "plan": {"version": 1, "round_to": None, "layers": {}},
         "best_alternative": None,
         "best_alternative_ms": None,

@@ -187,7 +187,7 @@ def search(
     check_task_fits(resolved.name, resolved.model, the_task)
     dense = resolved.model.eval()
     layers = discover(dense, the_task.inputs())
-    knobs = the_space.knobs(layers, methods=methods)
+    knobs = the_space.knobs(layers, methods=methods, model=dense)
     if not knobs:
         raise UserInputError(
             f"search space {the_space.source} leaves nothing to search on {resolved.name}; "

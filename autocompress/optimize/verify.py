@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 
+from autocompress.compress.apply import plan_notes
 from autocompress.config import Plan
 from autocompress.hardware.profile import Bar, measure_plan
 from autocompress.optimize.objectives import SearchContext
@@ -62,9 +63,10 @@ def _unmeasured(study: optuna.Study) -> list[Candidate]:
 def _measure(c: Candidate, ctx: SearchContext) -> dict[str, Any]:
     """One candidate's verify figures, or the reason its plan could not be built or timed."""
     try:
-        ratio = measure_plan(
-            ctx.dense, Plan.from_dict(c["plan"]), ctx.task, ctx.target, ctx.latency_inputs
-        )
+        with plan_notes() as not_applied:
+            ratio = measure_plan(
+                ctx.dense, Plan.from_dict(c["plan"]), ctx.task, ctx.target, ctx.latency_inputs
+            )
     except Exception as exc:  # one broken build must not cost the user the whole front
         detail = (str(exc).splitlines() or [""])[0][:160]
         log.warning("verify: trial %d could not be built or timed: %s", c["trial"], detail)
@@ -73,8 +75,9 @@ def _measure(c: Candidate, ctx: SearchContext) -> dict[str, Any]:
             "error": f"{type(exc).__name__}: {detail}",
             "predicted_ms": c["predicted_ms"],
         }
-    return {
+    figures = {
         "measured_ms": ratio * ctx.baseline.latency_ms,
         "ratio": ratio,
         "predicted_ms": c["predicted_ms"],
     }
+    return figures | ({"not_applied": not_applied} if not_applied else {})

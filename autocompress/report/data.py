@@ -223,8 +223,8 @@ def _covers(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def _timeline(study: optuna.Study) -> list[dict[str, Any]]:
-    """Start offset and duration of every trial that started, in seconds, and why a trial
-    failed or was stopped early (PRUNED)."""
+    """Start offset and duration of every trial that started, in seconds, why a trial
+    failed or was stopped early (PRUNED), and what its plan could not apply."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
     if not trials:
         return []
@@ -242,6 +242,7 @@ def _timeline(study: optuna.Study) -> list[dict[str, Any]]:
                 "duration_s": None if end is None else (end - t.datetime_start).total_seconds(),
                 "fail_reason": t.user_attrs.get("fail_reason"),
                 "stop_reason": t.user_attrs.get("stop_reason"),
+                "not_applied": t.user_attrs.get("not_applied", []),
             }
         )
     return rows

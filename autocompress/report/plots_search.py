@@ -171,4 +171,6 @@ def _timeline_hover(row: Data) -> str:
         lines.append(escape(str(row["fail_reason"])[:300]))
     if row.get("stop_reason"):
         lines.append("stopped early: " + escape(str(row["stop_reason"])[:300]))
+    for note in row.get("not_applied", [])[:3]:
+        lines.append("not applied: " + escape(str(note)[:200]))
     return "<br>".join(lines)

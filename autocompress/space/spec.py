@@ -26,6 +26,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from autocompress.compress.fits import refusal
 from autocompress.config import METHOD_KNOBS, LayerConfig
 from autocompress.errors import AutocompressError, SpaceError
 from autocompress.space.discover import LAYER_TYPES, LayerInfo
@@ -85,8 +88,16 @@ class SearchSpace:
     round_to: int | None = None
     source: str = "<memory>"
 
-    def choices_for(self, layer: LayerInfo) -> dict[str, tuple[Any, ...]]:
-        """The knob choices of one layer after applying every matching rule."""
+    def choices_for(
+        self, layer: LayerInfo, module: nn.Module | None = None
+    ) -> dict[str, tuple[Any, ...]]:
+        """The knob choices of one layer after applying every matching rule.
+
+        Args:
+            layer: the layer.
+            module: the layer itself; when given, levels it cannot take are dropped
+                (`compress.fits.refusal`), leaving the identity where none is left.
+        """
         result = dict(self.defaults)
         for rule in self.rules:
             if rule.matches(layer):
@@ -94,10 +105,16 @@ class SearchSpace:
         only = TYPE_KNOBS.get(layer.type)
         if only is not None:
             result = {k: v for k, v in result.items() if k in only}
+        if module is not None:
+            result = {k: _fitting(module, k, v) for k, v in result.items()}
         return result
 
     def knobs(
-        self, layers: Sequence[LayerInfo], *, methods: Sequence[str] | None = None
+        self,
+        layers: Sequence[LayerInfo],
+        *,
+        methods: Sequence[str] | None = None,
+        model: nn.Module | None = None,
     ) -> list[Knob]:
         """Resolve the space on a model's layers into the decisions a sampler makes.
 
@@ -109,6 +126,9 @@ class SearchSpace:
         Args:
             layers: from `discover(model, inputs)`.
             methods: only the knobs of these methods (`METHOD_KNOBS` keys); None for all.
+            model: the dense model `layers` were found in; when given, each layer offers only
+                the levels it can take (no rank that saves no weights, no 2:4 on an input
+                width that is not a multiple of 4; `compress.fits`).
 
         Raises:
             SpaceError: a name rule matches no layer, a group's members share no choice, or
@@ -122,7 +142,10 @@ class SearchSpace:
                     f"{self.source}: rule with name {rule.pattern!r} matches no layer; "
                     f"layer names look like: {names}"
                 )
-        per_layer = {layer.name: self.choices_for(layer) for layer in layers}
+        modules = dict(model.named_modules()) if model is not None else {}
+        per_layer = {
+            layer.name: self.choices_for(layer, modules.get(layer.name)) for layer in layers
+        }
         knobs = []
         if "keep_ratio" in allowed:
             knobs += self._group_knobs(layers, per_layer)
@@ -189,6 +212,12 @@ def _tie(knobs: list[Knob], rule: Rule, index: int, layers: Mapping[str, LayerIn
             param, knob.setting, shared, (*first.layers, *knob.layers)
         )
     return merged
+
+
+def _fitting(module: nn.Module, setting: str, choices: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The choices `module` can take; the identity value when it can take none of them."""
+    kept = tuple(c for c in choices if refusal(module, setting, c) is None)
+    return kept or (getattr(LayerConfig(), setting),)
 
 
 def _decides(setting: str, choices: Sequence[Any]) -> bool:

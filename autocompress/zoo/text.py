@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from autocompress.evaluate.embedding import ProbeAccuracy, cosine_distillation_loss, cosine_fidelity
+from autocompress.quiet import quiet_torchao_import
 from autocompress.task import Task
 from autocompress.zoo._cache import write_atomic
 from autocompress.zoo._train import train_loader
@@ -69,7 +70,8 @@ def load_encoder(folder: str | Path) -> nn.Module:
 
     hf_logging.set_verbosity_error()  # its load report lists the dropped pooler as "unexpected"
     hf_logging.disable_progress_bar()
-    model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    with quiet_torchao_import():  # transformers imports torchao on its first model load
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None
     return model.eval()

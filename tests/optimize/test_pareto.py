@@ -115,6 +115,7 @@ def test_pareto_front_holds_exactly_the_non_dominated_feasible_trials() -> None:
         "violations": {},
         "finetuned": True,
         "verify_error": None,
+        "not_applied": [],
         "plan": _plan(0.5),
         "best_alternative": None,  # the study measured no plain alternatives
         "best_alternative_ms": None,
@@ -248,3 +249,20 @@ def test_a_candidate_measured_slower_no_longer_hides_the_trials_it_dominated_on_
     assert set(front) == {paper, hidden}
     assert front[paper]["latency_ms"] == 1.8 and front[paper]["feasible"]
     assert front[hidden]["measured_ms"] is None and front[hidden]["latency_ms"] == 1.2
+
+
+def test_a_candidate_lists_what_its_plan_could_not_apply_in_training_and_at_verify() -> None:
+    study = _study()
+    fine_tuned = "sparsity not applied to 'conv2': pattern 2:4 needs ... got 42"
+    built = "layer 'fc' stays fp32: no static int8 pattern"
+    noted = _tell(study, 0.9, 2.0, 1000, not_applied=[fine_tuned], predicted_ms=2.0)
+    clean = _tell(study, 0.8, 1.0, 800, predicted_ms=1.0)
+    study.set_user_attr(
+        "verified",
+        {
+            str(noted): {"measured_ms": 2.0, "not_applied": [fine_tuned, built]},
+            str(clean): {"measured_ms": 1.0},
+        },
+    )
+    notes = {c["trial"]: c["not_applied"] for c in pareto_front(study)}
+    assert notes == {noted: [fine_tuned, built], clean: []}

@@ -338,3 +338,44 @@ def test_type_rules_match_subclasses_of_the_torch_layers() -> None:
         assert choices[name] == {"keep_ratio": (1.0,), "weight_bits": (32, 8)}, name
     knobs = {knob.param for knob in space.knobs(layers)}
     assert {f"weight_bits:{name}" for name in SAME_PAD_LAYERS} <= knobs
+
+
+def test_with_the_model_a_layer_offers_only_the_levels_it_can_take(
+    tiny_resnet: TinyResNet, tiny_layers: list[LayerInfo]
+) -> None:
+    space = parse_space(
+        _space(
+            defaults={
+                "rank_ratio": [1.0, 0.5, 0.25],
+                "sparsity": [0.0, 0.5],
+                "sparsity_pattern": ["unstructured", "2:4"],
+            }
+        )
+    )
+    blind = {k.param: k.choices for k in space.knobs(tiny_layers, methods=["lowrank", "sparse"])}
+    fitted = {
+        k.param: k.choices
+        for k in space.knobs(tiny_layers, methods=["lowrank", "sparse"], model=tiny_resnet)
+    }
+    # The stem sees 1 input channel: 9 weights per output, no 2:4 groups; half the rank of
+    # a 16x16 3x3 conv keeps as many weights as it has, a quarter saves some.
+    assert blind["sparsity_pattern:stem.0"] == ("unstructured", "2:4")
+    assert "sparsity_pattern:stem.0" not in fitted
+    assert fitted["sparsity_pattern:layer1.conv1"] == ("unstructured", "2:4")
+    assert blind["rank_ratio:layer1.conv1"] == (1.0, 0.5, 0.25)
+    assert fitted["rank_ratio:layer1.conv1"] == (1.0, 0.25)
+    assert fitted["rank_ratio:fc"] == (1.0, 0.5, 0.25)  # Linear(32, 10): every rank saves
+    assert set(fitted) <= set(blind)
+
+
+def test_with_the_model_subclassed_layers_offer_no_rank() -> None:
+    model = make_same_pad_net()
+    layers = discover(model, (torch.randn(2, 1, 16, 16),))
+    space = parse_space(_space(defaults={"rank_ratio": [1.0, 0.5]}))
+    blind = {k.param for k in space.knobs(layers)}
+    assert blind >= {f"rank_ratio:{name}" for name in SAME_PAD_LAYERS}
+    # Every layer is a subclass (SameConv2d pads in forward, which a factorized pair would
+    # not): none is offered a rank.
+    assert not any(
+        p.startswith("rank_ratio:") for p in {k.param for k in space.knobs(layers, model=model)}
+    )

@@ -8,7 +8,6 @@ fused Conv after the BatchNorm, and a layer's nodes are found by their module na
 from __future__ import annotations
 
 import ast
-import logging
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from autocompress.quiet import quiet_onnx_export
 
 OPSET = 20
 # Nodes that hold a layer's weights; a layer's int8 or float choice is made on these.
@@ -54,12 +55,8 @@ def to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
     # A batch of 1 would let the exporter specialise the batch dimension to a constant.
     traced = tuple(torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t for t in inputs)
     dims = tuple({0: torch.export.Dim.DYNAMIC} if t.dim() else None for t in inputs)
-    # The exporter logs a warning per call for every torchvision op it cannot register.
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_onnx_export():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 folded,
@@ -71,7 +68,6 @@ def to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
                 verbose=False,
             )
     finally:
-        exporter_log.setLevel(level)
         module.train(was_training)
     assert program is not None
     return onnx.load_from_string(program.model_proto.SerializeToString())

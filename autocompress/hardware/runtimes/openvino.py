@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from autocompress.hardware.runtimes import RuntimeModel
+from autocompress.quiet import quiet_torchao_import
 from autocompress.task import fit_to_shapes
 
 
@@ -100,7 +101,8 @@ def quantize(
     Returns:
         The quantized `openvino.Model`.
     """
-    import nncf
+    with quiet_torchao_import():  # NNCF's torch backend imports torchao
+        import nncf
 
     nncf.set_log_level(logging.ERROR)
     shapes = [
