@@ -3,7 +3,8 @@
 The dense model in the target's runtime at fp32 and with the runtime's standard int8
 post-training quantization (and, on a runtime target, the dense model in PyTorch eager for
 scale). Each is timed interleaved with the dense reference on the target, as a ratio, so its
-milliseconds compare with the candidates' (ratio x the study's dense latency).
+milliseconds compare with the candidates' (ratio x the study's dense latency), and settled
+as the candidates are (`Target.measure_settled`: twice, a third time on a disagreement).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def measure_alternatives(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = build()
-            measurement = target.measure(model, inputs, reference=dense)
+            measurement = target.measure_settled(model, inputs, reference=dense)
             assert measurement.ratio is not None
             accuracy = float(task.metric(model, task.val))
         except Exception as exc:  # an alternative the runtime cannot build is reported, not fatal

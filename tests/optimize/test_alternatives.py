@@ -76,3 +76,22 @@ def test_the_eager_cpu_target_lists_onnxruntime_as_its_alternatives() -> None:
     )
     # ... and not the dense model in PyTorch eager: on this target that is the baseline itself
     assert list(builders) == ["dense, ONNX Runtime fp32", "dense, ONNX Runtime int8"]
+
+
+def test_alternatives_are_settled_like_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    dense, task = make_tiny_resnet(), _image_task()
+    target = resolve_target("cpu:onnxruntime")
+    target.rounds = 3
+    timed: list[object] = []
+    measure = target.measure
+
+    def counted(model: object, *args: object, **kwargs: object) -> object:
+        timed.append(model)
+        return measure(model, *args, **kwargs)
+
+    monkeypatch.setattr(target, "measure", counted)
+    rows = measure_alternatives(target, dense, task, task.inputs(), dense_ms=2.0)
+    # Each alternative timed at least twice (a third time when the two ratios disagree).
+    assert len(rows) == 3 and 6 <= len(timed) <= 9
+    assert all(timed.count(model) >= 2 for model in timed)
