@@ -227,6 +227,16 @@ def _parse_bytes(text: str) -> int:
     return value
 
 
+def _parse_drop(text: str) -> float:
+    value = _parse(text, {"%": 0.01}, "--max-drop", "1%")
+    if value >= 1.0:
+        raise BudgetError(
+            f"--max-drop must be below 100%, got {text!r} (every candidate would pass); "
+            "e.g. --max-drop 1%"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Budget:
     """What the deployment allows. Any field may be None (no limit).
@@ -255,7 +265,7 @@ class Budget:
             if latency is None
             else _parse(latency, _LATENCY_UNITS, "--budget", "50ms"),
             size_bytes=None if size is None else _parse_bytes(size),
-            max_drop=None if drop is None else _parse(drop, {"%": 0.01}, "--max-drop", "1%"),
+            max_drop=None if drop is None else _parse_drop(drop),
         )
 
     def to_dict(self) -> dict[str, float | int | None]:

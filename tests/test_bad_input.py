@@ -217,3 +217,38 @@ def test_a_runtime_target_that_is_not_installed_says_how_to_install_it(
     assert lines[0].startswith(f"autocompress: error: --target {target} needs {hidden}")
     assert install in lines[0]
     assert not (tmp_path / "x.db").exists()
+
+
+EMPTY_FOLDER_ROWS = [
+    (["search", *TINY, "--methods", "foo"], "unknown method 'foo' in --methods"),
+    (["search", *TINY, "--methods", ""], "--methods names no method"),
+    (["search", *TINY, "--space", "broken.yaml"], "broken.yaml: not valid YAML"),
+    (["search", *TINY, "--seed", "-1"], "--seed must be in 0 .. 4294967295, got -1"),
+    (["search", *TINY, "--seed", "4294967296"], "--seed must be in 0 .. 4294967295"),
+    (["search", *TINY, "--timeout", "-5"], "--timeout must be a positive number of seconds"),
+    (["search", *TINY, "--timeout", "nan"], "--timeout must be a positive number of seconds"),
+    (["search", *TINY, "--max-drop", "150%"], "--max-drop must be below 100%"),
+    (["search", *TINY, "--heartbeat", "-1"], "--heartbeat must be at least 1 second, got -1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"), EMPTY_FOLDER_ROWS, ids=[" ".join(r[0][5:])[:40] for r in EMPTY_FOLDER_ROWS]
+)
+def test_bad_search_input_in_an_empty_folder_creates_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    """Refused before a storage is opened: no `reports/autocompress.db` is left behind."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "broken.yaml").write_text(SPACES["broken.yaml"])
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("autocompress: error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yaml"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -167,9 +168,18 @@ def search(
         raise UserInputError(f"--train-threads must be at least 1, got {train_threads}")
     if latency not in ("predicted", "measured"):
         raise UserInputError(f"--latency must be predicted or measured, got {latency!r}")
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise UserInputError(f"--timeout must be a positive number of seconds, got {timeout_s}")
+    if not 0 <= seed < 2**32:
+        raise UserInputError(f"--seed must be in 0 .. {2**32 - 1}, got {seed}")
+    if heartbeat_s is not None and heartbeat_s < 1:
+        raise UserInputError(f"--heartbeat must be at least 1 second, got {heartbeat_s}")
     split_trials(trials, workers)  # validates --workers before anything is loaded
     if sampler not in ("nsga2", "tpe", "random"):
         make_sampler(sampler, seed=seed, population_size=2)  # raises the listing error
+    # Bad space files and methods fail before a storage (a new database) is opened.
+    the_space = space if isinstance(space, SearchSpace) else load_space(space)
+    settings_for_methods(methods)
     hw = resolve_target(target, threads=threads)
     study_name = study or f"{model_label(model)}-{hw.name}"
     storage_obj = resolve_storage(storage, heartbeat_s=heartbeat_s)
@@ -179,8 +189,6 @@ def search(
         "threads": threads,
         "batch_size": batch_size,
     }
-    the_space = space if isinstance(space, SearchSpace) else load_space(space)
-    settings_for_methods(methods)  # an unknown method fails before any model is loaded
     check_identity(study_name, storage_obj, identity)
     resolved = resolve_model(model)
     the_task = resolve_task(task, resolved)

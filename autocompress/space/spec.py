@@ -229,10 +229,15 @@ def settings_for_methods(methods: Sequence[str] | None) -> set[str]:
     """The LayerConfig settings the named methods own (all of them for None).
 
     Raises:
-        SpaceError: an unknown method name.
+        SpaceError: an unknown method name, or none at all (`--methods ''`).
     """
     if methods is None:
         return set(KNOBS)
+    if not any(m.strip() for m in methods):
+        raise SpaceError(
+            f"--methods names no method; give some of {','.join(METHOD_KNOBS)}, or leave it out "
+            "for all of them"
+        )
     unknown = sorted(set(methods) - set(METHOD_KNOBS))
     if unknown:
         raise SpaceError(
