@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from autocompress.config import DEFAULT_FINETUNE_STEPS
 from autocompress.errors import AutocompressError
@@ -249,8 +250,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line on stderr, exit code 2 (no usage block;
+    the line says where the usage is)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"autocompress: error: {message}; see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autocompress",
         description="Hardware-aware compression search for PyTorch models.",
         epilog=EPILOG,

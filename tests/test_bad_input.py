@@ -252,3 +252,24 @@ def test_bad_search_input_in_an_empty_folder_creates_nothing(
     assert err.startswith("autocompress: error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["search", "--trials", "x"], "argument --trials: invalid int value: 'x'; see "
+         "'autocompress search --help'"),
+        (["serch"], "invalid choice: 'serch'"),
+        (["show", "--study", "x", "--nope"], "unrecognized arguments: --nope"),
+        (["show"], "the following arguments are required: --study"),
+    ],
+)  # fmt: skip
+def test_option_parsing_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("autocompress: error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1, err

@@ -27,9 +27,9 @@ def split_trials(trials: int, workers: int) -> list[int]:
     """Trials per worker, summing to `trials`; a worker with none is not started."""
     if workers < 1:
         raise UserInputError(f"--workers must be at least 1, got {workers}")
-    base, extra = divmod(trials, workers)
-    shares = [base + (1 if i < extra else 0) for i in range(workers)]
-    return [s for s in shares if s > 0]
+    started = min(workers, trials)  # never a list as long as an absurd --workers
+    base, extra = divmod(trials, started)
+    return [base + (1 if i < extra else 0) for i in range(started)]
 
 
 def check_picklable(**values: Any) -> None:

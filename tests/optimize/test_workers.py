@@ -19,6 +19,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autocompress.optimize.workers import split_trials
+
 REPO = Path(__file__).resolve().parents[2]
 F = "tests.factories"
 POSTGRES = os.environ.get("AUTOCOMPRESS_TEST_POSTGRES")
@@ -209,3 +211,8 @@ def test_ctrl_c_records_the_trial_and_prints_the_resume_command(tmp_path: Path) 
     study = optuna.load_study(study_name=name, storage=storage)
     assert _states(study) == {"FAIL": 1, "WAITING": 2}  # two warm starts still queued
     assert study.trials[running.number].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+
+
+def test_split_trials_never_lists_more_workers_than_trials() -> None:
+    assert split_trials(7, 3) == [3, 2, 2]
+    assert split_trials(3, 100_000_000) == [1, 1, 1]  # instantly, not a 1 GB list
