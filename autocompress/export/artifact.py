@@ -33,6 +33,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -229,11 +230,25 @@ def check_archive(path: Path) -> None:
             if inner.endswith(".pt") and not inner.startswith("data/sample_inputs/"):
                 raise ArtifactError(f"{path}: refusing legacy pickled payload {name}")
             if inner.endswith("_config.json") and inner.startswith(("data/weights/", "data/const")):
-                config = json.loads(archive.read(name)).get("config", {})
-                for fqn, meta in config.items():
+                for fqn, meta in _entries(archive, name, path).items():
                     stored = str(meta.get("path_name", "")).startswith(("weight_", "tensor_"))
                     if meta.get("use_pickle") or not stored:
                         raise ArtifactError(f"{path}: refusing pickled entry {fqn!r} in {name}")
+
+
+def _entries(archive: zipfile.ZipFile, name: str, path: Path) -> dict[str, dict[str, Any]]:
+    """The tensor entries a weights/constants config of the archive lists, checked for shape.
+
+    Raises:
+        ArtifactError: the entry cannot be read, is not JSON, or is not {"config": {fqn: {}}}.
+    """
+    try:
+        config = json.loads(archive.read(name)).get("config", {})
+        if not isinstance(config, dict) or not all(isinstance(m, dict) for m in config.values()):
+            raise ValueError("expected {'config': {name: {...}}}")
+    except (OSError, zipfile.BadZipFile, ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: damaged archive entry {name} ({exc})") from None
+    return config
 
 
 def load_program(path: Path) -> torch.export.ExportedProgram:

@@ -60,7 +60,12 @@ def _prepare_out(out: Path) -> Path:
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        # mkdtemp makes it private (0700); the export folder it becomes is an ordinary one.
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
+        return staging
     except OSError as exc:
         raise UserInputError(
             f"cannot write under {parent} ({exc.strerror or exc}); choose a writable --out"

@@ -190,3 +190,20 @@ def test_load_refuses_a_plain_pickle(tmp_path: Path) -> None:
     assert not marker.exists()
     with pytest.raises(ArtifactError, match=r"no model\.pt2"):
         load(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b'{"config": ["a", "list"]}', b"\xff\xfe"])
+def test_load_names_a_damaged_archive_entry(
+    tmp_path: Path, tiny_input: torch.Tensor, damage: bytes
+) -> None:
+    path = tmp_path / "model.pt2"
+    save_program(export_program(make_tiny_resnet(), (tiny_input,)), path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {i.filename: archive.read(i.filename) for i in archive.infolist()}
+    config_name = next(n for n in entries if n.endswith("data/weights/model_weights_config.json"))
+    entries[config_name] = damage
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    with pytest.raises(ArtifactError, match=f"damaged archive entry {config_name}"):
+        load(path)

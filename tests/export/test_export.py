@@ -217,3 +217,18 @@ def test_pick_judges_latency_by_the_remeasured_figure_where_a_trial_has_one() ->
     assert select_trial(study, pick="fastest").number == slower
     assert select_trial(study, pick="most-accurate").number == slower
     assert select_trial(study, trial=unmeasured).number == unmeasured
+
+
+def test_the_export_folder_gets_the_mode_of_an_ordinary_folder(tmp_path: Path) -> None:
+    import os
+
+    from autocompress.export.write import _prepare_out
+
+    umask = os.umask(0o022)
+    try:
+        staging = _prepare_out(tmp_path / "deploy")
+    finally:
+        os.umask(umask)
+    # It is renamed to --out when complete: 0755 under umask 022, not mkdtemp's 0700.
+    assert staging.parent == tmp_path and staging.name.startswith(".deploy.")
+    assert staging.stat().st_mode & 0o777 == 0o755
