@@ -124,13 +124,13 @@ def _resume_command(args: argparse.Namespace) -> str:
 
     study = args.study or f"{model_label(args.model)}-{args.target}"
     words = ["autocompress", "search", "--model", args.model, "--study", study]
-    flags = ("task", "storage", "space", "methods", "budget", "max_size", "max_drop", "workers")
-    for flag in flags:
-        value = getattr(args, flag)
-        if value not in (None, 1, "default"):
-            words += [f"--{flag.replace('_', '-')}", str(value)]
-    if getattr(args, "early_stop", False):
-        words.append("--early-stop")
+    defaults = vars(_parser().parse_args(["search"]))
+    skip = {"command", "run", "model", "study", "trials", "timeout", "quiet"}
+    for flag, value in vars(args).items():
+        if flag in skip or value == defaults.get(flag):
+            continue
+        option = f"--{flag.replace('_', '-')}"
+        words += [option] if value is True else [option, str(value)]
     return shlex.join([*words, "--trials", "N"])
 
 

@@ -212,7 +212,10 @@ def rebuild(
     dense, the_task = resolve_study_model(study, model=model, task=task)
     identity = study.user_attrs.get("identity") or {}
     plan = Plan.from_dict(trial.user_attrs["plan"])
-    steps = int(study.user_attrs.get("finetune_steps", DEFAULT_FINETUNE_STEPS))
+    # The steps this trial was scored with (a study continued with another --finetune-steps
+    # holds trials of both); studies from before trials recorded it kept one study-wide value.
+    study_steps = study.user_attrs.get("finetune_steps", DEFAULT_FINETUNE_STEPS)
+    steps = int(trial.user_attrs.get("finetune_steps", study_steps))
     if not trial.user_attrs.get("finetuned", True):
         steps = 0  # the search judged it hopeless and only recalibrated BatchNorm
     batch_size = int(identity.get("batch_size", 1))

@@ -196,7 +196,8 @@ def evaluate_plan(
         latency_ratio, predicted_ms or measured_ms, not_applied (what the plan could not
         apply, when there is something; `compress.apply.plan_notes`), size_bytes (the bytes
         of the model.pt2 this trial exports to) with size_source ("model.pt2", or "tensors"
-        and a size_note where that cannot be built), params, finetuned, finetune_s, and
+        and a size_note where that cannot be built), params, finetuned, finetune_steps (the
+        distillation steps it was given), finetune_s, and
         measurement (the raw timing record) when measured. With a stopper, also
         rung_accuracy (the scores taken at rungs); a stopped trial's figures instead hold its
         accuracy at the rung it stopped at, stopped_at_step and stop_reason, its tensors'
@@ -230,6 +231,7 @@ def evaluate_plan(
         and figures["latency_ms"] > FAR_OVER_BUDGET * budget.latency_ms
     ) or (budget.size_bytes is not None and size_estimate > FAR_OVER_BUDGET * budget.size_bytes)
     steps = 0 if hopeless else ctx.finetune_steps
+    figures["finetune_steps"] = steps  # the recipe export replays for this trial
     scores: dict[str, float] = {}
     on_step = None
     if stopper is not None and steps > 0:

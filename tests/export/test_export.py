@@ -232,3 +232,33 @@ def test_the_export_folder_gets_the_mode_of_an_ordinary_folder(tmp_path: Path) -
     # It is renamed to --out when complete: 0755 under umask 022, not mkdtemp's 0700.
     assert staging.parent == tmp_path and staging.name.startswith(".deploy.")
     assert staging.stat().st_mode & 0o777 == 0o755
+
+
+def test_export_replays_the_recipe_each_trial_was_scored_with(
+    study: tuple[str, str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A study continued with another --finetune-steps holds trials of both recipes."""
+    import shutil
+
+    name, url, root = study
+    copy = root / "continued.db"
+    shutil.copy(url.removeprefix("sqlite:///"), copy)
+    continued = f"sqlite:///{copy}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        search(
+            "digits-cnn", trials=1, finetune_steps=0, budget=Budget(latency_ms=10.0),
+            study=name, storage=continued, train_threads=1, latency="measured",
+            methods=["prune"], show_progress=False, alternatives=False,
+        )  # fmt: skip
+    trials = load_study(name, continued).trials
+    assert [t.user_attrs.get("finetune_steps") for t in trials] == [5, 5, 5, 0]
+    out = root / "first-trial"
+    code, _, err = run_cli(
+        capsys, "export", "--study", name, "--storage", continued, "--trial", "0",
+        "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["finetune_steps"] == 5
+    assert abs(metrics["accuracy"] - trials[0].user_attrs["accuracy"]) <= 0.005
