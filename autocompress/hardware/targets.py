@@ -55,6 +55,28 @@ class Target(ABC):
     name: str
     threads: int
     runtime: str = "pytorch"
+    # The weight bit-widths this target can deploy a plan with; None: every one a plan takes.
+    weight_bits: frozenset[int] | None = None
+    why_not_bits: str = ""
+
+    def check_bits(self, offered: Iterable[int]) -> None:
+        """Refuse a search space that offers bit-widths this target cannot deploy.
+
+        Args:
+            offered: the weight bit-widths the space's knobs offer.
+
+        Raises:
+            UserInputError: naming the widths, why, and how to search without them.
+        """
+        if self.weight_bits is None:
+            return
+        refused = sorted(set(offered) - self.weight_bits, reverse=True)
+        if refused:
+            widths = ", ".join(str(b) for b in refused)
+            raise UserInputError(
+                f"--target {self.name} cannot deploy weight_bits {widths} ({self.why_not_bits}); "
+                "search with --methods prune,lowrank,sparse or a space without them"
+            )
 
     @abstractmethod
     def fingerprint(self) -> dict[str, str]:
@@ -331,6 +353,11 @@ class CudaTarget(Target):
     """
 
     name = "cuda"
+    # Never run on a GPU so far; int8 and bf16 plans deploy through oneDNN (CPU) kernels.
+    weight_bits = frozenset({32, 4})
+    why_not_bits = (
+        "its int8 and bf16 kernels are oneDNN's, CPU-only; this target is untested on a GPU"
+    )
 
     def __init__(self, *, threads: int = 1, rounds: int = 15) -> None:
         _check_threads(threads)

@@ -82,6 +82,7 @@ def profile(
     dense = resolved.model.eval()
     layers = discover(dense, the_task.inputs())
     knobs = the_space.knobs(layers, methods=methods, model=dense)
+    hw.check_bits({c for k in knobs if k.setting == "weight_bits" for c in k.choices})
     inputs = batch_inputs(the_task, batch_size)
     predictor, path = predictor_for(
         dense,

@@ -196,6 +196,7 @@ def search(
     dense = resolved.model.eval()
     layers = discover(dense, the_task.inputs())
     knobs = the_space.knobs(layers, methods=methods, model=dense)
+    hw.check_bits({c for k in knobs if k.setting == "weight_bits" for c in k.choices})
     if not knobs:
         raise UserInputError(
             f"search space {the_space.source} leaves nothing to search on {resolved.name}; "

@@ -195,3 +195,13 @@ def test_a_custom_clock_is_what_the_protocol_reads() -> None:
     m = measure_latency(lambda: 1, lambda: 2, rounds=3, warmup_s=0.0, clock=fixed)
     assert m.median_ms == pytest.approx(2.0) and m.ratio == pytest.approx(1.0)
     assert set(calls) == {1, 2}
+
+
+def test_the_cuda_target_refuses_bit_widths_it_cannot_deploy() -> None:
+    from autocompress.hardware.targets import CudaTarget
+
+    cuda = object.__new__(CudaTarget)  # its class's declaration; no GPU needed to read it
+    cuda.check_bits({32, 4})
+    with pytest.raises(UserInputError, match=r"--target cuda cannot deploy weight_bits 16, 8 \("):
+        cuda.check_bits({32, 16, 8, 4})
+    CpuTarget(threads=1).check_bits({32, 16, 8, 4})  # the CPU deploys every width
