@@ -229,11 +229,14 @@ EMPTY_FOLDER_ROWS = [
     (["search", *TINY, "--timeout", "nan"], "--timeout must be a positive number of seconds"),
     (["search", *TINY, "--max-drop", "150%"], "--max-drop must be below 100%"),
     (["search", *TINY, "--heartbeat", "-1"], "--heartbeat must be at least 1 second, got -1"),
+    (["show", "--study", "x"], "no study 'x' in sqlite:///reports/autocompress.db; the file does"),
+    (["show", "--study", "x", "--storage", "sqlite:///new/dir/x.db"], "the file does not exist"),
+    (["report", "--study", "x"], "no study 'x' in sqlite:///reports/autocompress.db"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"), EMPTY_FOLDER_ROWS, ids=[" ".join(r[0][5:])[:40] for r in EMPTY_FOLDER_ROWS]
+    ("argv", "message"), EMPTY_FOLDER_ROWS, ids=[" ".join(r[0])[:50] for r in EMPTY_FOLDER_ROWS]
 )
 def test_bad_search_input_in_an_empty_folder_creates_nothing(
     tmp_path: Path,
@@ -242,7 +245,8 @@ def test_bad_search_input_in_an_empty_folder_creates_nothing(
     argv: list[str],
     message: str,
 ) -> None:
-    """Refused before a storage is opened: no `reports/autocompress.db` is left behind."""
+    """Refused before a storage is opened or created: no `reports/autocompress.db` (nor any
+    folder) is left behind."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "broken.yaml").write_text(SPACES["broken.yaml"])
@@ -273,3 +277,35 @@ def test_option_parsing_errors_are_one_line(
     assert exit_.value.code == 2
     assert err.startswith("autocompress: error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_databases_autocompress_does_not_own_are_refused_and_left_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    other = tmp_path / "app.db"  # another application's database, with a `studies` table
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE studies (id INTEGER PRIMARY KEY, title TEXT)")
+    plain = f"sqlite:///{tmp_path / 'plain.db'}"  # a study made with plain Optuna
+    optuna.create_study(study_name="theirs", storage=plain).add_trial(
+        optuna.trial.create_trial(value=1.0)
+    )
+    cases = [
+        (["show", "--study", "s", "--storage", f"sqlite:///{other}"],
+         "is another application's database (tables: studies)"),
+        (["search", *TINY, "--study", "s", "--storage", f"sqlite:///{other}"],
+         "is another application's database"),
+        (["show", "--study", "theirs", "--storage", plain], "was not made by autocompress"),
+        (["report", "--study", "theirs", "--storage", plain], "was not made by autocompress"),
+        (["search", *TINY, "--study", "theirs", "--storage", plain],
+         "study 'theirs' was not made by autocompress"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        before = _snapshot(tmp_path)
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert _snapshot(tmp_path) == before, argv

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ def resolve_storage(
 
     url = url or DEFAULT_STORAGE
     if url.startswith("sqlite:///"):
+        _check_sqlite_file(url)
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():  # optuna 5 calls heartbeats "experimental"
@@ -51,6 +54,31 @@ def resolve_storage(
     if url.startswith("sqlite") and not read_only:
         serialize_sqlite_transactions(storage.engine)
     return storage
+
+
+def _check_sqlite_file(url: str) -> None:
+    """Refuse an existing SQLite database that is not Optuna's, before Optuna adds its tables.
+
+    A file SQLite cannot read is left to Optuna, whose error names it.
+
+    Raises:
+        UserInputError: the file holds tables and none of them is Optuna's `version_info`.
+    """
+    path = Path(url.removeprefix("sqlite:///")).expanduser()
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error:
+        return
+    tables = sorted(str(name) for (name,) in rows)
+    if tables and "version_info" not in tables:
+        listed = ", ".join(tables[:4]) + (", ..." if len(tables) > 4 else "")
+        raise UserInputError(
+            f"storage {url!r} is another application's database (tables: {listed}), not an "
+            "Optuna one; give --storage a new file or one autocompress wrote"
+        )
 
 
 def shown_url(url: str) -> str:
@@ -125,7 +153,18 @@ def check_identity(
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return
-    _check_same(name, study.user_attrs.get("identity") or {}, identity)
+    _check_ours(study)
+    _check_same(name, study.user_attrs["identity"], identity)
+
+
+def _check_ours(study: optuna.Study) -> None:
+    """Refuse a study autocompress did not make (plain Optuna, another tool): reading it would
+    fail on missing figures, and writing would mix our attributes into it."""
+    if "identity" not in study.user_attrs:
+        raise StudyError(
+            f"study {study.study_name!r} was not made by autocompress (it has no identity "
+            "record); choose another --study name"
+        )
 
 
 def _check_same(name: str, stored: dict[str, Any], identity: dict[str, Any]) -> None:
@@ -143,11 +182,21 @@ def load_study(name: str, storage_url: str | None) -> optuna.Study:
     Raises:
         StudyError: no such study; lists the studies the storage holds.
     """
-    storage = resolve_storage(storage_url, read_only=True)
+    url = storage_url or DEFAULT_STORAGE
+    if (
+        url.startswith("sqlite:///")
+        and not Path(url.removeprefix("sqlite:///")).expanduser().exists()
+    ):
+        # Reading never creates a database (nor its folders).
+        raise StudyError(
+            f"no study {name!r} in {shown_url(url)}; the file does not exist (run autocompress "
+            "search first, or give --storage)"
+        )
+    storage = resolve_storage(url, read_only=True)
     names = [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
     if name not in names:
         listing = ", ".join(names) if names else "none yet (run autocompress search first)"
-        raise StudyError(
-            f"no study {name!r} in {shown_url(storage_url or DEFAULT_STORAGE)}; studies: {listing}"
-        )
-    return optuna.load_study(study_name=name, storage=storage)
+        raise StudyError(f"no study {name!r} in {shown_url(url)}; studies: {listing}")
+    study = optuna.load_study(study_name=name, storage=storage)
+    _check_ours(study)
+    return study
