@@ -41,6 +41,11 @@ def _call_factory(spec: str, what: str) -> Any:
         raise UserInputError(f"{what} {spec!r}: {module_name} has no callable {attr!r}")
     try:
         return factory()
+    except SystemExit as exc:  # exiting inside a factory must not end the search silently
+        raise UserInputError(
+            f"{what} factory {spec!r} called sys.exit({exc.code!r}); it must return a "
+            f"{'torch.nn.Module' if what == 'model' else 'value'} instead"
+        ) from None
     except Exception as exc:  # a user's factory can fail in any way; say which and how
         raise UserInputError(f"{what} factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
 

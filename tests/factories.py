@@ -6,6 +6,7 @@ steps sleep so that a worker can be caught in the middle of a trial.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -69,6 +70,11 @@ def raises() -> nn.Module:
 
 def not_a_module() -> dict[str, int]:
     return {"weights": 1}
+
+
+def exits() -> nn.Module:
+    """A factory that ends the process instead of returning a model."""
+    sys.exit(0)
 
 
 def _data(n: int, seed: int, features: int = FEATURES) -> TensorDataset:

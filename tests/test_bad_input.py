@@ -232,7 +232,19 @@ EMPTY_FOLDER_ROWS = [
     (["show", "--study", "x"], "no study 'x' in sqlite:///reports/autocompress.db; the file does"),
     (["show", "--study", "x", "--storage", "sqlite:///new/dir/x.db"], "the file does not exist"),
     (["report", "--study", "x"], "no study 'x' in sqlite:///reports/autocompress.db"),
+    (["search", *TINY, "--storage", "sqlite:///broken.yaml/x.db"],
+     "cannot open storage 'sqlite:///broken.yaml/x.db': cannot create its folder"),
+    (["search", "--model", f"{F}:exits", "--task", f"{F}:tiny_task"],
+     f"model factory '{F}:exits' called sys.exit(0); it must return a torch.nn.Module"),
+    (["search", *TINY, "--space", "alias-bomb.yaml"], "alias-bomb.yaml: YAML aliases are not"),
+    (["search", *TINY, "--space", "latin1.yaml"], "latin1.yaml: not UTF-8 text"),
+    (["search", *TINY, "--space", "long-value.yaml"], "expected a non-empty list of choices, got"),
 ]  # fmt: skip
+
+# A few hundred bytes that expand to gigabytes through nested aliases.
+ALIAS_BOMB = "version: 1\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+)
 
 
 @pytest.mark.parametrize(
@@ -250,12 +262,18 @@ def test_bad_search_input_in_an_empty_folder_creates_nothing(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "broken.yaml").write_text(SPACES["broken.yaml"])
+    (tmp_path / "alias-bomb.yaml").write_text(ALIAS_BOMB)
+    (tmp_path / "latin1.yaml").write_bytes("version: 1\n# caf\xe9\n".encode("latin-1"))
+    (tmp_path / "long-value.yaml").write_text(
+        f"version: 1\ndefaults:\n  keep_ratio: {'x' * 5000}\n"
+    )
+    files = sorted(p.name for p in tmp_path.iterdir())
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("autocompress: error: ") and message in err, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yaml"]
+    assert len(err.strip().splitlines()) == 1 and len(err) < 400, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,13 @@ from autocompress.optimize.objectives import (
 from autocompress.optimize.pareto import Candidate, baseline_row, pareto_front
 from autocompress.optimize.pareto import alternatives as alternatives_of
 from autocompress.optimize.reach import reachability_notes
-from autocompress.optimize.study import check_identity, make_sampler, open_study, resolve_storage
+from autocompress.optimize.study import (
+    check_identity,
+    make_sampler,
+    open_study,
+    resolve_storage,
+    storage_exists,
+)
 from autocompress.optimize.trial_loop import failure_reason, run_trials
 from autocompress.optimize.verify import verify_front
 from autocompress.optimize.workers import check_picklable, run_workers, split_trials
@@ -182,14 +188,18 @@ def search(
     settings_for_methods(methods)
     hw = resolve_target(target, threads=threads)
     study_name = study or f"{model_label(model)}-{hw.name}"
-    storage_obj = resolve_storage(storage, heartbeat_s=heartbeat_s)
     identity = {
         "model": model_label(model),
         "target": hw.name,
         "threads": threads,
         "batch_size": batch_size,
     }
-    check_identity(study_name, storage_obj, identity)
+    # A study that exists is checked before any model is loaded; a new SQLite database is
+    # created only once the model, task and space are known to be good.
+    storage_obj = None
+    if storage_exists(storage):
+        storage_obj = resolve_storage(storage, heartbeat_s=heartbeat_s)
+        check_identity(study_name, storage_obj, identity)
     resolved = resolve_model(model)
     the_task = resolve_task(task, resolved)
     check_task_fits(resolved.name, resolved.model, the_task)
@@ -205,6 +215,8 @@ def search(
     latency_inputs = batch_inputs(the_task, batch_size)
 
     identity["task"] = the_task.name
+    if storage_obj is None:
+        storage_obj = resolve_storage(storage, heartbeat_s=heartbeat_s)
     the_study = open_study(study_name, storage_obj, identity=identity)
     existing = len(the_study.trials)
     the_study.sampler = make_sampler(

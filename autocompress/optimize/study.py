@@ -38,7 +38,15 @@ def resolve_storage(
     url = url or DEFAULT_STORAGE
     if url.startswith("sqlite:///"):
         _check_sqlite_file(url)
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        except OSError as exc:  # a file where a folder is asked for, no permission, ...
+            raise UserInputError(
+                f"cannot open storage {shown_url(url)!r}: cannot create its folder "
+                f"({exc.strerror or exc}); give --storage a path under a writable folder"
+            ) from None
     try:
         with warnings.catch_warnings():  # optuna 5 calls heartbeats "experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -54,6 +62,14 @@ def resolve_storage(
     if url.startswith("sqlite") and not read_only:
         serialize_sqlite_transactions(storage.engine)
     return storage
+
+
+def storage_exists(url: str | None) -> bool:
+    """False only for a SQLite database file that is not there yet (a server is assumed up)."""
+    url = url or DEFAULT_STORAGE
+    if not url.startswith("sqlite:///"):
+        return True
+    return Path(url.removeprefix("sqlite:///")).expanduser().exists()
 
 
 def _check_sqlite_file(url: str) -> None:
@@ -183,11 +199,7 @@ def load_study(name: str, storage_url: str | None) -> optuna.Study:
         StudyError: no such study; lists the studies the storage holds.
     """
     url = storage_url or DEFAULT_STORAGE
-    if (
-        url.startswith("sqlite:///")
-        and not Path(url.removeprefix("sqlite:///")).expanduser().exists()
-    ):
-        # Reading never creates a database (nor its folders).
+    if not storage_exists(url):  # reading never creates a database (nor its folders)
         raise StudyError(
             f"no study {name!r} in {shown_url(url)}; the file does not exist (run autocompress "
             "search first, or give --storage)"

@@ -139,7 +139,7 @@ class SearchSpace:
             if rule.pattern is not None and not any(rule.matches(layer) for layer in layers):
                 names = ", ".join(layer.name for layer in layers[:6])
                 raise SpaceError(
-                    f"{self.source}: rule with name {rule.pattern!r} matches no layer; "
+                    f"{self.source}: rule with name {_excerpt(rule.pattern)} matches no layer; "
                     f"layer names look like: {names}"
                 )
         modules = dict(model.named_modules()) if model is not None else {}
@@ -241,28 +241,39 @@ def settings_for_methods(methods: Sequence[str] | None) -> set[str]:
     unknown = sorted(set(methods) - set(METHOD_KNOBS))
     if unknown:
         raise SpaceError(
-            f"unknown method {unknown[0]!r} in --methods; choose from: {', '.join(METHOD_KNOBS)}"
+            f"unknown method {_excerpt(unknown[0])} in --methods; "
+            f"choose from: {', '.join(METHOD_KNOBS)}"
         )
     return {knob for m in methods for knob in METHOD_KNOBS[m]}
 
 
+def _excerpt(value: Any, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters: an error line quotes a bad value, not a book."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _choices(value: Any, knob: str, where: str) -> tuple[Any, ...]:
     if not isinstance(value, list) or not value:
-        raise SpaceError(f"{where}.{knob}: expected a non-empty list of choices, got {value!r}")
+        raise SpaceError(
+            f"{where}.{knob}: expected a non-empty list of choices, got {_excerpt(value)}"
+        )
     for choice in value:
         # act_bits 8 is only valid beside weight_bits 8; check each choice in a valid context
         context = {"weight_bits": 8} if knob == "act_bits" else {}
         try:
             LayerConfig(**{knob: choice, **context})
         except (AutocompressError, TypeError) as exc:
-            raise SpaceError(f"{where}.{knob}: bad choice {choice!r}: {exc}") from None
+            raise SpaceError(f"{where}.{knob}: bad choice {_excerpt(choice)}: {exc}") from None
     return tuple(dict.fromkeys(value))
 
 
 def _knob_table(data: Mapping[str, Any], where: str, extra: set[str]) -> dict[str, tuple[Any, ...]]:
     unknown = sorted(set(data) - set(KNOBS) - extra)
     if unknown:
-        raise SpaceError(f"{where}: unknown key {unknown[0]!r}; knobs are: {', '.join(KNOBS)}")
+        raise SpaceError(
+            f"{where}: unknown key {_excerpt(unknown[0])}; knobs are: {', '.join(KNOBS)}"
+        )
     return {k: _choices(v, k, where) for k, v in data.items() if k in KNOBS}
 
 
@@ -275,7 +286,7 @@ def _rule(data: Any, index: int, source: str) -> Rule:
         raise SpaceError(f"{where}.match: expected a mapping with 'type' and/or 'name'")
     unknown = sorted(set(match) - {"type", "name"})
     if unknown:
-        raise SpaceError(f"{where}.match: unknown key {unknown[0]!r}; use 'type' or 'name'")
+        raise SpaceError(f"{where}.match: unknown key {_excerpt(unknown[0])}; use 'type' or 'name'")
     types = match.get("type")
     if isinstance(types, str):
         types = [types]
@@ -286,19 +297,19 @@ def _rule(data: Any, index: int, source: str) -> Rule:
     for name in types or ():
         if name not in LAYER_TYPES:
             raise SpaceError(
-                f"{where}.match.type: {name[:40]!r} is not a layer type; use one of "
+                f"{where}.match.type: {_excerpt(name)} is not a layer type; use one of "
                 f"{', '.join(LAYER_TYPES)} (a subclass, e.g. a Conv2d that pads in forward, "
                 "matches the torch class it derives from)"
             )
     pattern = match.get("name")
     if pattern is not None and not isinstance(pattern, str):
-        raise SpaceError(f"{where}.match.name: expected a string pattern, got {pattern!r}")
+        raise SpaceError(f"{where}.match.name: expected a string pattern, got {_excerpt(pattern)}")
     choices = _knob_table(data, where, extra={"match", "tie"})
     if not choices:
         raise SpaceError(f"{where}: sets no knob; add one of: {', '.join(KNOBS)}")
     tie = data.get("tie", False)
     if not isinstance(tie, bool):
-        raise SpaceError(f"{where}.tie: expected true or false, got {tie!r}")
+        raise SpaceError(f"{where}.tie: expected true or false, got {_excerpt(tie)}")
     return Rule(tuple(types) if types else None, pattern, choices, tie)
 
 
@@ -313,16 +324,20 @@ def parse_space(data: Any, *, source: str = "<memory>") -> SearchSpace:
     unknown = sorted(set(data) - {"version", "round_to", "defaults", "rules"})
     if unknown:
         raise SpaceError(
-            f"{source}: unknown key {unknown[0]!r}; "
+            f"{source}: unknown key {_excerpt(unknown[0])}; "
             "top-level keys are version, round_to, defaults, rules"
         )
     if data.get("version") != SPACE_VERSION:
-        raise SpaceError(f"{source}: version must be {SPACE_VERSION}, got {data.get('version')!r}")
+        raise SpaceError(
+            f"{source}: version must be {SPACE_VERSION}, got {_excerpt(data.get('version'))}"
+        )
     round_to = data.get("round_to")
     if round_to is not None and (
         not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1
     ):
-        raise SpaceError(f"{source}: round_to must be a positive integer or null, got {round_to!r}")
+        raise SpaceError(
+            f"{source}: round_to must be a positive integer or null, got {_excerpt(round_to)}"
+        )
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, Mapping):
         raise SpaceError(f"{source}: defaults must be a mapping of knob -> list of choices")
@@ -359,7 +374,27 @@ def load_space(path_or_name: str | Path = "default") -> SearchSpace:
             f"{', '.join(packaged_spaces())}"
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_no_alias_loader(path.name))
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise SpaceError(f"{path}: not valid YAML: {str(exc).splitlines()[0][:200]}") from None
     return parse_space(data, source=path.name)
+
+
+def _no_alias_loader(source: str) -> type:
+    """A safe YAML loader that refuses aliases (`*name`): a space needs none, and nested
+    aliases expand exponentially (a few hundred bytes can become gigabytes)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.events.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise SpaceError(
+                    f"{source}: YAML aliases are not supported (line {mark.line + 1}); "
+                    "write each value out"
+                )
+            return super().compose_node(parent, index)
+
+    return Loader
