@@ -162,13 +162,27 @@ def resolve_task(spec: str | Task | None, model: ResolvedModel) -> Task:
     return zoo.load_task(spec)
 
 
+def _finite(out: Any) -> bool:
+    """True when every float tensor in a model's output (tensor, tuple, dict) is finite."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return not out.is_floating_point() or bool(torch.isfinite(out).all())
+    if isinstance(out, dict) or (hasattr(out, "values") and callable(out.values)):
+        return all(_finite(v) for v in out.values())
+    if isinstance(out, tuple | list):
+        return all(_finite(v) for v in out)
+    return True
+
+
 def check_task_fits(name: str, model: nn.Module, task: Task) -> None:
     """Fail early, with the reason, when the task's data cannot judge the model.
 
     Runs the model once on the example input and on one validation batch (no gradients).
 
     Raises:
-        UserInputError: an empty validation or training set, or data the model cannot take.
+        UserInputError: an empty validation or training set, data the model cannot take, or
+            outputs that are not finite (NaN weights).
     """
     import torch
 
@@ -189,7 +203,7 @@ def check_task_fits(name: str, model: nn.Module, task: Task) -> None:
         with torch.no_grad():
             for what, x in checks.items():
                 try:
-                    model(*x) if isinstance(x, tuple | list) else model(x)
+                    out = model(*x) if isinstance(x, tuple | list) else model(x)
                 except Exception as exc:
                     shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                     detail = " ".join(str(exc).split())[:200]
@@ -197,5 +211,10 @@ def check_task_fits(name: str, model: nn.Module, task: Task) -> None:
                         f"model {name!r} cannot run on the {what} of task {task.name!r} (shape "
                         f"{shape}): {type(exc).__name__}: {detail}; give a task whose data fits"
                     ) from None
+                if not _finite(out):
+                    raise UserInputError(
+                        f"model {name!r} gives NaN or infinite outputs on the {what} of task "
+                        f"{task.name!r}; check its weights (every front would be meaningless)"
+                    )
     finally:
         model.train(was_training)

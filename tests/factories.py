@@ -6,6 +6,8 @@ steps sleep so that a worker can be caught in the middle of a trial.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 import time
 
@@ -110,6 +112,26 @@ def empty_val_task() -> Task:
 
 def _nan_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, batch: object) -> torch.Tensor:
     return (student_out - teacher_out).sum() * float("nan")
+
+
+def nan_mlp() -> nn.Module:
+    """tiny_mlp with one NaN weight: every output is NaN."""
+    model = tiny_mlp()
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    return model
+
+
+def _nan_when_pruned(model: nn.Module, loader: DataLoader) -> float:
+    """top1 for the dense tiny_mlp, NaN for any model with fewer parameters."""
+    dense = sum(p.numel() for p in TinyMLP().parameters())
+    return top1(model, loader) if sum(p.numel() for p in model.parameters()) >= dense else math.nan
+
+
+def nan_metric_task() -> Task:
+    """A task whose metric returns NaN for every pruned model."""
+    task = _task("nan-metric")
+    return dataclasses.replace(task, metric=_nan_when_pruned)
 
 
 def nan_loss_task() -> Task:

@@ -237,6 +237,8 @@ EMPTY_FOLDER_ROWS = [
     (["search", "--model", f"{F}:exits", "--task", f"{F}:tiny_task"],
      f"model factory '{F}:exits' called sys.exit(0); it must return a torch.nn.Module"),
     (["search", *TINY, "--space", "alias-bomb.yaml"], "alias-bomb.yaml: YAML aliases are not"),
+    (["search", "--model", f"{F}:nan_mlp", "--task", f"{F}:tiny_task"],
+     "gives NaN or infinite outputs on the example input of task 'tiny'"),
     (["search", *TINY, "--space", "latin1.yaml"], "latin1.yaml: not UTF-8 text"),
     (["search", *TINY, "--space", "long-value.yaml"], "expected a non-empty list of choices, got"),
 ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -262,6 +263,8 @@ def evaluate_plan(
             figures["finetune_s"] = time.perf_counter() - started
             return stopped_figures(figures, stop)
         figures["accuracy"] = float(ctx.task.metric(candidate, ctx.task.val))
+        if not math.isfinite(figures["accuracy"]):  # recorded as the trial's failure reason
+            raise ValueError(f"the task's metric returned {figures['accuracy']} for this plan")
         if ctx.task.extra_metrics:
             figures["metrics"] = extra_metrics(candidate, ctx.task)
         figures.update(_artifact_size(ctx, candidate, plan, size_estimate))

@@ -20,8 +20,9 @@ F = "tests.factories"
         ("tiny_mlp", "nan_loss_task", "FinetuneError: fine-tune loss became nan at step 1"),
         ("out_of_memory_mlp", "tiny_task", "out of memory (OutOfMemoryError: tried to allocate"),
         ("fixed_width_mlp", "tiny_task", "RuntimeError"),
+        ("tiny_mlp", "nan_metric_task", "ValueError: the task's metric returned nan for this"),
     ],
-    ids=["nan-loss", "out-of-memory", "plan-cannot-be-applied"],
+    ids=["nan-loss", "out-of-memory", "plan-cannot-be-applied", "nan-metric"],
 )
 def test_failed_trials_are_stored_shown_and_the_search_goes_on(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, task: str, reason: str
