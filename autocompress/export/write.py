@@ -236,9 +236,15 @@ def export(
                 openvino=target.runtime == "openvino",
             )
         )
-        if out_path.exists():
-            out_path.rmdir()  # empty, checked above
-        work.rename(out_path)
+        try:
+            if out_path.exists():
+                out_path.rmdir()  # empty when checked above; not if another export filled it
+            work.rename(out_path)
+        except OSError as exc:
+            raise UserInputError(
+                f"--out {out_path} was written by something else while this export ran "
+                f"({exc.strerror or exc}); nothing of this export was kept, choose a new folder"
+            ) from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -262,3 +262,29 @@ def test_export_replays_the_recipe_each_trial_was_scored_with(
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["finetune_steps"] == 5
     assert abs(metrics["accuracy"] - trials[0].user_attrs["accuracy"]) <= 0.005
+
+
+def test_an_export_that_loses_its_out_folder_to_another_says_so_and_keeps_nothing(
+    study: tuple[str, str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from autocompress.export import write
+
+    name, url, root = study
+    out = root / "contested"
+    real = write._readme
+
+    def other_export_fills_out(*args: object, **kwargs: object) -> str:
+        out.mkdir(exist_ok=True)
+        (out / "model.pt2").write_text("the other export's file\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(write, "_readme", other_export_fills_out)
+    code, _, err = run_cli(
+        capsys, "export", "--study", name, "--storage", url, "--trial", "0", "--out", str(out)
+    )
+    assert code == 2 and "was written by something else while this export ran" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["model.pt2"]  # the other export's, untouched
+    assert not [p for p in root.iterdir() if p.name.startswith(".contested.")]  # no staging left
