@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from autocompress.config import Plan
-from autocompress.errors import UserInputError
+from autocompress.errors import PlanError, UserInputError
 from autocompress.hardware.predictor import LatencyPredictor
 from autocompress.hardware.profile import (
     DEFAULT_CALIBRATION_PLANS,
@@ -101,7 +101,7 @@ def predictor_for(
                 "latency profile %s leaves out %d layer(s) of the model (%s); profiling again",
                 path, len(missing), ", ".join(missing[:3]),
             )  # fmt: skip
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, PlanError) as exc:
             log.warning("latency profile %s does not fit (%s); profiling again", path, exc)
     max_seconds = None
     if calibration_plans is None:  # the default number, within the default time

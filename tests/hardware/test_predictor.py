@@ -282,6 +282,14 @@ def test_cache_is_reused_and_a_corrupt_file_is_profiled_again(
     redone, _ = predictor_for(model, task, target, **kwargs)
     assert f"leaves out {len(layers) - 1} layer(s) of the model" in caplog.text
     assert [x["name"] for x in redone.profile.shapes["layers"]] == [x.name for x in layers]
+    # A calibration plan with a key this version does not know: named, profiled again.
+    odd = json.loads(path.read_text())
+    first_layer = next(iter(odd["calibration"][0]["plan"]["layers"].values()))
+    first_layer["teleport"] = 1
+    path.write_text(json.dumps(odd))
+    rebuilt, _ = predictor_for(model, task, target, **kwargs)
+    assert f"latency profile {path} does not fit (" in caplog.text and "teleport" in caplog.text
+    assert "teleport" not in path.read_text() and rebuilt.profile.calibration
 
 
 def test_plans_keeping_an_lstm_whole_get_a_fit_of_their_own(
