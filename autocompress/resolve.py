@@ -73,7 +73,7 @@ def _resolve_folder(spec: str) -> ResolvedModel:
             "(config.json and weights, as save_pretrained writes it)"
         )
     try:
-        from autocompress.zoo.text import SentenceEmbedder, load_encoder
+        from autocompress.zoo.text import MAX_TOKENS, SentenceEmbedder, load_encoder
     except ImportError:
         raise UserInputError(
             f"model folder {spec!r} needs transformers; install it with: "
@@ -87,6 +87,14 @@ def _resolve_folder(spec: str) -> ResolvedModel:
             f"cannot load model folder {spec!r} with transformers.AutoModel: "
             f"{type(exc).__name__}: {detail}; give a folder save_pretrained wrote"
         ) from None
+
+    positions = getattr(getattr(model.encoder, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and positions < MAX_TOKENS:
+        raise UserInputError(
+            f"model folder {spec!r} takes at most {positions} tokens (max_position_embeddings) "
+            f"and its sentence task uses {MAX_TOKENS}; give a model with at least {MAX_TOKENS} "
+            "positions"
+        )
 
     def docstring_task() -> Task:
         from autocompress.zoo.minilm import docstring_task

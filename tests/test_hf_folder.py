@@ -58,3 +58,26 @@ def test_search_on_a_folder_runs_end_to_end(
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "Pareto front of study my-encoder-cpu" in out
+
+
+def test_a_folder_with_fewer_positions_than_the_task_tokens_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autocompress.cli import main
+    from autocompress.quiet import quiet_torchao_import
+
+    with quiet_torchao_import():  # the CLI's own loading is quiet; this import is the test's
+        from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    path = tmp_path / "short"
+    BertModel(config).save_pretrained(path)
+    load_tokenizer(model_folder()).save_pretrained(path)
+    capsys.readouterr()  # save_pretrained's own progress bar
+    assert main(["search", "--model", str(path), "--storage", f"sqlite:///{tmp_path}/s.db"]) == 2
+    err = capsys.readouterr().err
+    assert "takes at most 64 tokens (max_position_embeddings)" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s.db").exists()
