@@ -1,13 +1,18 @@
-"""Shared fixtures: a tiny ResNet-style model whose coupling groups are known by heart."""
+"""Shared fixtures: a tiny ResNet-style model whose coupling groups are known by heart, quick
+timing for tests that need a latency but not a precise one, and trained zoo weights to copy."""
 
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from autocompress.hardware import runtime_targets, targets, timing
 
 
 class _Block(nn.Module):
@@ -154,3 +159,50 @@ def tiny_input() -> torch.Tensor:
 def _one_torch_thread() -> None:
     """Train and evaluate on one thread: with two, any busy neighbour slows training up to 80x."""
     torch.set_num_threads(1)
+
+
+def time_quickly(mp: pytest.MonkeyPatch) -> None:
+    """Time every latency with 3 rounds of short blocks, a short warm-up and no re-timing.
+
+    For tests that check that a latency was measured and where the figure goes, not how precise
+    it is: the target's own protocol (15 rounds of 20 ms blocks, a contended block re-timed up
+    to 3 times) is most of a tiny search's time, more so on a busy 2-core machine. The timing
+    protocol itself is tested in tests/hardware/test_timing.py and test_targets.py.
+    """
+    real = timing.measure_latency
+
+    def quick(*args, rounds=15, warmup_s=0.2, min_block_ms=20.0, max_retries=3, **kwargs):
+        return real(
+            *args, rounds=min(rounds, 3), warmup_s=min(warmup_s, 0.02),
+            min_block_ms=min(min_block_ms, 5.0), max_retries=0, **kwargs,
+        )  # fmt: skip
+
+    for module in (targets, runtime_targets):
+        mp.setattr(module, "measure_latency", quick)
+
+
+@pytest.fixture
+def quick_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`time_quickly` for one test."""
+    time_quickly(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn_weights() -> Path:
+    """digits-cnn's trained weights file in the zoo cache the suite uses, trained on first use.
+
+    Tests that give each search a private cache copy it in (`copy_zoo_weights`) instead of
+    training the same seeded model again; first-use training is tested in tests/zoo.
+    """
+    from autocompress.zoo import ZOO, load_model
+    from autocompress.zoo._cache import weights_path
+
+    load_model("digits-cnn")
+    entry = ZOO.get("digits-cnn")
+    return weights_path(entry.name, entry.version)
+
+
+def copy_zoo_weights(weights: Path, cache: Path) -> None:
+    """Put a zoo weights file into the zoo folder of the cache folder `cache`."""
+    (cache / "zoo").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, cache / "zoo" / weights.name)

@@ -2,29 +2,75 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import optuna
 import pytest
 
 from autocompress.cli import main
+from autocompress.optimize import verify
+from tests.conftest import copy_zoo_weights, time_quickly
 
 SHOW_FIELDS = {
     "trial", "accuracy", "baseline_accuracy", "predicted_ms", "measured_ms", "baseline_ms",
     "size_bytes", "baseline_size_bytes", "feasible", "plan",
 }  # fmt: skip
+STUDY_DB = Path("reports") / "autocompress.db"
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in a fresh folder (default storage lands in ./reports) with a private zoo cache."""
+def workdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits_cnn_weights: Path, quick_timing: None
+) -> Path:
+    """Run in a fresh folder (default storage lands in ./reports) with a private cache that
+    holds digits-cnn's trained weights and no latency profile."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    copy_zoo_weights(digits_cnn_weights, tmp_path / "cache")
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def searched(
+    tmp_path_factory: pytest.TempPathFactory, digits_cnn_weights: Path
+) -> tuple[Path, str]:
+    """A tiny search (3 trials, 10 ms budget) run once in its own folder, and what it printed.
+
+    The tests that only read its study share it; those that change a study change a copy.
+    """
+    root = tmp_path_factory.mktemp("cli-search")
+    copy_zoo_weights(digits_cnn_weights, root / "cache")
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(out), redirect_stderr(err):
+        mp.chdir(root)
+        mp.setenv("AUTOCOMPRESS_CACHE_DIR", str(root / "cache"))
+        time_quickly(mp)
+        code = main(search_args("--trials", "3", "--budget", "10ms"))
+    assert code == 0, err.getvalue()
+    return root, out.getvalue()
+
+
+@pytest.fixture
+def in_searched(searched: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in the shared search's folder (read only) with its cache."""
+    root, _ = searched
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(root / "cache"))
+    return root
+
+
+def copy_study(searched: tuple[Path, str], workdir: Path) -> None:
+    """Put the shared search's study database where a search in `workdir` finds it."""
+    (workdir / STUDY_DB).parent.mkdir()
+    shutil.copyfile(searched[0] / STUDY_DB, workdir / STUDY_DB)
 
 
 def run_cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -43,7 +89,7 @@ def search_args(*extra: str) -> list[str]:
 
 
 def test_profile_then_predicted_search_measures_its_front(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, out, err = run_cli(
         "profile", "--model", "digits-cnn", "--methods", "prune", "--plans", "3", "--check", "2",
@@ -58,6 +104,15 @@ def test_profile_then_predicted_search_measures_its_front(
     assert len(profiles) == 1 and str(profiles[0]) in out
     stamp = profiles[0].stat().st_mtime_ns
 
+    timed: list[tuple[dict, float]] = []  # (plan, ratio) for each plan the verify step timed
+
+    def measure_plan(dense, plan, *args, **kwargs) -> float:
+        ratio = real_measure_plan(dense, plan, *args, **kwargs)
+        timed.append((plan.to_dict(), ratio))
+        return ratio
+
+    real_measure_plan = verify.measure_plan
+    monkeypatch.setattr(verify, "measure_plan", measure_plan)
     search = [a for a in search_args("--trials", "2", "--budget", "10ms") if a != "measured"]
     search.remove("--latency")
     code, out, err = run_cli(*search, capsys=capsys)
@@ -67,16 +122,22 @@ def test_profile_then_predicted_search_measures_its_front(
     front = json.loads(out)
     assert front
     for c in front:
-        assert c["predicted_ms"] > 0 and c["measured_ms"] > 0  # predicted, then verified
+        # Scored by the predictor, then built and timed by the verify step: the measured
+        # figure is the verify step's timed ratio to the dense model, not the prediction.
+        ratios = [ratio for plan, ratio in timed if plan == c["plan"]]
+        assert len(ratios) == 1, "the verify step timed each front plan once"
+        assert c["measured_ms"] == pytest.approx(ratios[0] * c["baseline_ms"])
+        assert c["predicted_ms"] > 0 and c["measured_ms"] != c["predicted_ms"]
         assert c["latency_ms"] == c["measured_ms"]
 
 
-def test_tiny_search_then_show_json(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(*search_args("--trials", "3", "--budget", "10ms"), capsys=capsys)
-    assert code == 0, err
+def test_tiny_search_then_show_json(
+    searched: tuple[Path, str], in_searched: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, out = searched
     assert "Pareto front of study digits-cnn-cpu" in out
-    assert (workdir / "reports" / "autocompress.db").is_file()
-    assert (workdir / "reports" / "digits-cnn-cpu" / "index.html").is_file()
+    assert (in_searched / STUDY_DB).is_file()
+    assert (in_searched / "reports" / "digits-cnn-cpu" / "index.html").is_file()
     assert "report: reports/digits-cnn-cpu/index.html" in out
 
     code, out, _ = run_cli("show", "--study", "digits-cnn-cpu", "--json", capsys=capsys)
@@ -92,14 +153,13 @@ def test_tiny_search_then_show_json(workdir: Path, capsys: pytest.CaptureFixture
 
 
 def test_size_bytes_is_the_size_of_the_exported_model_file(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    in_searched: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from autocompress import Plan, apply, zoo
     from autocompress.compress.apply import deploy
     from autocompress.export.artifact import deployable_program, save_program
     from autocompress.optimize.latency import batch_inputs
 
-    assert run_cli(*search_args("--trials", "3", "--budget", "10ms"), capsys=capsys)[0] == 0
     _code, out, _ = run_cli("show", "--study", "digits-cnn-cpu", "--json", capsys=capsys)
     dense, task = zoo.load_model("digits-cnn"), zoo.load_task("digits-cnn")
     inputs = batch_inputs(task, 1)
@@ -108,22 +168,22 @@ def test_size_bytes_is_the_size_of_the_exported_model_file(
         # Pruned float plans store dense float tensors: the bytes do not depend on the
         # fine-tuned values, so the plan applied again writes a file of the same size.
         model = deploy(apply(dense, plan, task.example_input), plan, inputs, [])
-        path = workdir / f"{c['trial']}.pt2"
+        path = tmp_path / f"{c['trial']}.pt2"
         save_program(deployable_program(model, inputs), path)
         assert abs(c["size_bytes"] - path.stat().st_size) <= 0.02 * path.stat().st_size
 
 
 def test_same_study_twice_accumulates_trials(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    searched: tuple[Path, str], workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import optuna
-
-    for _ in range(2):
-        assert run_cli(*search_args("--trials", "2"), capsys=capsys)[0] == 0
-    study = optuna.load_study(
-        study_name="digits-cnn-cpu", storage="sqlite:///reports/autocompress.db"
-    )
-    assert len(study.trials) == 4
+    copy_study(searched, workdir)
+    storage = f"sqlite:///{STUDY_DB}"
+    before = optuna.load_study(study_name="digits-cnn-cpu", storage=storage).trials
+    assert len(before) == 3
+    assert run_cli(*search_args("--trials", "1"), capsys=capsys)[0] == 0
+    after = optuna.load_study(study_name="digits-cnn-cpu", storage=storage).trials
+    assert len(after) == 4
+    assert [(t.params, t.values) for t in after[:3]] == [(t.params, t.values) for t in before]
 
 
 def test_unreachable_budget_runs_and_marks_infeasible(
@@ -139,16 +199,17 @@ def test_unreachable_budget_runs_and_marks_infeasible(
 
 
 def test_study_for_another_model_is_refused(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    searched: tuple[Path, str], workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_cli(*search_args("--trials", "1", "--study", "mine"), capsys=capsys)[0] == 0
-    before = (workdir / "reports" / "autocompress.db").read_bytes()
+    copy_study(searched, workdir)
+    before = (workdir / STUDY_DB).read_bytes()
     code, _, err = run_cli(
-        "search", "--model", "digits-resnet", "--study", "mine", "--quiet", capsys=capsys
-    )
+        "search", "--model", "digits-resnet", "--study", "digits-cnn-cpu", "--quiet",
+        capsys=capsys,
+    )  # fmt: skip
     assert code == 2
-    assert "study 'mine' was made for model 'digits-cnn'" in err
-    assert (workdir / "reports" / "autocompress.db").read_bytes() == before
+    assert "study 'digits-cnn-cpu' was made for model 'digits-cnn'" in err
+    assert (workdir / STUDY_DB).read_bytes() == before
 
 
 def test_python_dash_m_and_models(workdir: Path) -> None:

@@ -47,6 +47,7 @@ def test_folder_resolves_to_an_embedder(folder: Path) -> None:
     assert emb.shape == (1, 32) and float(emb.norm()) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.usefixtures("quick_timing")  # a front is found, not how fast it is
 def test_search_on_a_folder_runs_end_to_end(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

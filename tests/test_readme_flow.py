@@ -18,6 +18,7 @@ import autocompress
 from autocompress.cli import main
 from autocompress.optimize.study import load_study
 from autocompress.zoo import load_task
+from tests.conftest import copy_zoo_weights, time_quickly
 
 STUDY = "digits-cnn-cpu"
 
@@ -29,12 +30,16 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """README's `search`, predicted latency and everything else by default, in a fresh folder."""
+def searched(tmp_path_factory: pytest.TempPathFactory, digits_cnn_weights: Path) -> Path:
+    """README's `search`, predicted latency and everything else by default, in a fresh folder
+    (digits-cnn already trained: the zoo's tests train it; quick timing: the figures' use is
+    tested here, not their precision)."""
     root = tmp_path_factory.mktemp("readme")
+    copy_zoo_weights(digits_cnn_weights, root / "cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("AUTOCOMPRESS_CACHE_DIR", str(root / "cache"))
+        time_quickly(mp)
         # Pruning alone keeps the profile short (no int8 kernels to compile and time).
         profile = ["profile", "--model", "digits-cnn", "--methods", "prune", "--plans", "3"]
         assert main([*profile, "--quiet"]) == 0
@@ -45,7 +50,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def workdir(searched: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workdir(searched: Path, monkeypatch: pytest.MonkeyPatch, quick_timing: None) -> Path:
     monkeypatch.chdir(searched)
     monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(searched / "cache"))
     return searched

@@ -18,17 +18,20 @@ from autocompress.optimize.pareto import pareto_front
 from autocompress.optimize.run import search
 from autocompress.optimize.study import load_study
 from autocompress.zoo import load_task
+from tests.conftest import time_quickly
 
 FILES = ["README.txt", "metrics.json", "model.onnx", "model.pt2", "plan.json"]
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
-    """A 3-trial search on digits-cnn (uniform pruning 0.875, 0.625, 0.375; 5 fine-tune steps)."""
+    """A 3-trial search on digits-cnn (uniform pruning 0.875, 0.625, 0.375; 5 fine-tune steps),
+    timed quickly: export's use of the figures is tested here, not their precision."""
     root = tmp_path_factory.mktemp("export")
     url = f"sqlite:///{root / 'studies.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)  # the search's report goes under ./reports
+        time_quickly(mp)
         search(
             "digits-cnn",
             trials=3,
@@ -50,6 +53,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, out, err
 
 
+@pytest.mark.usefixtures("quick_timing")
 def test_export_writes_an_artifact_that_reloads_and_matches_the_study(
     study: tuple[str, str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -112,6 +116,7 @@ def test_pick_chooses_among_feasible_front_candidates(study: tuple[str, str, Pat
     assert accurate == max(front, key=lambda c: c["accuracy"])["trial"]
 
 
+@pytest.mark.usefixtures("quick_timing")
 def test_export_fails_and_writes_nothing_when_the_rebuild_does_not_reproduce(
     study: tuple[str, str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -162,6 +167,7 @@ def test_export_input_errors_exit_2_with_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+@pytest.mark.usefixtures("quick_timing")
 def test_export_refuses_a_failed_trial_and_a_study_with_nothing_feasible(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

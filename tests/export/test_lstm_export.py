@@ -15,6 +15,7 @@ from autocompress.optimize.run import search
 from autocompress.zoo import load_task
 
 
+@pytest.mark.usefixtures("quick_timing")  # the figures export uses, not their precision
 def test_lstm_search_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'studies.db'}"

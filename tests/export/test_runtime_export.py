@@ -14,6 +14,7 @@ from autocompress.optimize.run import search
 from autocompress.optimize.study import load_study
 
 
+@pytest.mark.usefixtures("quick_timing")  # that latencies are recorded, not their precision
 @pytest.mark.parametrize(
     ("target", "artifact", "files"),
     [

@@ -21,11 +21,11 @@ from autocompress.compress.apply import apply
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.metrics import top1
 from autocompress.hardware import predictor as predictor_module
+from autocompress.hardware import profile as profile_module
 from autocompress.hardware.kernel import BF16, FP32, INT8
 from autocompress.hardware.lut import lut_grid, measure_lut
 from autocompress.hardware.predictor import LatencyPredictor, _Table
 from autocompress.hardware.profile import (
-    MIN_CALIBRATION_PLANS,
     PROFILE_VERSION,
     Profile,
     profile_model,
@@ -74,17 +74,23 @@ def profile(setup) -> Profile:
     )
 
 
-def test_a_time_budget_keeps_the_minimum_of_random_plans_and_every_uniform_one(setup) -> None:
+@pytest.mark.usefixtures("quick_timing")  # which plans are timed is tested, not their ratios
+def test_a_time_budget_keeps_the_minimum_of_random_plans_and_every_uniform_one(
+    setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, task, layers, knobs, target = setup
+    # The same rule with a smaller minimum than the library's, so that the cut comes sooner.
+    least = 3
+    monkeypatch.setattr(profile_module, "MIN_CALIBRATION_PLANS", least)
     uniform = [dict(sorted(p.items())) for p in uniform_plans(knobs)]
     cut = profile_model(
         model, task, target, model="tiny",
         shapes=ModelShapes.from_model(model, task.inputs(), layers), knobs=knobs,
-        round_to=None, inputs=task.inputs(), calibration_plans=MIN_CALIBRATION_PLANS + 3,
+        round_to=None, inputs=task.inputs(), calibration_plans=least + 3,
         max_seconds=0.0, show_progress=False,
     )  # fmt: skip
-    assert len(cut.calibration) == MIN_CALIBRATION_PLANS + len(uniform)
-    timed = [Plan.from_dict(c["plan"]) for c in cut.calibration[MIN_CALIBRATION_PLANS:]]
+    assert len(cut.calibration) == least + len(uniform)
+    timed = [Plan.from_dict(c["plan"]) for c in cut.calibration[least:]]
     expected = [plan_from_trial(optuna.trial.FixedTrial(p), knobs) for p in uniform]
     assert timed == expected, "the uniform plans are timed last, all of them"
 
@@ -219,6 +225,7 @@ def test_check_line_has_the_documented_form() -> None:
     assert np.allclose(check.errors, [-0.0476, 0.0, -0.2], atol=1e-4)
 
 
+@pytest.mark.usefixtures("quick_timing")  # that fresh plans are measured, not how precisely
 def test_check_measures_fresh_plans(setup, profile: Profile) -> None:
     model, task, _, knobs, target = setup
     result = check_predictor(
@@ -236,6 +243,7 @@ def test_check_measures_fresh_plans(setup, profile: Profile) -> None:
     assert result.predict_ms > 0
 
 
+@pytest.mark.usefixtures("quick_timing")  # which plans are measured, not their ratios
 def test_check_skips_plans_the_profile_timed_and_repeats(setup, profile: Profile) -> None:
     model, task, _, knobs, target = setup
     # One knob of two choices: two plans in all, and the profile timed the dense one.
@@ -250,6 +258,7 @@ def test_check_skips_plans_the_profile_timed_and_repeats(setup, profile: Profile
     assert len(result.measured) == 1
 
 
+@pytest.mark.usefixtures("quick_timing")  # when a profile is made again, not its figures
 def test_cache_is_reused_and_a_corrupt_file_is_profiled_again(
     setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -56,6 +57,7 @@ def _setup() -> tuple[nn.Module, Task, tuple[torch.Tensor, ...]]:
     return dense, Task("synthetic", loader, loader, x[:1], top1, "top1"), (x[:1],)
 
 
+@pytest.mark.usefixtures("quick_timing")  # how the ratios combine, not how precise they are
 def test_a_compiled_plan_is_carried_to_the_dense_model_by_the_twins_ratio() -> None:
     dense, task, inputs = _setup()
     plan = Plan(layers={"0": LayerConfig(weight_bits=8, act_bits=8)})

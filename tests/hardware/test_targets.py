@@ -76,6 +76,7 @@ def test_an_eager_model_is_timed_against_the_dense_model_itself() -> None:
     assert CpuTarget().reference_for(dense, eager, x) == Reference(dense, 1.0)
 
 
+@pytest.mark.usefixtures("quick_timing")  # which reference is timed, not how precisely
 def test_a_compiled_model_is_timed_against_the_dense_model_compiled_once() -> None:
     dense = _mlp(32).eval()
     x = (torch.randn(1, 64),)

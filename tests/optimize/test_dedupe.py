@@ -12,6 +12,8 @@ from autocompress.cli import main
 from autocompress.optimize import trial_loop
 
 F = "tests.factories"
+# What is stored about each trial is tested, not the latencies' precision.
+pytestmark = pytest.mark.usefixtures("quick_timing")
 
 
 def test_a_told_again_plan_keeps_its_own_worker_and_queue_attributes(

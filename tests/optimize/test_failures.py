@@ -12,6 +12,8 @@ from autocompress.cli import main
 from autocompress.report.data import report_data
 
 F = "tests.factories"
+# What is stored about each trial is tested, not the latencies' precision.
+pytestmark = pytest.mark.usefixtures("quick_timing")
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ import pytest
 from autocompress.cli import main
 
 F = "tests.factories"
+# What is stored about each trial is tested, not the latencies' precision.
+pytestmark = pytest.mark.usefixtures("quick_timing")
 
 
 @pytest.mark.parametrize("flags", [[], ["--no-warm-start"]])

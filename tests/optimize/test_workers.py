@@ -19,7 +19,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autocompress.cli import main
 from autocompress.optimize.workers import split_trials
+from tests.conftest import time_quickly
 
 REPO = Path(__file__).resolve().parents[2]
 F = "tests.factories"
@@ -32,19 +34,32 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "AUTOCOMPRESS_CACHE_DIR": str(tmp_path / "cache")}
 
 
-def _search(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    """`python -m autocompress search` in its own folder, on the tiny test models.
+# Each trial is measured (no latency profile to build first: on these tiny models a profile
+# costs more than the whole search) and the plain alternatives are skipped.
+SEARCH = ["search", "--sampler", "random", "--methods", "prune", "--budget", "1s",
+          "--train-threads", "1", "--latency", "measured", "--no-alternatives",
+          "--quiet"]  # fmt: skip
 
-    Each trial is measured (no latency profile to build first: on these tiny models a profile
-    costs more than the whole search) and the plain alternatives are skipped.
-    """
-    command = [sys.executable, "-m", "autocompress", "search", "--sampler", "random",
-               "--methods", "prune", "--budget", "1s", "--train-threads", "1",
-               "--latency", "measured", "--no-alternatives", "--quiet", *args]  # fmt: skip
+
+def _search(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """`python -m autocompress search` in its own folder, on the tiny test models."""
     return subprocess.Popen(
-        command, cwd=tmp_path, env=_env(tmp_path), text=True,
+        [sys.executable, "-m", "autocompress", *SEARCH, *args],
+        cwd=tmp_path, env=_env(tmp_path), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_interruptible,
     )  # fmt: skip
+
+
+def _search_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> None:
+    """The same search run in this process, with quick timing: for the runs around the one
+    whose process is killed, where what matters is what they leave in the study."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    time_quickly(monkeypatch)
+    code = main([*SEARCH, *args])
+    assert code == 0, capsys.readouterr().err
 
 
 def _interruptible() -> None:
@@ -148,12 +163,14 @@ def test_separate_searches_share_one_postgres_study(tmp_path: Path) -> None:
         optuna.delete_study(study_name=name, storage=POSTGRES)
 
 
-def test_killed_worker_trial_is_failed_and_retried_on_resume(tmp_path: Path) -> None:
+def test_killed_worker_trial_is_failed_and_retried_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     storage, name = f"sqlite:///{tmp_path / 'studies.db'}", "crash"
     common = ["--model", f"{F}:slow_mlp", "--task", f"{F}:tiny_task", "--storage", storage,
               "--study", name, "--heartbeat", "1"]  # fmt: skip
     # a quick trial (no fine-tune steps, so no sleeping), then one that is killed mid-trial
-    assert _finish(_search(tmp_path, *common, "--finetune-steps", "0", "--trials", "1"))[0] == 0
+    _search_here(tmp_path, monkeypatch, capsys, *common, "--finetune-steps", "0", "--trials", "1")
     done = optuna.load_study(study_name=name, storage=storage).trials[0]
     ((param, distribution),) = done.distributions.items()  # tiny_mlp has one knob
     fresh = next(c for c in distribution.choices if c != done.params[param])
@@ -168,8 +185,8 @@ def test_killed_worker_trial_is_failed_and_retried_on_resume(tmp_path: Path) -> 
     assert _states(study) == {"COMPLETE": 1, "RUNNING": 1}
 
     time.sleep(3)  # past the 2 s grace period: the killed worker's heartbeat is now stale
-    code, _out, err = _finish(_search(tmp_path, *common, "--finetune-steps", "0", "--trials", "1"))
-    assert code == 0, err
+    # resumed by a new search (in this process: the killed one was a real process)
+    _search_here(tmp_path, monkeypatch, capsys, *common, "--finetune-steps", "0", "--trials", "1")
     study = optuna.load_study(study_name=name, storage=storage)
     after = {t.number: t.values for t in study.get_trials(states=(State.COMPLETE,))}
     dead = study.trials[killed.number]
@@ -183,14 +200,8 @@ def test_killed_worker_trial_is_failed_and_retried_on_resume(tmp_path: Path) -> 
     assert len(after) == len(before) + 1, "the resumed run's one trial is the retry"
     assert _states(study) == {"COMPLETE": 2, "FAIL": 1}
 
-    code, out, _ = _finish(
-        subprocess.Popen(
-            [sys.executable, "-m", "autocompress", "show", "--study", name, "--storage", storage],
-            cwd=tmp_path, env=_env(tmp_path), text=True, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    )  # fmt: skip
-    assert code == 0
+    assert main(["show", "--study", name, "--storage", storage]) == 0
+    out = capsys.readouterr().out
     assert f"#{killed.number}: its worker stopped sending heartbeats" in out
     assert f"(retried as #{retries[0].number})" in out
 
