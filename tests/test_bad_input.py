@@ -227,6 +227,7 @@ EMPTY_FOLDER_ROWS = [
     (["search", *TINY, "--timeout", "nan"], "--timeout must be a positive number of seconds"),
     (["search", *TINY, "--max-drop", "150%"], "--max-drop must be below 100%"),
     (["search", *TINY, "--heartbeat", "-1"], "--heartbeat must be at least 1 second, got -1"),
+    (["search", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     (["show", "--study", "x"], "no study 'x' in sqlite:///reports/autocompress.db; the file does"),
     (["show", "--study", "x", "--storage", "sqlite:///new/dir/x.db"], "the file does not exist"),
     (["report", "--study", "x"], "no study 'x' in sqlite:///reports/autocompress.db"),

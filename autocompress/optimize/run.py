@@ -174,6 +174,8 @@ def search(
         raise UserInputError(f"--train-threads must be at least 1, got {train_threads}")
     if latency not in ("predicted", "measured"):
         raise UserInputError(f"--latency must be predicted or measured, got {latency!r}")
+    if batch_size < 1:  # checked again where the batch is built; here before any model loads
+        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
     if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
         raise UserInputError(f"--timeout must be a positive number of seconds, got {timeout_s}")
     if not 0 <= seed < 2**32:
