@@ -118,21 +118,25 @@ def test_pick_chooses_among_feasible_front_candidates(study: tuple[str, str, Pat
 
 @pytest.mark.usefixtures("quick_timing")
 def test_export_fails_and_writes_nothing_when_the_rebuild_does_not_reproduce(
-    study: tuple[str, str, Path], capsys: pytest.CaptureFixture[str]
+    study: tuple[str, str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from autocompress.evaluate import finetune as finetune_module
+
     name, url, root = study
     the_study = load_study(name, url)
     # The most pruned plan (keep 0.375) recovers far more with 300 steps than with the 5 the
-    # search used: a recipe that differs from the study's must not pass as its candidate.
+    # search used: a rebuild that differs from the study's must not pass as its candidate.
     pruned = min(the_study.trials, key=lambda t: t.user_attrs["params"])
-    the_study.set_user_attr("finetune_steps", 300)
-    try:
-        code, _, err = run_cli(
-            capsys, "export", "--study", name, "--storage", url, "--trial", str(pruned.number),
-            "--out", str(root / "refused"),
-        )  # fmt: skip
-    finally:
-        the_study.set_user_attr("finetune_steps", 5)
+    real = finetune_module.finetune
+    monkeypatch.setattr(
+        finetune_module, "finetune", lambda *a, steps, **k: real(*a, steps=300, **k)
+    )
+    code, _, err = run_cli(
+        capsys, "export", "--study", name, "--storage", url, "--trial", str(pruned.number),
+        "--out", str(root / "refused"),
+    )  # fmt: skip
     assert code == 1
     assert "export verification failed" in err and "the study's is" in err
     assert not (root / "refused").exists()
