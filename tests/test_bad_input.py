@@ -328,3 +328,22 @@ def test_databases_autocompress_does_not_own_are_refused_and_left_unchanged(
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
         assert _snapshot(tmp_path) == before, argv
+
+
+def test_the_largest_seed_continues_a_study_with_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sampler's seed is the user's plus the trials so far: it wraps at 2**32 instead of
+    failing with a traceback on a study that already has trials."""
+    from tests.conftest import time_quickly
+
+    monkeypatch.chdir(tmp_path)
+    time_quickly(monkeypatch)
+    argv = [
+        "search", *TINY, "--seed", "4294967295", "--trials", "1", "--finetune-steps", "1",
+        "--latency", "measured", "--no-alternatives", "--methods", "prune", "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert main(argv) == 0, capsys.readouterr().err
+    storage = f"sqlite:///{tmp_path / 'reports' / 'autocompress.db'}"
+    assert len(optuna.load_study(study_name="tiny_mlp-cpu", storage=storage).trials) == 2

@@ -222,7 +222,7 @@ def search(
     the_study = open_study(study_name, storage_obj, identity=identity)
     existing = len(the_study.trials)
     the_study.sampler = make_sampler(
-        sampler, seed=seed + existing, population_size=max(8, min(50, trials // 3))
+        sampler, seed=(seed + existing) % 2**32, population_size=max(8, min(50, trials // 3))
     )
     baseline = _baseline(the_study, dense, the_task, hw, latency_inputs)
     notes = []

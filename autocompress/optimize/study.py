@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import warnings
 from pathlib import Path
@@ -38,6 +39,12 @@ def resolve_storage(
     url = url or DEFAULT_STORAGE
     if url.startswith("sqlite:///"):
         _check_sqlite_file(url)
+        path = Path(url.removeprefix("sqlite:///")).expanduser()
+        if not read_only and path.is_file() and not os.access(path, os.W_OK):
+            raise UserInputError(
+                f"storage {shown_url(url)!r} is read-only; a search writes its trials there: "
+                "give --storage a file you can write (show and report can read this one)"
+            )
         try:
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(
                 parents=True, exist_ok=True

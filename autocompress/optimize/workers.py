@@ -94,7 +94,7 @@ def run_workers(
         child = {
             **kwargs,
             "trials": share,
-            "seed": seed + SEED_STRIDE * (index + 1),
+            "seed": (seed + SEED_STRIDE * (index + 1)) % 2**32,  # samplers take 32 bits
             "train_threads": train_threads or 1,
         }
         process = context.Process(
