@@ -184,6 +184,43 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from autocompress.optimize.sensitivity import sensitivity
+
+    result, path = sensitivity(
+        args.model,
+        task=args.task,
+        space=args.space,
+        methods=None if args.methods is None else args.methods.split(","),
+        batches=args.batches,
+        refresh=args.refresh,
+        show_progress=not args.quiet,
+    )
+    if args.json:
+        print(result.to_json())
+        return 0
+    rows = sorted(result.rows, key=lambda r: r["drop"], reverse=True)
+    title = (
+        f"sensitivity of {args.model}: {result.metric_name} {result.dense:.4f} dense on "
+        f"{result.batches} training batches; {len(rows)} single changes, "
+        f"{result.seconds:.0f} s to measure"
+    )
+    table = Table(title=title)
+    for column in ("knob", "level", "layers", result.metric_name, "drop"):
+        table.add_column(column, justify="left" if column in ("knob", "layers") else "right")
+    for row in rows[: max(args.top, 0)]:
+        layers = row["layers"]
+        shown = layers[0] + (f" +{len(layers) - 1}" if len(layers) > 1 else "")
+        table.add_row(
+            row["setting"], str(row["value"]), shown, f"{row['metric']:.4f}", f"{row['drop']:+.4f}"
+        )
+    _console().print(table)
+    print(f"sensitivity: {path}")
+    return 0
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
     from autocompress.optimize.latency import profile
 
@@ -389,6 +426,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_profile)
+
+    sens = sub.add_parser(
+        "sensitivity",
+        help="what each level of each knob costs the metric alone (cached; no fine-tune)",
+    )
+    sens.add_argument("--model", default="digits-resnet", help="zoo name or pkg.mod:factory")
+    sens.add_argument("--task", default=None, help="zoo task name or pkg.mod:factory")
+    sens.add_argument("--space", default="default", help="search space whose levels are measured")
+    sens.add_argument("--methods", default=None, help="comma list of prune,quant,lowrank,sparse")
+    sens.add_argument(
+        "--batches", type=int, default=8, help="training batches the metric runs on (default: 8)"
+    )
+    sens.add_argument("--top", type=int, default=15, help="rows to print, costliest first")
+    sens.add_argument("--json", action="store_true", help="print every row as JSON")
+    sens.add_argument("--refresh", action="store_true", help="measure again even if cached")
+    sens.add_argument("--quiet", action="store_true", help="no progress bar")
+    sens.set_defaults(run=_cmd_sensitivity)
 
     show = sub.add_parser("show", help="print a study's Pareto front")
     show.add_argument("--study", required=True)

@@ -282,22 +282,33 @@ class _Bf16Compute(nn.Module):
         return self.inner(x.to(torch.bfloat16)).to(x.dtype)
 
 
+# torch.export marks the second and later calls of one module in `nn_module_stack` keys.
+_CALL = "@"
+
+
 def _module_of(node: torch.fx.Node) -> str:
     """The name of the innermost module a graph node was traced from ('' if none)."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return ""
     name = list(stack.values())[-1][0]
-    return name.removeprefix("L['self'].")
+    return name.removeprefix("L['self'].").partition(_CALL)[0]
 
 
 def _as_torch_layers(graph: nn.Module, model: nn.Module) -> None:
-    """Record the graph's nodes from subclassed Conv/Linear layers as the torch class's.
+    """Record the graph's nodes as the int8 quantizer needs to find its patterns.
 
-    The int8 quantizer finds a layer's nodes by the class name its graph records for the
-    innermost module (`nn_module_stack`), compared exactly: the nodes of an `nn.Conv2d`
-    subclass that pads in `forward` (models ported from TensorFlow) would match no pattern and
-    stay fp32. Names are kept, so `_module_of` still finds the layer.
+    - Subclassed Conv/Linear layers as the torch class: the quantizer finds a layer's nodes by
+      the class name its graph records for the innermost module (`nn_module_stack`), compared
+      exactly, so the nodes of an `nn.Conv2d` subclass that pads in `forward` (models ported
+      from TensorFlow) would match no pattern and stay fp32.
+    - Each call of a module called more than once as its own source: the quantizer groups
+      nodes by module path, and one activation module applied twice (EfficientNet-Lite's
+      `_swish`, a ReLU6, after the stem and before the head) made one pattern with two
+      outputs, which it refuses ("Input partition has more than one output node"): no int8
+      plan of such a model could be built. The call's index (`@1`) joins the path.
+
+    `_module_of` still finds the layer by its name.
 
     Args:
         graph: the exported graph module (changed in place: node metadata only).
@@ -308,11 +319,13 @@ def _as_torch_layers(graph: nn.Module, model: nn.Module) -> None:
         stack = node.meta.get("nn_module_stack")
         if not stack:
             continue
-        key, (path, _) = list(stack.items())[-1]
+        key, (path, cls) = list(stack.items())[-1]
         module = modules.get(path.removeprefix("L['self']."))
         base = next((b for b in (nn.Conv1d, nn.Conv2d, nn.Linear) if isinstance(module, b)), None)
         if base is not None and type(module) is not base:
             stack[key] = (path, f"{base.__module__}.{base.__qualname__}")
+        elif base is None and _CALL in key:  # a repeated call: its own partition
+            stack[key] = (f"{path}{_CALL}{key.rpartition(_CALL)[2]}", cls)
 
 
 def _export(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> nn.Module:

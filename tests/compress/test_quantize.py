@@ -361,3 +361,33 @@ def test_realize_quantizes_subclassed_layers_that_pad_in_forward() -> None:
     (x,) = calib[0]
     with torch.no_grad():
         assert _rel_err(real(x), model(x)) < 0.05
+
+
+class _SharedActivation(nn.Module):
+    """One ReLU6 module applied after two convolutions, as EfficientNet-Lite applies its
+    `_swish` after the stem and before the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.act = nn.ReLU6()
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_realize_quantizes_a_model_that_calls_one_activation_module_twice() -> None:
+    # The quantizer grouped both calls into one pattern with two outputs and refused it.
+    torch.manual_seed(0)
+    model = _SharedActivation().eval()
+    gen = torch.Generator().manual_seed(3)
+    calib = [(torch.randn(8, 1, 16, 16, generator=gen),) for _ in range(3)]
+    plan = dict.fromkeys(["conv1", "conv2", "fc"], (8, 8))
+    real = realize(model, plan, calib[0], calib, compile=False)
+    assert quantized_layers(real.graph_module) == dict.fromkeys(["conv1", "conv2", "fc"], "static")
+    (x,) = calib[0]
+    with torch.no_grad():
+        assert _rel_err(real(x), model(x)) < 0.05
