@@ -20,6 +20,7 @@ import logging
 import random
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -276,6 +277,7 @@ def profile_model(
         dense_ms = target.measure(dense, inputs, rounds=2 * target.rounds).median_ms
         bar.describe(f"profile {model}: {len(drawn) + len(uniform)} whole plans")
         calibration: list[dict[str, Any]] = []
+        skipped: list[str | None] = []
         plans_started = time.monotonic()
         for done, plan in enumerate(drawn):
             if max_seconds is not None and done >= MIN_CALIBRATION_PLANS:
@@ -286,11 +288,19 @@ def profile_model(
                     for _ in drawn[done:]:
                         bar.advance()
                     break
-            _calibrate(calibration, dense, plan, task, target, inputs)
+            skipped.append(_calibrate(calibration, dense, plan, task, target, inputs))
             bar.advance()
         for plan in uniform:
-            _calibrate(calibration, dense, plan, task, target, inputs)
+            skipped.append(_calibrate(calibration, dense, plan, task, target, inputs))
             bar.advance()
+    reasons = Counter(r for r in skipped if r is not None)
+    if reasons:  # one line, not one per plan
+        (reason, count), *others = reasons.most_common()
+        more = f" ({sum(n for _, n in others)} more for other reasons)" if others else ""
+        log.warning(
+            "%d of %d calibration plans skipped: %dx %s%s",
+            reasons.total(), len(skipped), count, reason, more,
+        )  # fmt: skip
     return Profile(
         model=model,
         fingerprint=target.fingerprint(),
@@ -311,14 +321,18 @@ def _calibrate(
     task: Task,
     target: Target,
     inputs: tuple[torch.Tensor, ...],
-) -> None:
-    """Time one calibration plan and append it; a plan the model cannot take is skipped."""
+) -> str | None:
+    """Time one calibration plan and append it; a plan the model cannot take is skipped.
+
+    Returns:
+        Why it was skipped, or None when it was timed.
+    """
     try:
         ratio = measure_plan(dense, plan, task, target, inputs)
     except Exception as exc:  # a plan the model cannot take fails its trial, not the profile
-        log.warning("calibration plan skipped: %s: %s", type(exc).__name__, exc)
-    else:
-        calibration.append({"plan": plan.to_dict(), "ratio": ratio})
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    calibration.append({"plan": plan.to_dict(), "ratio": ratio})
+    return None
 
 
 def batch_size_of(inputs: tuple[torch.Tensor, ...]) -> int:
