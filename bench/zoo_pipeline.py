@@ -147,8 +147,10 @@ def _ms(x: float) -> str:
     return f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
-def section(name: str, dense: dict[str, Any], prof: dict[str, Any], run: dict[str, Any]) -> str:
-    """One model's tables, in Markdown."""
+def section(
+    name: str, dense: dict[str, Any], prof: dict[str, Any] | None, run: dict[str, Any] | None
+) -> str:
+    """One model's tables, in Markdown; a step not run yet (None) says so."""
     lines = [
         f"## {name}",
         "",
@@ -171,6 +173,8 @@ def section(name: str, dense: dict[str, Any], prof: dict[str, Any], run: dict[st
             f"| {label} | {100 * accuracy:.2f}% | {_ms(one['ms'])} | {1 / one['ratio']:.2f}x "
             f"| {_ms(many['ms'])} | {1 / many['ratio']:.2f}x |"
         )
+    if prof is None:
+        return "\n".join([*lines, "", "Profile and search: not run yet."]) + "\n"
     lines += [
         "",
         "### Profile (default space, batch 1) and the predictor on fresh plans",
@@ -181,6 +185,10 @@ def section(name: str, dense: dict[str, Any], prof: dict[str, Any], run: dict[st
         f"| {prof['profile_s'] / 60:.1f} min | {prof['kernels']} | {prof['plans']} "
         f"| {prof['check_s'] / 60:.1f} min | {prof['n']} | {prof['within10']:.2f} "
         f"| {prof['within5']:.2f} | {100 * prof['mape']:.1f}% | {prof['spearman']:.2f} |",
+    ]
+    if run is None:
+        return "\n".join([*lines, "", "Search: not run yet."]) + "\n"
+    lines += [
         "",
         f"### Search: {run['trials']} trials, `--max-drop 1%`, default space",
         "",
@@ -243,14 +251,22 @@ def main() -> None:
         "1 thread, batch 1 unless stated.\n"
     )
     sections: list[str] = []
+
+    def write(current: str) -> None:  # after each step, so a long run leaves what it has
+        args.out.write_text(header + "\n" + "\n".join([*sections, current]))
+
     for name in args.models.split(","):
         started = time.perf_counter()
         dense = dense_figures(name)
+        write(section(name, dense, None, None))
+        print(f"{name}: dense figures in {(time.perf_counter() - started) / 60:.1f} min")
         prof = profile_figures(name, args.check)
+        write(section(name, dense, prof, None))
+        print(f"{name}: profiled in {(time.perf_counter() - started) / 60:.1f} min")
         with tempfile.TemporaryDirectory() as workdir:
             run = search_figures(name, args.trials, Path(workdir))
         sections.append(section(name, dense, prof, run))
-        args.out.write_text(header + "\n" + "\n".join(sections))
+        write("")
         print(f"{name}: done in {(time.perf_counter() - started) / 60:.1f} min -> {args.out}")
 
 
