@@ -154,6 +154,10 @@ class FakeQuantLayer(nn.Module):
         if self.act_bits == 8:
             x = self._quantize_input(x)
         weight = quantize_weight(self.inner.weight, self.weight_bits)
+        if type(self.inner) not in (nn.Embedding, nn.Linear, nn.Conv1d, nn.Conv2d):
+            # A subclass's own forward (a Conv2d that pads "same" in forward), on the
+            # fake-quantized weight: the plain op would drop its padding.
+            return torch.func.functional_call(self.inner, {"weight": weight}, (x,))
         if isinstance(self.inner, nn.Embedding):
             e = self.inner
             return F.embedding(x, weight, e.padding_idx, e.max_norm, e.norm_type)

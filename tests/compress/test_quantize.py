@@ -391,3 +391,21 @@ def test_realize_quantizes_a_model_that_calls_one_activation_module_twice() -> N
     (x,) = calib[0]
     with torch.no_grad():
         assert _rel_err(real(x), model(x)) < 0.05
+
+
+def test_fake_quant_keeps_the_forward_of_subclassed_layers() -> None:
+    # FakeQuantLayer ran the plain conv op: a Conv2d that pads in forward lost its padding,
+    # and every int8 trial of effnet-fmnist failed on mismatched sizes.
+    model = make_same_pad_net()
+    x = torch.randn(2, 1, 16, 16)
+    quantized = copy.deepcopy(model)
+    assert fake_quantize(quantized, dict.fromkeys(SAME_PAD_LAYERS, (8, 8))) == SAME_PAD_LAYERS
+    with torch.no_grad():
+        for name in ("stem.0", "down.0"):
+            layer, fake = model.get_submodule(name), quantized.get_submodule(name)
+            inner = torch.randn(2, layer.in_channels, 9, 9)
+            assert fake(inner).shape == layer(inner).shape  # "same" padding kept
+        assert _rel_err(quantized(x), model(x)) < 0.1
+    quantized.train()
+    quantized(x).sum().backward()  # gradients reach the wrapped weights (straight-through)
+    assert quantized.get_submodule("stem.0").inner.weight.grad is not None
