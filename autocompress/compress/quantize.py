@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from autocompress.compress._swap import QUANTIZABLE, leaves, swap_module
 from autocompress.errors import PlanWarning
@@ -153,11 +154,20 @@ class FakeQuantLayer(nn.Module):
         """The layer's output on fake-quantized input and weights."""
         if self.act_bits == 8:
             x = self._quantize_input(x)
-        weight = quantize_weight(self.inner.weight, self.weight_bits)
-        if type(self.inner) not in (nn.Embedding, nn.Linear, nn.Conv1d, nn.Conv2d):
+        masked = parametrize.is_parametrized(self.inner, "weight")  # sparsity's mask
+        own = type(self.inner).__bases__[0] if masked else type(self.inner)
+        if own not in (nn.Embedding, nn.Linear, nn.Conv1d, nn.Conv2d):
             # A subclass's own forward (a Conv2d that pads "same" in forward), on the
-            # fake-quantized weight: the plain op would drop its padding.
-            return torch.func.functional_call(self.inner, {"weight": weight}, (x,))
+            # fake-quantized weight: the plain op would drop its padding. A mask keeps the
+            # largest weights, so masking the quantized weight equals quantizing the masked.
+            if masked:
+                original = self.inner.parametrizations.weight.original
+                name, value = "parametrizations.weight.original", original
+            else:
+                name, value = "weight", self.inner.weight
+            quantized = quantize_weight(value, self.weight_bits)
+            return torch.func.functional_call(self.inner, {name: quantized}, (x,))
+        weight = quantize_weight(self.inner.weight, self.weight_bits)
         if isinstance(self.inner, nn.Embedding):
             e = self.inner
             return F.embedding(x, weight, e.padding_idx, e.max_norm, e.norm_type)
