@@ -199,7 +199,7 @@ def test_a_custom_clock_is_what_the_protocol_reads() -> None:
 
 
 def test_the_cuda_target_refuses_bit_widths_it_cannot_deploy() -> None:
-    from autocompress.hardware.targets import CudaTarget
+    from autocompress.hardware.cuda_target import CudaTarget
 
     cuda = object.__new__(CudaTarget)  # its class's declaration; no GPU needed to read it
     cuda.check_bits({32, 4})
