@@ -37,18 +37,16 @@ def resolve_storage(
     from autocompress.optimize.heartbeat import serialize_sqlite_transactions, storage_options
 
     url = url or DEFAULT_STORAGE
-    if url.startswith("sqlite:///"):
-        _check_sqlite_file(url)
-        path = Path(url.removeprefix("sqlite:///")).expanduser()
+    path = _sqlite_path(url)
+    if path is not None:
+        _check_sqlite_file(url, path)
         if not read_only and path.is_file() and not os.access(path, os.W_OK):
             raise UserInputError(
                 f"storage {shown_url(url)!r} is read-only; a search writes its trials there: "
                 "give --storage a file you can write (show and report can read this one)"
             )
         try:
-            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(
-                parents=True, exist_ok=True
-            )
+            path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file where a folder is asked for, no permission, ...
             raise UserInputError(
                 f"cannot open storage {shown_url(url)!r}: cannot create its folder "
@@ -71,15 +69,20 @@ def resolve_storage(
     return storage
 
 
+def _sqlite_path(url: str) -> Path | None:
+    """The database file of a `sqlite:///` URL; None for any other storage."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url.removeprefix("sqlite:///")).expanduser()
+
+
 def storage_exists(url: str | None) -> bool:
     """False only for a SQLite database file that is not there yet (a server is assumed up)."""
-    url = url or DEFAULT_STORAGE
-    if not url.startswith("sqlite:///"):
-        return True
-    return Path(url.removeprefix("sqlite:///")).expanduser().exists()
+    path = _sqlite_path(url or DEFAULT_STORAGE)
+    return path is None or path.exists()
 
 
-def _check_sqlite_file(url: str) -> None:
+def _check_sqlite_file(url: str, path: Path) -> None:
     """Refuse an existing SQLite database that is not Optuna's, before Optuna adds its tables.
 
     A file SQLite cannot read is left to Optuna, whose error names it.
@@ -87,7 +90,6 @@ def _check_sqlite_file(url: str) -> None:
     Raises:
         UserInputError: the file holds tables and none of them is Optuna's `version_info`.
     """
-    path = Path(url.removeprefix("sqlite:///")).expanduser()
     if not path.is_file() or path.stat().st_size == 0:
         return
     try:
