@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress.hardware.fold import fold_batchnorm
 from autocompress.quiet import quiet_onnx_export
 
 OPSET = 20
@@ -45,8 +46,6 @@ def to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
         The `onnx.ModelProto`.
     """
     import onnx
-
-    from autocompress.export.artifact import fold_batchnorm
 
     if type(module) in (nn.Conv1d, nn.Conv2d, nn.Linear):
         return layer_graph(module, inputs[0])

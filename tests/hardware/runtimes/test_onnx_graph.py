@@ -67,6 +67,41 @@ def test_layer_nodes_finds_every_conv_and_linear_by_module_name() -> None:
     assert not any(n.op_type == "BatchNormalization" for n in graph.graph.node)
 
 
+class _SamePadConv(nn.Conv2d):
+    """A library's convolution that pads in its own forward, as EfficientNet-Lite0's does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(x, [1, 1, 1, 1])
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0)
+
+
+class _SubclassNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _SamePadConv(1, 8, 3, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.stem(x))).mean((2, 3)))
+
+
+def test_a_subclassed_convolution_keeps_its_name_and_its_batchnorm_is_folded() -> None:
+    torch.manual_seed(0)
+    model = _SubclassNet().eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    model.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 1, 10, 10)
+    graph = to_onnx(model, (x[:1],))
+    # torch.fx's own fuse skips the subclass; the exporter then named the fused Conv after
+    # the BatchNorm, and an int8 plan on EfficientNet-Lite0 found none of its layers.
+    found = layer_nodes(graph, ["stem", "head"])
+    assert len(found["stem"]) == 1 and len(found["head"]) == 1, found
+    assert not any(n.op_type == "BatchNormalization" for n in graph.graph.node)
+    with torch.no_grad():
+        assert torch.allclose(_run(graph, x), model(x), atol=1e-5, rtol=1e-4)
+
+
 def test_a_factorized_layer_maps_to_both_of_its_nodes() -> None:
     model = make_tiny_resnet()
     x = torch.randn(1, 1, 16, 16)
