@@ -18,7 +18,7 @@ from autocompress.commands import (
     _cmd_targets,
     _console,
 )
-from autocompress.config import DEFAULT_FINETUNE_STEPS
+from autocompress.config import DEFAULT_FINETUNE_STEPS, DEFAULT_TARGET
 from autocompress.errors import AutocompressError
 from autocompress.optimize.heartbeat import DEFAULT_HEARTBEAT_S
 
@@ -132,9 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--target",
-        default="cpu",
-        help="device and runtime latency is measured on: cpu (PyTorch eager, default), "
-        "cpu:onnxruntime, cpu:openvino, cuda, cuda:onnxruntime; see 'autocompress targets'",
+        default=DEFAULT_TARGET,
+        help=f"device and runtime latency is measured on: {DEFAULT_TARGET} (default), "
+        "cpu:openvino, cpu (PyTorch eager), cuda, cuda:onnxruntime; see 'autocompress targets'",
     )
     s.add_argument("--threads", type=int, default=1, help="threads when timing (default: 1)")
     s.add_argument("--batch-size", type=int, default=1, help="batch size latency is measured at")
@@ -147,7 +147,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", help="latency budget, e.g. 2ms (default: half the dense latency)")
     s.add_argument("--max-size", help="size budget, e.g. 50kB or 5MB")
     s.add_argument("--max-drop", help="accuracy drop allowed vs the dense model, e.g. 1%%")
-    s.add_argument("--space", default="default", help="search-space YAML file or packaged name")
+    s.add_argument(
+        "--space",
+        default=None,
+        help="search-space YAML file or packaged name (default: the target's: runtime on "
+        "ONNX Runtime and OpenVINO, default in PyTorch eager)",
+    )
     s.add_argument(
         "--methods", default=None, help="comma list of prune,quant,lowrank,sparse (default: all)"
     )
@@ -217,10 +222,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="digits-resnet", help="zoo name or pkg.mod:factory")
     p.add_argument("--task", default=None, help="zoo task name or pkg.mod:factory")
-    p.add_argument("--target", default="cpu", help="see 'autocompress targets' (default: cpu)")
+    p.add_argument(
+        "--target",
+        default=DEFAULT_TARGET,
+        help=f"see 'autocompress targets' (default: {DEFAULT_TARGET})",
+    )
     p.add_argument("--threads", type=int, default=1, help="threads when timing (default: 1)")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--space", default="default", help="search space the predictor must cover")
+    p.add_argument(
+        "--space",
+        default=None,
+        help="search space the predictor must cover (default: the target's)",
+    )
     p.add_argument("--methods", default=None, help="comma list of prune,quant,lowrank,sparse")
     p.add_argument(
         "--check",
@@ -246,7 +259,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sens.add_argument("--model", default="digits-resnet", help="zoo name or pkg.mod:factory")
     sens.add_argument("--task", default=None, help="zoo task name or pkg.mod:factory")
-    sens.add_argument("--space", default="default", help="search space whose levels are measured")
+    sens.add_argument(
+        "--space",
+        default=None,
+        help=f"search space whose levels are measured (default: {DEFAULT_TARGET}'s)",
+    )
     sens.add_argument("--methods", default=None, help="comma list of prune,quant,lowrank,sparse")
     sens.add_argument(
         "--batches", type=int, default=8, help="training batches the metric runs on (default: 8)"

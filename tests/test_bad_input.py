@@ -346,4 +346,5 @@ def test_the_largest_seed_continues_a_study_with_trials(
     assert main(argv) == 0, capsys.readouterr().err
     assert main(argv) == 0, capsys.readouterr().err
     storage = f"sqlite:///{tmp_path / 'reports' / 'autocompress.db'}"
-    assert len(optuna.load_study(study_name="tiny_mlp-cpu", storage=storage).trials) == 2
+    study = optuna.load_study(study_name="tiny_mlp-cpu:onnxruntime", storage=storage)
+    assert len(study.trials) == 2

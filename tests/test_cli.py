@@ -83,8 +83,8 @@ def search_args(*extra: str) -> list[str]:
     """A tiny pruning search that measures every trial (no profile to build first) and skips
     the plain alternatives (their own tests are in tests/optimize/test_alternatives.py)."""
     return [
-        "search", "--model", "digits-cnn", "--finetune-steps", "5", "--latency", "measured",
-        "--methods", "prune", "--no-alternatives", "--quiet", *extra,
+        "search", "--model", "digits-cnn", "--target", "cpu", "--finetune-steps", "5",
+        "--latency", "measured", "--methods", "prune", "--no-alternatives", "--quiet", *extra,
     ]  # fmt: skip
 
 
@@ -92,8 +92,8 @@ def test_profile_then_predicted_search_measures_its_front(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, out, err = run_cli(
-        "profile", "--model", "digits-cnn", "--methods", "prune", "--plans", "3", "--check", "2",
-        "--quiet",
+        "profile", "--model", "digits-cnn", "--target", "cpu", "--methods", "prune", "--plans",
+        "3", "--check", "2", "--quiet",
         capsys=capsys,
     )  # fmt: skip
     assert code == 0, err
@@ -204,7 +204,8 @@ def test_study_for_another_model_is_refused(
     copy_study(searched, workdir)
     before = (workdir / STUDY_DB).read_bytes()
     code, _, err = run_cli(
-        "search", "--model", "digits-resnet", "--study", "digits-cnn-cpu", "--quiet",
+        "search", "--model", "digits-resnet", "--target", "cpu", "--study", "digits-cnn-cpu",
+        "--quiet",
         capsys=capsys,
     )  # fmt: skip
     assert code == 2

@@ -52,6 +52,7 @@ class RuntimeTarget(Target):
 
     runtime: str
     device: str = "cpu"
+    space = "runtime"  # pruning in channel multiples, low rank and all-int8 layers
     artifact: str  # the file `export` writes (and `load_artifact` reads)
 
     def __init__(self, *, threads: int = 1, rounds: int = 15) -> None:

@@ -55,6 +55,9 @@ class Target(ABC):
     name: str
     threads: int
     runtime: str = "pytorch"
+    # The packaged search space a search on this target uses when none is given: one whose
+    # levels pay off in this target's kernels.
+    space: str = "default"
     # The weight bit-widths this target can deploy a plan with; None: every one a plan takes.
     weight_bits: frozenset[int] | None = None
     why_not_bits: str = ""
@@ -335,6 +338,15 @@ def _call(model: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
     if callable(timer):
         return timer(inputs)
     return lambda: model(*inputs)
+
+
+def default_space(spec: str | Target) -> str:
+    """The packaged search space a target searches when none is given (`Target.space`).
+
+    Raises:
+        UnknownNameError: no target of that name.
+    """
+    return spec.space if isinstance(spec, Target) else TARGETS.get(spec).space
 
 
 def resolve_target(spec: str | Target, *, threads: int = 1) -> Target:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from autocompress.config import DEFAULT_TARGET
 from autocompress.hardware.profiles import PredictorCheck, check_predictor, predictor_for
 from autocompress.hardware.targets import resolve_target
 from autocompress.resolve import model_label, resolve_model, resolve_task
@@ -46,10 +47,10 @@ def profile(
     model: str = "digits-resnet",
     *,
     task: str | Task | None = None,
-    target: str = "cpu",
+    target: str = DEFAULT_TARGET,
     threads: int = 1,
     batch_size: int = 1,
-    space: str | SearchSpace = "default",
+    space: str | SearchSpace | None = None,
     methods: Sequence[str] | None = None,
     check: int = 0,
     refresh: bool = False,
@@ -64,7 +65,7 @@ def profile(
         target: the target name.
         threads: threads when timing.
         batch_size: the batch size latency is predicted for.
-        space: the search space whose plans the predictor must cover.
+        space: the search space whose plans the predictor must cover (None: the target's).
         methods: restrict the space to these methods, as `search --methods` does.
         check: draw this many fresh plans, build and measure them, and compare.
         refresh: profile again even when a cached profile exists.
@@ -75,7 +76,7 @@ def profile(
         Where the profile is, what it holds, and the check's figures.
     """
     hw = resolve_target(target, threads=threads)
-    the_space = space if isinstance(space, SearchSpace) else load_space(space)
+    the_space = space if isinstance(space, SearchSpace) else load_space(space or hw.space)
     settings_for_methods(methods)
     resolved = resolve_model(model)
     the_task = resolve_task(task, resolved)

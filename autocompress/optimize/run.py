@@ -14,7 +14,7 @@ import optuna
 import torch
 from torch import nn
 
-from autocompress.config import DEFAULT_FINETUNE_STEPS, Budget
+from autocompress.config import DEFAULT_FINETUNE_STEPS, DEFAULT_TARGET, Budget
 from autocompress.errors import UserInputError
 from autocompress.hardware.profiles import predictor_for
 from autocompress.hardware.targets import Target, resolve_target
@@ -97,10 +97,10 @@ def search(
     model: str | nn.Module = DEFAULT_MODEL,
     *,
     task: str | Task | None = None,
-    target: str | Target = "cpu",
+    target: str | Target = DEFAULT_TARGET,
     threads: int = 1,
     budget: Budget | None = None,
-    space: str | SearchSpace = "default",
+    space: str | SearchSpace | None = None,
     methods: Sequence[str] | None = None,
     trials: int = 30,
     timeout_s: float | None = None,
@@ -127,10 +127,13 @@ def search(
     Args:
         model: a zoo name, `pkg.mod:factory`, or an nn.Module.
         task: the task that judges it (zoo models bring their own).
-        target: where latency is measured ("cpu").
+        target: where latency is measured: a name (`autocompress targets`; default
+            "cpu:onnxruntime", ONNX Runtime on this CPU) or a Target.
         threads: threads used when timing (recorded with every figure).
         budget: latency / size / accuracy-drop limits; None: half the dense latency.
-        space: a search-space YAML path, a packaged name, or a SearchSpace.
+        space: a search-space YAML path, a packaged name, or a SearchSpace; None: the
+            target's own (`Target.space`: "runtime" on ONNX Runtime and OpenVINO, "default"
+            in PyTorch eager).
         methods: search only these methods' knobs ("prune", "quant", "lowrank", "sparse");
             None for every knob the space has.
         trials: trials to run in this call.
@@ -186,9 +189,9 @@ def search(
     if sampler not in ("nsga2", "tpe", "random"):
         make_sampler(sampler, seed=seed, population_size=2)  # raises the listing error
     # Bad space files and methods fail before a storage (a new database) is opened.
-    the_space = space if isinstance(space, SearchSpace) else load_space(space)
-    settings_for_methods(methods)
     hw = resolve_target(target, threads=threads)
+    the_space = space if isinstance(space, SearchSpace) else load_space(space or hw.space)
+    settings_for_methods(methods)
     study_name = study or f"{model_label(model)}-{hw.name}"
     identity = {
         "model": model_label(model),

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from autocompress.config import DEFAULT_TARGET
 from autocompress.evaluate.sensitivity import DEFAULT_BATCHES, Sensitivity, sensitivity_for
+from autocompress.hardware.targets import default_space
 from autocompress.resolve import check_task_fits, model_label, resolve_model, resolve_task
 from autocompress.space.discover import discover
 from autocompress.space.spec import SearchSpace, load_space, settings_for_methods
@@ -16,7 +18,7 @@ def sensitivity(
     model: str = "digits-resnet",
     *,
     task: str | Task | None = None,
-    space: str | SearchSpace = "default",
+    space: str | SearchSpace | None = None,
     methods: Sequence[str] | None = None,
     batches: int = DEFAULT_BATCHES,
     refresh: bool = False,
@@ -27,7 +29,8 @@ def sensitivity(
     Args:
         model: a zoo name, `pkg.mod:factory` or a Hugging Face folder.
         task: its task (zoo models bring their own).
-        space: the search space whose levels are measured.
+        space: the search space whose levels are measured (None: the one a search on the
+            default target uses).
         methods: only these methods' knobs, as `search --methods`.
         batches: training batches the metric is measured on.
         refresh: measure again even when cached.
@@ -43,6 +46,8 @@ def sensitivity(
 
     if batches < 1:
         raise UserInputError(f"--batches must be at least 1, got {batches}")
+    if space is None:
+        space = default_space(DEFAULT_TARGET)
     the_space = space if isinstance(space, SearchSpace) else load_space(space)
     settings_for_methods(methods)
     resolved = resolve_model(model)
