@@ -58,6 +58,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             alternatives=not args.no_alternatives,
             early_stop=args.early_stop,
             warm_start=not args.no_warm_start,
+            allocate=not args.no_allocation,
         )
     except KeyboardInterrupt:
         print(
@@ -211,7 +212,13 @@ def _parser() -> argparse.ArgumentParser:
         "--no-warm-start",
         action="store_true",
         help="do not start a new study with the space's uniform plans (each method alone at "
-        "each level); every trial is the sampler's",
+        "each level) or the allocated ones; every trial is the sampler's",
+    )
+    s.add_argument(
+        "--no-allocation",
+        action="store_true",
+        help="do not start a new study with per-layer plans allocated from the model's "
+        "measured sensitivity (the uniform plans still run)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=_cmd_search)

@@ -2,12 +2,16 @@
 
 What it measures. On each model (default: digits-resnet, the demo CNN, and mnist1d-cnn) and
 each configuration, at equal trial budgets (`--trials`) and sampler seeds (`--seeds`), searches
-run through `autocompress.optimize.run.search` on the CPU target with predicted latency:
+run through `autocompress.optimize.run.search` on `--target` (default: cpu, PyTorch eager, as
+the tables so far were measured; each target searches its own space) with predicted latency:
 
-- joint: the default space, every method, NSGA-II (what `autocompress search` does);
+- joint: the default space, every method, NSGA-II, the uniform warm starts and the plans
+  allocated from the model's sensitivity (what `autocompress search` does);
+- joint-noalloc: the same without the allocated plans (`allocate=False`);
 - joint-es: the same with early stopping (`--early-stop`); stopped trials count in the budget;
 - prune, quant, lowrank: the default space restricted to one method (`methods=[...]`), NSGA-II;
-- random: every method, random sampler, after the same uniform warm starts as joint;
+- random: every method, random sampler, after the same uniform warm starts as joint (no
+  allocated plans);
 - random-cold: every method, the random sampler alone (`warm_start=False`): what random
   search gives without this tool's warm starts; the bar of issue #9 is against it;
 - uniform: every layer at one setting (`space.uniform.uniform_sweep`: each keep ratio, int8,
@@ -65,11 +69,12 @@ from search_quality_tables import LATENCY_BUDGETS, StudyFigures, plot, report
 MODELS = ("digits-resnet", "mnist1d-cnn")
 CONFIGS: dict[str, dict[str, Any]] = {
     "joint": {},
+    "joint-noalloc": {"allocate": False},
     "joint-es": {"early_stop": True},
     "prune": {"methods": ["prune"]},
     "quant": {"methods": ["quant"]},
     "lowrank": {"methods": ["lowrank"]},
-    "random": {"sampler": "random"},
+    "random": {"sampler": "random", "allocate": False},
     "random-cold": {"sampler": "random", "warm_start": False},
     "uniform": {},
 }
@@ -77,11 +82,13 @@ REPORT = Path(__file__).resolve().parent.parent / "reports" / "benchmarks" / "se
 PREFIX = "search-quality"
 
 
-def study_name(model: str, config: str, seed: int | None) -> str:
-    """One study per (model, config, seed); the uniform sweep has no seed."""
+def study_name(model: str, config: str, seed: int | None, target: str = "cpu") -> str:
+    """One study per (target, model, config, seed); the uniform sweep has no seed. Studies on
+    the eager CPU target keep the names they had before targets were a choice here."""
+    prefix = PREFIX if target == "cpu" else f"{PREFIX}@{target}"
     if config == "uniform":
-        return f"{PREFIX}/{model}/uniform"
-    return f"{PREFIX}/{model}/{config}/seed{seed}"
+        return f"{prefix}/{model}/uniform"
+    return f"{prefix}/{model}/{config}/seed{seed}"
 
 
 def default_storage() -> str:
@@ -101,6 +108,7 @@ class Job:
     storage: str
     finetune_steps: int
     floor_drop: float
+    target: str
 
 
 def _quiet() -> None:
@@ -127,29 +135,30 @@ def _done(study: optuna.Study | None) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def _knobs(model: str, methods: Sequence[str] | None = None):
-    """The model's dense copy, task, layers and the default space's knobs (for `methods`)."""
+def _knobs(model: str, methods: Sequence[str] | None = None, target: str = "cpu"):
+    """The model's dense copy, task, layers and the target's space's knobs (for `methods`)."""
+    from autocompress.hardware.targets import default_space
     from autocompress.space.discover import discover
     from autocompress.space.spec import load_space
     from autocompress.zoo import load_model, load_task
 
     task = load_task(model)
     dense = load_model(model, task=task).eval()
-    space = load_space("default")
+    space = load_space(default_space(target))
     layers = discover(dense, task.inputs())
     return dense, task, layers, space, space.knobs(layers, methods=methods, model=dense)
 
 
-def predictor(model: str, methods: Sequence[str] | None = None):
-    """The model's latency predictor for the default space (restricted to `methods`): the
+def predictor(model: str, methods: Sequence[str] | None = None, target: str = "cpu"):
+    """The model's latency predictor on `target` for its space (restricted to `methods`): the
     cached profile, profiled now when missing (as search() would)."""
     from autocompress.hardware.profiles import predictor_for
     from autocompress.hardware.targets import resolve_target
     from autocompress.optimize.latency import batch_inputs
 
-    dense, task, layers, space, knobs = _knobs(model, methods)
+    dense, task, layers, space, knobs = _knobs(model, methods, target)
     found, _ = predictor_for(
-        dense, task, resolve_target("cpu", threads=1), model=model, layers=layers, knobs=knobs,
+        dense, task, resolve_target(target, threads=1), model=model, layers=layers, knobs=knobs,
         round_to=space.round_to, inputs=batch_inputs(task, 1), show_progress=True,
     )  # fmt: skip
     return found
@@ -160,7 +169,7 @@ def _queue_uniform(job: Job) -> int:
     from autocompress.optimize.study import DIRECTIONS, resolve_storage
     from autocompress.space.uniform import uniform_sweep
 
-    name = study_name(job.model, "uniform", None)
+    name = study_name(job.model, "uniform", None, job.target)
     # search() stores the study's identity on first use; here only its directions matter.
     study = optuna.create_study(
         study_name=name,
@@ -169,7 +178,7 @@ def _queue_uniform(job: Job) -> int:
         load_if_exists=True,
     )
     if not study.trials:  # search() adds no warm starts to a study that has trials queued
-        for label, params in uniform_sweep(_knobs(job.model)[4]):
+        for label, params in uniform_sweep(_knobs(job.model, target=job.target)[4]):
             study.enqueue_trial(params, user_attrs={"uniform_level": label})
     waiting = optuna.trial.TrialState.WAITING
     return len(study.get_trials(deepcopy=False, states=(waiting,)))
@@ -192,7 +201,8 @@ def run_job(job: Job) -> tuple[Job, float, str | None]:
             # worker=True: search() leaves out what a parent process does (plain alternatives,
             # the verify step, the HTML report); the bench compares predicted figures only.
             search(
-                job.model, study=study_name(job.model, job.config, job.seed),
+                job.model, study=study_name(job.model, job.config, job.seed, job.target),
+                target=job.target,
                 storage=job.storage, trials=trials, seed=job.seed or 0,
                 budget=Budget(max_drop=job.floor_drop), finetune_steps=job.finetune_steps,
                 train_threads=1, latency="predicted", show_progress=False, worker=True,
@@ -201,7 +211,7 @@ def run_job(job: Job) -> tuple[Job, float, str | None]:
     except Exception as exc:  # one failed study must not lose the others' hours
         return job, time.monotonic() - started, f"{type(exc).__name__}: {exc}"
     wall = time.monotonic() - started
-    study = _load_study(study_name(job.model, job.config, job.seed), job.storage)
+    study = _load_study(study_name(job.model, job.config, job.seed, job.target), job.storage)
     if study is not None:
         study.set_user_attr("bench_wall_s", study.user_attrs.get("bench_wall_s", 0.0) + wall)
     return job, wall, None
@@ -219,7 +229,7 @@ def study_figures(
 
     figures = StudyFigures(study.study_name, seed, wall_s=study.user_attrs.get("bench_wall_s", 0))
     baseline = study.user_attrs.get("baseline")
-    warm: list[bool] = []  # per point: an enqueued warm start (or uniform level)
+    origin: list[str] = []  # per point: "uniform" (or a uniform level), "allocated", "sampled"
     State = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False):
         # A failed trial's span is not work: a worker killed mid-trial (an interrupted bench)
@@ -236,7 +246,8 @@ def study_figures(
             size_ratio = attrs["size_bytes"] / baseline["size_bytes"]
             figures.points.append((attrs["accuracy"], ratio, size_ratio))
             figures.labels.append(attrs.get("uniform_level", f"trial {t.number}"))
-            warm.append("warm_start" in attrs or "uniform_level" in attrs)
+            level = "uniform" if "uniform_level" in attrs else "sampled"
+            origin.append(attrs.get("warm_start", level))
     if baseline is None:
         return figures
     dense = float(baseline["accuracy"])
@@ -247,10 +258,13 @@ def study_figures(
     figures.hypervolume = hypervolume(gains)
     above = [i for i, (a, _, _) in enumerate(figures.points) if a >= dense - floor_drop]
     for i in non_dominated([figures.points[i] for i in above]):
-        if warm[above[i]]:
-            figures.front_warm += 1
-        else:
+        kind = origin[above[i]]
+        if kind == "allocated":
+            figures.front_allocated += 1
+        elif kind == "sampled":
             figures.front_sampled += 1
+        else:
+            figures.front_warm += 1
     for budget in LATENCY_BUDGETS:
         fits = [a for a, r, _ in figures.points if r <= budget]
         figures.best[budget] = max(fits) if fits else None
@@ -278,13 +292,14 @@ def collect(
     """Figures of every study the storage holds for these models, configs and seeds."""
     results: dict[str, dict[str, list[StudyFigures]]] = {}
     for model in models:
-        predict = _cached_predict(predictor(model))
+        predict = _cached_predict(predictor(model, target=args.target))
 
         results[model] = {}
         for config in configs:
             rows = []
             for seed in [None] if config == "uniform" else seeds:
-                study = _load_study(study_name(model, config, seed), args.storage)
+                name = study_name(model, config, seed, args.target)
+                study = _load_study(name, args.storage)
                 if study is not None:
                     rows.append(study_figures(study, seed, predict, floor_drop=args.floor_drop))
             results[model][config] = rows
@@ -302,14 +317,15 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                 if config == "uniform" and seed != args.seeds[0]:
                     continue
                 the_seed = None if config == "uniform" else seed
-                study = _load_study(study_name(model, config, the_seed), args.storage)
+                name = study_name(model, config, the_seed, args.target)
+                study = _load_study(name, args.storage)
                 missing = args.trials - _done(study)
                 if config == "uniform":
                     missing = 1  # run_job queues the sweep and runs what is still queued
                 if missing > 0:
                     jobs.append(
                         Job(model, config, the_seed, missing, args.storage, args.finetune_steps,
-                            args.floor_drop)
+                            args.floor_drop, args.target)
                     )  # fmt: skip
     return jobs
 
@@ -319,12 +335,15 @@ def prepare(args: argparse.Namespace) -> None:
     two studies profiling the same model at once would time each other."""
     for model in args.models:
         for methods in {tuple(CONFIGS[c].get("methods") or ()) for c in args.configs}:
-            predictor(model, list(methods) or None)
+            predictor(model, list(methods) or None, args.target)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument(
+        "--target", default="cpu", help="target every search times on (default: cpu, eager)"
+    )
     parser.add_argument(
         "--configs",
         type=lambda s: s.split(","),
@@ -365,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             futures = [pool.submit(run_job, job) for job in jobs]
             for future in as_completed(futures):
                 job, wall, error = future.result()
-                name = study_name(job.model, job.config, job.seed)
+                name = study_name(job.model, job.config, job.seed, job.target)
                 if error:
                     errors += 1
                     print(f"  {name}: FAILED after {wall / 60:.1f} min: {error}", flush=True)

@@ -36,8 +36,10 @@ class StudyFigures:
     best: dict[float, float | None] = field(default_factory=dict)
     points: list[tuple[float, float, float]] = field(default_factory=list)  # acc, lat, size ratio
     labels: list[str] = field(default_factory=list)
-    # Front points above the accuracy floor: enqueued warm starts vs plans the sampler drew.
+    # Front points above the accuracy floor: uniform warm starts, allocated plans, plans the
+    # sampler drew.
     front_warm: int = 0
+    front_allocated: int = 0
     front_sampled: int = 0
 
 
@@ -59,7 +61,7 @@ def model_table(config_rows: dict[str, list[StudyFigures]], trials: int, seeds: 
     budgets = " | ".join(f"best acc ≤{b:g}x" for b in LATENCY_BUDGETS)
     lines = [
         f"| config | studies | trials: complete / stopped / failed | hypervolume (mean ± std) "
-        f"| {budgets} | front: warm / sampled (mean) | trial time min (mean) "
+        f"| {budgets} | front: warm / allocated / sampled (mean) | trial time min (mean) "
         "| search wall min (mean) |",
         "|---|---:|---:|---:|" + "---:|" * len(LATENCY_BUDGETS) + "---:|---:|---:|",
     ]
@@ -78,6 +80,7 @@ def model_table(config_rows: dict[str, list[StudyFigures]], trials: int, seeds: 
             f"{sum(r.complete for r in rows)} / {sum(r.stopped for r in rows)} / "
             f"{sum(r.failed for r in rows)} | {mean:.4f} ± {std:.4f} | {best} | "
             f"{statistics.fmean(r.front_warm for r in rows):.1f} / "
+            f"{statistics.fmean(r.front_allocated for r in rows):.1f} / "
             f"{statistics.fmean(r.front_sampled for r in rows):.1f} | "
             f"{statistics.fmean(r.trial_s for r in rows) / 60:.2f} | "
             f"{statistics.fmean(r.wall_s for r in rows) / 60:.2f} |"

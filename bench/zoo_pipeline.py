@@ -6,18 +6,22 @@ Per model (effnet-fmnist, minilm-sentiment), in one run on a quiet machine, 1 th
    alternatives a user could deploy without a search: ONNX Runtime fp32 and int8, OpenVINO
    fp32 and int8, each timed as a ratio to eager interleaved with it, settled like the
    search's candidates (twice, a third time on a >3% disagreement), with its accuracy.
-2. `autocompress profile --model M --check 30 --refresh` (default space, batch 1): profile
-   wall time, then the predictor's accuracy on 30 fresh plans, each built and measured.
-3. `autocompress search --model M --trials 30 --max-drop 1%` (default space; the profile of
-   step 2 is reused) as a subprocess: wall time split into preparing (load, dense latency,
-   plain alternatives), the 30 trials and the end (verify of the front, report); the front
-   from `show --json`: its fastest candidate within the 1-point budget, measured.
+2. `autocompress profile --model M --target T --check 30 --refresh` (the target's space, batch
+   1): profile wall time, then the predictor's accuracy on 30 fresh plans, each built and
+   measured.
+3. `autocompress search --model M --target T --trials 30 --max-drop 1%` (the target's space;
+   the profile of step 2 is reused) as a subprocess: wall time split into preparing (load,
+   dense latency, sensitivity and allocation, plain alternatives), the 30 trials and the end
+   (verify of the front, report); the front from `show --json`, where each plan came from,
+   and its fastest candidate within the 1-point budget, measured.
+
+`--target` defaults to the search's own default (cpu:onnxruntime).
 
 Each model's section is written to the table as soon as it is done. Takes about an hour per
 model on 2 cores; run nothing else heavy beside it.
 
 Usage: python bench/zoo_pipeline.py [--models effnet-fmnist,minilm-sentiment] [--trials 30]
-       [--check 30] [--out reports/benchmarks/zoo_pipeline.md]
+       [--check 30] [--target cpu:onnxruntime] [--out reports/benchmarks/zoo_pipeline.md]
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from autocompress.config import DEFAULT_TARGET
 
 BATCHES = (1, 32)
 RUNTIMES = ("cpu:onnxruntime", "cpu:openvino")
@@ -77,12 +83,12 @@ def dense_figures(name: str) -> dict[str, Any]:
     return row
 
 
-def profile_figures(name: str, check: int) -> dict[str, Any]:
-    """Profile the model afresh (default space, batch 1) and check the predictor."""
+def profile_figures(name: str, check: int, target: str) -> dict[str, Any]:
+    """Profile the model afresh (the target's space, batch 1) and check the predictor."""
     from autocompress.optimize.latency import profile
 
     start = time.perf_counter()
-    result = profile(name, check=check, refresh=True, show_progress=False)
+    result = profile(name, target=target, check=check, refresh=True, show_progress=False)
     wall = time.perf_counter() - start
     assert result.check is not None
     return {
@@ -98,15 +104,16 @@ def profile_figures(name: str, check: int) -> dict[str, Any]:
     }
 
 
-def search_figures(name: str, trials: int, workdir: Path) -> dict[str, Any]:
+def search_figures(name: str, trials: int, target: str, workdir: Path) -> dict[str, Any]:
     """README's search with `--max-drop 1%`, timed from outside, and its front."""
     import optuna
 
-    study = f"{name}-cpu"
+    study = f"{name}-{target}"
     cli = [sys.executable, "-m", "autocompress"]
     start = time.time()
+    search = ["search", "--model", name, "--target", target, "--trials", str(trials)]
     subprocess.run(
-        [*cli, "search", "--model", name, "--trials", str(trials), "--max-drop", "1%", "--quiet"],
+        [*cli, *search, "--max-drop", "1%", "--quiet"],
         cwd=workdir,
         check=True,
         capture_output=True,
@@ -177,7 +184,7 @@ def section(
         return "\n".join([*lines, "", "Profile and search: not run yet."]) + "\n"
     lines += [
         "",
-        "### Profile (default space, batch 1) and the predictor on fresh plans",
+        f"### Profile on {dense['target']} (its space, batch 1) and the predictor on fresh plans",
         "",
         "| profile | kernel sizes | whole plans | check (build + time) | n | within 10% "
         "| within 5% | MAPE | Spearman |",
@@ -190,15 +197,17 @@ def section(
         return "\n".join([*lines, "", "Search: not run yet."]) + "\n"
     lines += [
         "",
-        f"### Search: {run['trials']} trials, `--max-drop 1%`, default space",
+        f"### Search on {dense['target']}: {run['trials']} trials, `--max-drop 1%`, its space",
         "",
-        "| wall | preparing (dense, alternatives) | trials | verify + report | failed |",
+        "| wall | preparing (dense, sensitivity, alternatives) | trials | verify + report "
+        "| failed |",
         "| --- | --- | --- | --- | --- |",
         f"| {run['wall_s'] / 60:.1f} min | {run['prepare_s'] / 60:.1f} min "
         f"| {run['trials_s'] / 60:.1f} min | {run['end_s'] / 60:.1f} min | {run['failed']} |",
         "",
-        "| front | accuracy | drop | ms (measured) | vs dense | size kB | within budget | plan |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| front | accuracy | drop | ms (measured) | vs dense | size kB | within budget | plan "
+        "| from |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     base = run["baseline"]
     for c in run["front"]:
@@ -207,7 +216,7 @@ def section(
         lines.append(
             f"| #{c['trial']} | {100 * c['accuracy']:.2f}% | {drop:+.2f} | {_ms(ms)} "
             f"| {base['latency_ms'] / ms:.2f}x | {c['size_bytes'] / 1000:.0f} "
-            f"| {'yes' if c['feasible'] else 'no'} | {_plan(c['plan'])} |"
+            f"| {'yes' if c['feasible'] else 'no'} | {_plan(c['plan'])} | {c.get('origin', '')} |"
         )
     fastest = run["fastest"]
     alts = sorted(run["alternatives"], key=lambda a: a["latency_ms"])
@@ -240,6 +249,7 @@ def main() -> None:
     parser.add_argument("--models", default="effnet-fmnist,minilm-sentiment")
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--check", type=int, default=30)
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="profile and search target")
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/zoo_pipeline.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -247,8 +257,8 @@ def main() -> None:
         "<!-- regenerated by bench/zoo_pipeline.py; do not edit by hand -->\n"
         "# The pipeline on the pretrained zoo models\n\n"
         f"`python bench/zoo_pipeline.py --models {args.models} --trials {args.trials} "
-        f"--check {args.check}`, {datetime.date.today()}, torch {torch.__version__}, "
-        "1 thread, batch 1 unless stated.\n"
+        f"--check {args.check} --target {args.target}`, {datetime.date.today()}, "
+        f"torch {torch.__version__}, 1 thread, batch 1 unless stated.\n"
     )
     sections: list[str] = []
 
@@ -257,14 +267,14 @@ def main() -> None:
 
     for name in args.models.split(","):
         started = time.perf_counter()
-        dense = dense_figures(name)
+        dense = {**dense_figures(name), "target": args.target}
         write(section(name, dense, None, None))
         print(f"{name}: dense figures in {(time.perf_counter() - started) / 60:.1f} min")
-        prof = profile_figures(name, args.check)
+        prof = profile_figures(name, args.check, args.target)
         write(section(name, dense, prof, None))
         print(f"{name}: profiled in {(time.perf_counter() - started) / 60:.1f} min")
         with tempfile.TemporaryDirectory() as workdir:
-            run = search_figures(name, args.trials, Path(workdir))
+            run = search_figures(name, args.trials, args.target, Path(workdir))
         sections.append(section(name, dense, prof, run))
         write("")
         print(f"{name}: done in {(time.perf_counter() - started) / 60:.1f} min -> {args.out}")

@@ -77,6 +77,20 @@ def test_show_lists_a_front_measured_after_a_predicted_search(
     assert code == 0 and f"Pareto front of study {STUDY}" in out
 
 
+def test_a_new_study_starts_from_uniform_and_allocated_plans(workdir: Path) -> None:
+    """Beside the uniform warm starts, the plans allocated from the measured sensitivity run
+    first; each is a per-layer plan (not every group at one keep ratio) no uniform one repeats."""
+    study = load_study(STUDY, None)
+    origin = {t.number: t.user_attrs.get("warm_start") for t in study.trials}
+    uniform = [t.params for t in study.trials if origin[t.number] == "uniform"]
+    allocated = [t.params for t in study.trials if origin[t.number] == "allocated"]
+    assert uniform and allocated, origin
+    assert all(p not in uniform for p in allocated)
+    assert any(len(set(p.values())) > 1 for p in allocated)
+    sensitivity = list((workdir / "cache" / "sensitivity" / "digits-cnn").glob("*.json"))
+    assert len(sensitivity) == 1
+
+
 def test_report_writes_one_page(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "report", "--study", STUDY)
     assert code == 0, err

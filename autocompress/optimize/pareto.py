@@ -130,6 +130,8 @@ def candidate(
         "verify_error": error,
         "not_applied": not_applied(trial, verified or {}),
         "plan": attrs["plan"],
+        # Where the plan came from: a uniform warm start, an allocation, or the sampler.
+        "origin": trial.user_attrs.get("warm_start") or "sampled",
         "best_alternative": None if best is None else best["label"],
         "best_alternative_ms": None if best is None else best["latency_ms"],
     }

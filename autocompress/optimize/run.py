@@ -119,6 +119,7 @@ def search(
     alternatives: bool = True,
     early_stop: bool = False,
     warm_start: bool = True,
+    allocate: bool = True,
 ) -> SearchResult:
     """Search per-layer compression plans and return the Pareto front of accuracy, latency, size.
 
@@ -164,6 +165,9 @@ def search(
         warm_start: a new study first tries the space's uniform plans (each method alone at
             each level, then each keep ratio with int8; `space.uniform.uniform_plans`); False
             leaves every trial to the sampler.
+        allocate: a new study with predicted latency also starts from per-layer plans
+            allocated for 10 latency budgets from the model's measured sensitivity
+            (`optimize.allocate`; measured on first use and cached); False leaves them out.
 
     Returns:
         The front over all the study's trials, the dense baseline row, and this run's counts.
@@ -283,6 +287,8 @@ def search(
             the_study.enqueue_trial(
                 params, user_attrs={"warm_start": "uniform"}, skip_if_exists=True
             )
+        if allocate and ctx.predictor is not None:
+            notes.append(_seed_allocations(the_study, ctx, model_label(model), show_progress))
 
     if workers > 1:
         check_picklable(model=model, task=task, space=space)
@@ -316,6 +322,34 @@ def search(
         notes=notes,
         report=report,
         alternatives=alternatives_of(the_study),
+    )
+
+
+def _seed_allocations(
+    study: optuna.Study, ctx: SearchContext, model: str, show_progress: bool
+) -> str:
+    """Queue the allocated per-layer plans after the uniform warm starts; the note says so."""
+    from autocompress.optimize.allocate import allocation_seeds
+
+    assert ctx.predictor is not None
+    seeds, path = allocation_seeds(
+        ctx.dense,
+        ctx.task,
+        ctx.knobs,
+        predictor=ctx.predictor,
+        dense_ms=ctx.baseline.latency_ms,
+        model=model,
+        round_to=ctx.round_to,
+        show_progress=show_progress,
+    )
+    for seed in seeds:
+        study.enqueue_trial(
+            seed.params, user_attrs={"warm_start": "allocated"}, skip_if_exists=True
+        )
+    span = f"{seeds[0].predicted_ms:.3g}-{seeds[-1].predicted_ms:.3g} ms" if seeds else "none"
+    return (
+        f"allocated {len(seeds)} per-layer plans for latency budgets {span} (predicted) from "
+        f"the sensitivity {path}"
     )
 
 

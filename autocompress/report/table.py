@@ -14,7 +14,8 @@ _CAPTION = (
     "drop: accuracy points lost vs dense; faster/smaller: ratio to dense; fits: within budget; "
     "vs alt: the best plain alternative's latency / latency (the fastest alternative at least "
     "as accurate, see the alt rows); "
-    "plan: mean channel keep ratio x layers pruned, then layers per other method"
+    "plan: mean channel keep ratio x layers pruned, then layers per other method; "
+    "from: a uniform warm start, a plan allocated from the sensitivity, or the sampler's"
 )
 
 
@@ -69,6 +70,7 @@ def front_table(
         ("fits", "center"),
         ("vs alt", "right"),
         ("plan", "left"),
+        ("from", "left"),
     ]:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     base_ms, base_size, base_acc = (
@@ -94,6 +96,7 @@ def front_table(
             feasible,
             "" if best is None else f"{best / row['latency_ms']:.2f}x",
             _plan_summary(row["plan"]),
+            "" if is_base else row.get("origin", ""),
             style="dim" if is_base else None,
             end_section=is_base and not alternatives,
         )
@@ -106,7 +109,7 @@ def front_table(
 def _alternative_row(table: Table, alt: dict[str, Any], baseline: Candidate, *, last: bool) -> None:
     """One plain alternative under the dense row: same figures, its label as the plan."""
     if "latency_ms" not in alt:
-        table.add_row("alt", "", "", "", "", "", "", "", "", f"{alt['label']}: not measured",
+        table.add_row("alt", "", "", "", "", "", "", "", "", f"{alt['label']}: not measured", "",
                       style="dim", end_section=last)  # fmt: skip
         return
     table.add_row(
@@ -120,6 +123,7 @@ def _alternative_row(table: Table, alt: dict[str, Any], baseline: Candidate, *, 
         "",
         "",
         alt["label"],
+        "",
         style="dim",
         end_section=last,
     )

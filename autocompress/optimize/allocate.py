@@ -1,0 +1,286 @@
+"""Per-layer plans along the whole latency range, allocated from measured per-layer costs.
+
+A sampler with 30-40 trials over 60+ per-layer decisions does no better than chance
+(reports/benchmarks/search_quality.md); HAQ, AMC and SPDY spend their budget on per-layer
+measurements and then allocate. Here the measurements are the model's sensitivity (what each
+level of each knob costs the metric alone, `evaluate.sensitivity`) and the latency predictor
+(what a whole plan costs in time), and the allocation is a greedy descent of the
+multiple-choice knapsack's Lagrangian: from a start plan, the move (one knob to a harsher
+level) that buys the most predicted time per point of estimated metric lost is taken, again
+and again until no move is faster. Each step's plan is a point of the path; for a latency
+budget, the allocation is the path plan of least estimated cost that is predicted to meet it.
+
+The metric estimate adds the single-change drops, and that additive model misses what the
+sampler is there for (int8 boundaries, channel multiples, fine-tuning's recovery); the
+latency of every step is the predictor's on the whole plan, so where time does not add up
+(a float layer between int8 ones costs a quantize/dequantize pair) the path still sees it.
+Paths start from the dense model and, where the space offers int8, from every layer in int8
+(on a runtime target one float layer among int8 ones costs more than it saves, so a descent
+from dense would never take int8 one layer at a time).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from autocompress.hardware.predictor import LatencyPredictor
+from autocompress.space.spec import Knob
+from autocompress.space.uniform import uniform_params
+from autocompress.task import Task
+
+# The cost of a move whose measured drop is zero or negative (noise): tiny, so that free time
+# is taken first, but positive, so that ratios stay finite and ordered by the time saved.
+FREE_DROP = 1e-6
+# Every move is scored afresh on the current plan this often; between, a move's score is
+# refreshed only when it comes to the top (lazy greedy).
+_FULL_EVERY = 16
+
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One allocated plan.
+
+    Args:
+        params: sampler parameters for every knob (`enqueue_trial`, `FixedTrial`).
+        predicted_ms: the predictor's latency for it.
+        cost: its estimated metric drop (the sum of its changes' measured drops).
+        budget_ms: the latency budget it was allocated for (None on a path point).
+    """
+
+    params: Params
+    predicted_ms: float
+    cost: float
+    budget_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class _Move:
+    knob: Knob
+    value: Any
+    delta: Params  # the parameters it sets (its partner's too)
+    drop: float
+
+
+def moves(knobs: Sequence[Knob], drop: Callable[[str, Any], float]) -> list[_Move]:
+    """Every single change of the space with its measured drop (floored at `FREE_DROP`); a
+    change reachable from two knobs (int8 weights with int8 activations) is listed once."""
+    from autocompress.evaluate.sensitivity import single_changes
+
+    base = uniform_params(knobs, {})
+    found: dict[frozenset[tuple[str, Any]], _Move] = {}
+    for knob, value, params in single_changes(knobs):
+        delta = {p: v for p, v in params.items() if v != base[p]}
+        key = frozenset(delta.items())
+        measured = max(float(drop(knob.param, value)), FREE_DROP)
+        if key not in found or measured > found[key].drop:
+            found[key] = _Move(knob=knob, value=value, delta=delta, drop=measured)
+    return list(found.values())
+
+
+def allocation_path(
+    knobs: Sequence[Knob],
+    drop: Callable[[str, Any], float],
+    predict_ms: Callable[[Params], float],
+    *,
+    start: Mapping[str, Any] | None = None,
+    frozen: frozenset[str] = frozenset(),
+) -> list[Allocation]:
+    """The greedy descent from `start`: one plan per step, each predicted faster than the last.
+
+    Args:
+        knobs: the space's knobs for the model.
+        drop: `(param, value) -> measured drop` of that single change (`Sensitivity.drop`).
+        predict_ms: a whole plan's predicted latency, from its sampler parameters.
+        start: the settings every layer starts at where its knob offers them (e.g.
+            `{"weight_bits": 8, "act_bits": 8}`); None: the dense model.
+        frozen: settings the descent leaves as they start (e.g. the bits on an int8 path).
+
+    Returns:
+        The start plan, then each step's plan, predicted latency strictly decreasing.
+    """
+    every = moves(knobs, drop)
+    options = [m for m in every if m.knob.setting not in frozen]
+    current = uniform_params(knobs, dict(start or {}))
+    # What the start plan already spends: each change it makes, counted once (int8 weights
+    # and activations, not also int8 weights alone).
+    made = [m for m in every if all(current.get(p) == v for p, v in m.delta.items())]
+    spent: dict[str, float] = {}  # knob param -> drop of the move that set its level
+    for move in made:
+        if not any(move.delta.items() < other.delta.items() for other in made):
+            spent[move.knob.param] = move.drop
+    cache: dict[tuple[Any, ...], float] = {}
+
+    def latency(params: Params) -> float:
+        key = tuple(params[k.param] for k in knobs)
+        if key not in cache:
+            cache[key] = float(predict_ms(params))
+        return cache[key]
+
+    def score(move: _Move, now_ms: float) -> float | None:
+        """Predicted time saved per point of drop added; None for a move that is already
+        made or saves no time. A move to a level measured no worse than the knob's current
+        one adds `FREE_DROP`."""
+        if all(current.get(p) == v for p, v in move.delta.items()):
+            return None
+        saved = now_ms - latency({**current, **move.delta})
+        if saved <= 0:
+            return None
+        return saved / max(move.drop - spent.get(move.knob.param, 0.0), FREE_DROP)
+
+    def rescored(indices: Sequence[int], now_ms: float) -> list[tuple[float, int]]:
+        return [(-s, i) for i in indices if (s := score(options[i], now_ms)) is not None]
+
+    path = [Allocation(dict(current), latency(current), sum(spent.values()))]
+    heap: list[tuple[float, int]] = []
+    for step in itertools.count():
+        now_ms = path[-1].predicted_ms
+        if step % _FULL_EVERY == 0:
+            heap = rescored(range(len(options)), now_ms)
+            heapq.heapify(heap)
+        fresh: set[int] = set()
+        taken = None
+        while heap:
+            _, i = heapq.heappop(heap)
+            if i in fresh:  # scored on this plan and still on top
+                taken = i
+                break
+            fresh.add(i)
+            for entry in rescored([i], now_ms):  # none once it saves no more time
+                heapq.heappush(heap, entry)
+        if taken is None:
+            break
+        move = options[taken]
+        current.update(move.delta)
+        spent[move.knob.param] = move.drop
+        path.append(Allocation(dict(current), latency(current), sum(spent.values())))
+        # The knob's other levels are now priced from its new level: score them again.
+        same = [i for i, m in enumerate(options) if m.knob.param == move.knob.param]
+        heap = [entry for entry in heap if entry[1] not in same]
+        heapq.heapify(heap)
+        for entry in rescored(same, path[-1].predicted_ms):
+            heapq.heappush(heap, entry)
+    return path
+
+
+def allocate(
+    knobs: Sequence[Knob],
+    drop: Callable[[str, Any], float],
+    predict_ms: Callable[[Params], float],
+    *,
+    points: int = 10,
+) -> list[Allocation]:
+    """Plans for `points` latency budgets spread evenly from the dense model's latency (not
+    included) to the fastest plan's.
+
+    Args:
+        knobs: the space's knobs for the model.
+        drop: `(param, value) -> measured drop` of that single change (`Sensitivity.drop`).
+        predict_ms: a whole plan's predicted latency, from its sampler parameters.
+        points: budgets to allocate for.
+
+    Returns:
+        One Allocation per distinct plan, fastest budget last: for each budget, the plan of
+        least estimated cost on any path that is predicted to meet it.
+    """
+    paths = [allocation_path(knobs, drop, predict_ms)]
+    if any(k.setting == "weight_bits" and 8 in k.choices for k in knobs):
+        int8 = {"weight_bits": 8, "act_bits": 8}
+        paths.append(
+            allocation_path(
+                knobs, drop, predict_ms, start=int8, frozen=frozenset({"weight_bits", "act_bits"})
+            )
+        )
+    candidates = [a for path in paths for a in path if math.isfinite(a.predicted_ms)]
+    if not candidates:
+        return []
+    return plans_for_budgets(candidates, budgets(candidates, points))
+
+
+def budgets(candidates: Sequence[Allocation], points: int) -> list[float]:
+    """`points` budgets evenly spaced below the slowest candidate's latency (the dense model's:
+    no budget is spent on it), the last at the fastest's."""
+    slowest = max(a.predicted_ms for a in candidates)
+    fastest = min(a.predicted_ms for a in candidates)
+    step = (slowest - fastest) / max(points, 1)
+    return [slowest - i * step for i in range(1, max(points, 1) + 1)]
+
+
+def plans_for_budgets(
+    candidates: Sequence[Allocation], budget_list: Sequence[float]
+) -> list[Allocation]:
+    """For each budget, the candidate of least cost predicted to meet it (ties: the faster).
+
+    Args:
+        candidates: path points.
+        budget_list: latency budgets in ms.
+
+    Returns:
+        One Allocation per budget that some candidate meets, distinct plans only, in the
+        order of `budget_list`.
+    """
+    chosen: list[Allocation] = []
+    for budget in budget_list:
+        meeting = [a for a in candidates if a.predicted_ms <= budget + 1e-12]
+        if not meeting:
+            continue
+        best = min(meeting, key=lambda a: (a.cost, a.predicted_ms))
+        if all(best.params != c.params for c in chosen):
+            chosen.append(Allocation(best.params, best.predicted_ms, best.cost, budget))
+    return chosen
+
+
+def allocation_seeds(
+    dense: nn.Module,
+    task: Task,
+    knobs: Sequence[Knob],
+    *,
+    predictor: LatencyPredictor,
+    dense_ms: float,
+    model: str,
+    round_to: int | None,
+    points: int = 10,
+    show_progress: bool = False,
+) -> tuple[list[Allocation], Path]:
+    """The allocated plans a new study starts from, beside the uniform warm starts.
+
+    Args:
+        dense: the dense model.
+        task: its task (the sensitivity is measured on its training split, cached).
+        knobs: the space's knobs for the model.
+        predictor: the target's fitted latency predictor for this model and space.
+        dense_ms: the dense model's latency (the predictor predicts ratios to it).
+        model: the model's label (the sensitivity cache's folder).
+        round_to: the space's channel multiple.
+        points: latency budgets to allocate for.
+        show_progress: draw a progress bar while the sensitivity is measured.
+
+    Returns:
+        (the allocations, the sensitivity file they were allocated from).
+    """
+    from optuna.trial import FixedTrial
+
+    from autocompress.evaluate.sensitivity import sensitivity_for
+    from autocompress.space.sample import plan_from_trial
+
+    measured, path = sensitivity_for(
+        dense, task, knobs, model=model, round_to=round_to, show_progress=show_progress
+    )
+
+    def predict_ms(params: Params) -> float:
+        plan = plan_from_trial(FixedTrial(params), knobs, round_to=round_to)
+        try:
+            return predictor.predict_ratio(plan) * dense_ms
+        except ValueError:  # a regime the profile has no plan of: never a step
+            return math.inf
+
+    return allocate(knobs, measured.drop, predict_ms, points=points), path

@@ -1,0 +1,192 @@
+"""Searches on the deployment runtimes against each runtime's plain int8 model (issue 25).
+
+Per (model, target, batch size), in one run on a quiet machine, 1 thread:
+1. `autocompress search --model M --target T --batch-size B --max-drop 1% --trials N` as a
+   user runs it (the target's own space, predicted latency, the front measured after), in a
+   fresh folder; the plain alternatives are the ones the search itself measures and settles
+   in the same session (the dense model in that runtime at fp32 and int8, PyTorch eager).
+2. The front's fastest candidate within the 1-point budget against the runtime's plain int8
+   model: latency ratio and accuracies, and where the plan came from (uniform warm start,
+   allocated, sampled).
+3. `autocompress export --pick fastest`: the runtime's artifact loaded from disk and timed in
+   the runtime, against the latency the study measured for that candidate.
+
+Writes reports/benchmarks/runtimes.md after each search (a long run leaves what it has).
+Takes 10-40 minutes per search on 2 cores; run nothing else heavy beside it.
+
+Usage: python bench/runtimes.py [--runs digits-resnet:cpu:onnxruntime:1,...] [--trials 30]
+       [--out reports/benchmarks/runtimes.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# model:target:batch; the issue's acceptance runs, ONNX Runtime at batch 1, OpenVINO at 32.
+RUNS = (
+    "digits-resnet:cpu:onnxruntime:1",
+    "digits-resnet:cpu:openvino:32",
+    "effnet-fmnist:cpu:onnxruntime:1",
+    "effnet-fmnist:cpu:openvino:32",
+)
+CLI = [sys.executable, "-m", "autocompress"]
+
+
+def _run(args: list[str], workdir: Path) -> str:
+    proc = subprocess.run([*CLI, *args], cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"autocompress {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def one_run(model: str, target: str, batch: int, trials: int, workdir: Path) -> dict[str, Any]:
+    """The search, its front and alternatives, and the export of its fastest candidate."""
+    import optuna
+
+    study = f"{model}-{target}"
+    started = time.time()
+    search = ["search", "--model", model, "--target", target, "--batch-size", str(batch)]
+    _run([*search, "--trials", str(trials), "--max-drop", "1%", "--quiet"], workdir)
+    wall = time.time() - started
+    front = json.loads(_run(["show", "--study", study, "--json"], workdir))
+    storage = f"sqlite:///{workdir / 'reports' / 'autocompress.db'}"
+    loaded = optuna.load_study(study_name=study, storage=storage)
+    alternatives = [a for a in loaded.user_attrs.get("alternatives", []) if "latency_ms" in a]
+    feasible = [c for c in front if c["feasible"]]
+    fastest = min(feasible, key=lambda c: c["latency_ms"]) if feasible else None
+    exported = None
+    if fastest is not None:
+        out = workdir / "deploy"
+        _run(["export", "--study", study, "--trial", str(fastest["trial"]), "--out", str(out)],
+             workdir)  # fmt: skip
+        exported = json.loads((out / "metrics.json").read_text())
+    return {
+        "model": model,
+        "target": target,
+        "batch": batch,
+        "wall_s": wall,
+        "trials": len(loaded.trials),
+        "baseline": loaded.user_attrs["baseline"],
+        "alternatives": alternatives,
+        "front": front,
+        "fastest": fastest,
+        "exported": exported,
+    }
+
+
+def _ms(x: float) -> str:
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def section(r: dict[str, Any]) -> str:
+    """One search's tables, in Markdown."""
+    base = r["baseline"]
+    lines = [
+        f"## {r['model']} on {r['target']}, batch {r['batch']}",
+        "",
+        f"{r['trials']} trials in {r['wall_s'] / 60:.1f} min (profile, sensitivity, alternatives, "
+        "trials, verify, report).",
+        "",
+        "| model | accuracy | ms | vs plain int8 |",
+        "| --- | --- | --- | --- |",
+    ]
+    int8 = next((a for a in r["alternatives"] if a["label"].endswith(" int8")), None)
+    ref = None if int8 is None else int8["latency_ms"]
+
+    def vs(ms: float) -> str:
+        return "" if ref is None else f"{ref / ms:.2f}x"
+
+    lines.append(
+        f"| dense in the runtime (fp32, the study's reference) | {_pct(base['accuracy'])} "
+        f"| {_ms(base['latency_ms'])} | {vs(base['latency_ms'])} |"
+    )
+    for a in sorted(r["alternatives"], key=lambda a: a["latency_ms"]):
+        lines.append(
+            f"| plain alternative: {a['label']} | {_pct(a['accuracy'])} | {_ms(a['latency_ms'])} "
+            f"| {vs(a['latency_ms'])} |"
+        )
+    for c in sorted(r["front"], key=lambda c: c["latency_ms"]):
+        drop = 100 * (c["baseline_accuracy"] - c["accuracy"])
+        fits = "" if c["feasible"] else ", over budget"
+        lines.append(
+            f"| front #{c['trial']} ({c.get('origin', '')}{fits}; {_plan(c['plan'])}) "
+            f"| {_pct(c['accuracy'])} ({drop:+.2f}) | {_ms(c['latency_ms'])} "
+            f"| {vs(c['latency_ms'])} |"
+        )
+    fastest = r["fastest"]
+    lines.append("")
+    if fastest is None:
+        lines.append("No front candidate within 1 point of the dense accuracy.")
+    elif ref is not None:
+        lines.append(
+            f"Fastest candidate within 1 point: #{fastest['trial']}, "
+            f"{_ms(fastest['latency_ms'])} ms, **{ref / fastest['latency_ms']:.2f}x** the plain "
+            f"int8 model ({int8['label']}, {_ms(ref)} ms at {_pct(int8['accuracy'])})."
+        )
+    exported = r["exported"]
+    if exported is not None and exported.get("runtime"):
+        rt = exported["runtime"]
+        ratio = rt["latency_ms"] / exported["study_latency_ms"]
+        lines.append(
+            f"Exported ({rt['file']}, loaded from disk in {rt['runtime']}): {_ms(rt['latency_ms'])}"
+            f" ms vs {_ms(exported['study_latency_ms'])} ms in the study ({ratio:.2f}x), "
+            f"accuracy {_pct(rt['accuracy'])}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plan(plan: dict[str, Any]) -> str:
+    """A plan in a few words: mean keep ratio and layers per method."""
+    layers = list(plan.get("layers", {}).values())
+    keeps = [c["keep_ratio"] for c in layers if "keep_ratio" in c]
+    parts = [f"keep {sum(keeps) / len(keeps):.2f} x{len(keeps)}"] if keeps else []
+    ranks = sum("rank_ratio" in c for c in layers)
+    int8 = sum(c.get("weight_bits") == 8 for c in layers)
+    parts += [f"rank x{ranks}"] * bool(ranks) + [f"int8 x{int8}"] * bool(int8)
+    return ", ".join(parts) or "dense"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=",".join(RUNS), help="model:target:batch, comma list")
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/runtimes.md"))
+    args = parser.parse_args()
+    header = (
+        "<!-- regenerated by bench/runtimes.py; do not edit by hand -->\n"
+        "# Searches on the deployment runtimes against their plain int8 models\n\n"
+        f"`python bench/runtimes.py --runs {args.runs} --trials {args.trials}`, "
+        f"{datetime.date.today()}, torch {torch.__version__}, 1 thread. Every latency is the "
+        "search's own: settled ratios to the dense model in the same runtime, timed in the "
+        "same session; `--max-drop 1%`.\n"
+    )
+    sections: list[str] = []
+    for spec in args.runs.split(","):
+        model, rest = spec.split(":", 1)
+        target, batch = rest.rsplit(":", 1)
+        with tempfile.TemporaryDirectory() as workdir:
+            try:
+                result = one_run(model, target, int(batch), args.trials, Path(workdir))
+                sections.append(section(result))
+            except RuntimeError as exc:
+                sections.append(f"## {model} on {target}, batch {batch}\n\nFailed: {exc}\n")
+        args.out.write_text(header + "\n" + "\n".join(sections))
+        print(f"{spec}: done -> {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
