@@ -33,7 +33,8 @@ class FinetuneResult:
     seconds: float
 
 
-def _forward(model: nn.Module, x: object) -> torch.Tensor:
+def call_model(model: nn.Module, x: object) -> torch.Tensor:
+    """The model on one batch's inputs: a tuple or list is spread over its arguments."""
     return model(*x) if isinstance(x, tuple | list) else model(x)
 
 
@@ -108,7 +109,7 @@ class TeacherOutputs:
         if key is not None and key in self._outputs:
             return self._outputs[key]
         self.teacher.eval()
-        out = _forward(self.teacher, x)
+        out = call_model(self.teacher, x)
         size = out.numel() * out.element_size() if isinstance(out, torch.Tensor) else None
         if key is not None and size is not None and self._bytes + size <= self.max_bytes:
             self._outputs[key] = out
@@ -139,7 +140,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, *, batches: int 
             module.momentum = None  # cumulative average over the batches seen
     model.train()
     for x, _ in itertools.islice(itertools.cycle(loader), batches):
-        _forward(model, x)
+        call_model(model, x)
     for module, momentum in saved.items():
         module.momentum = momentum
     model.eval()
@@ -194,7 +195,7 @@ def finetune(
         for step in range(1, steps + 1):
             x, y = next(batches)
             teacher_out = teacher_outputs(x)
-            student_out = _forward(student, x)
+            student_out = call_model(student, x)
             if task.loss is not None:
                 loss = task.loss(student_out, teacher_out, (x, y))
             else:

@@ -6,14 +6,17 @@ measurements and then allocate. Here the measurements are the model's sensitivit
 level of each knob costs the metric alone, `evaluate.sensitivity`) and the latency predictor
 (what a whole plan costs in time), and the allocation is a greedy descent of the
 multiple-choice knapsack's Lagrangian: from a start plan, the move (one knob to a harsher
-level) that buys the most predicted time per point of estimated metric lost is taken, again
+level) that buys the most predicted time per unit of estimated cost added is taken, again
 and again until no move is faster. Each step's plan is a point of the path; for a latency
 budget, the allocation is the path plan of least estimated cost that is predicted to meet it.
 
-The metric estimate adds the single-change drops, and that additive model misses what the
-sampler is there for (int8 boundaries, channel multiples, fine-tuning's recovery); the
-latency of every step is the predictor's on the whole plan, so where time does not add up
-(a float layer between int8 ones costs a quantize/dequantize pair) the path still sees it.
+A plan's estimated cost adds its single changes' costs: their output distortion (the energy
+of the change in the outputs, relative to the dense outputs'), which keeps ordering changes
+where the metric saturates and adds up to first order across layers, or their metric drop
+where outputs are not tensors. That additive model misses what the sampler is there for
+(int8 boundaries, channel multiples, fine-tuning's recovery); the latency of every step
+is the predictor's on the whole plan, so where time does not add up (a float layer between
+int8 ones costs a quantize/dequantize pair) the path still sees it.
 Paths start from the dense model and, where the space offers int8, from every layer in int8
 (on a runtime target one float layer among int8 ones costs more than it saves, so a descent
 from dense would never take int8 one layer at a time).
@@ -36,9 +39,9 @@ from autocompress.space.spec import Knob
 from autocompress.space.uniform import uniform_params
 from autocompress.task import Task
 
-# The cost of a move whose measured drop is zero or negative (noise): tiny, so that free time
+# The cost of a move measured at zero or below (noise): tiny, so that free time
 # is taken first, but positive, so that ratios stay finite and ordered by the time saved.
-FREE_DROP = 1e-6
+FREE_COST = 1e-6
 # Every move is scored afresh on the current plan this often; between, a move's score is
 # refreshed only when it comes to the top (lazy greedy).
 _FULL_EVERY = 16
@@ -53,7 +56,7 @@ class Allocation:
     Args:
         params: sampler parameters for every knob (`enqueue_trial`, `FixedTrial`).
         predicted_ms: the predictor's latency for it.
-        cost: its estimated metric drop (the sum of its changes' measured drops).
+        cost: its estimated cost (the sum of its changes' measured costs).
         budget_ms: the latency budget it was allocated for (None on a path point).
     """
 
@@ -68,11 +71,11 @@ class _Move:
     knob: Knob
     value: Any
     delta: Params  # the parameters it sets (its partner's too)
-    drop: float
+    cost: float
 
 
-def moves(knobs: Sequence[Knob], drop: Callable[[str, Any], float]) -> list[_Move]:
-    """Every single change of the space with its measured drop (floored at `FREE_DROP`); a
+def moves(knobs: Sequence[Knob], cost: Callable[[str, Any], float]) -> list[_Move]:
+    """Every single change of the space with its measured cost (floored at `FREE_COST`); a
     change reachable from two knobs (int8 weights with int8 activations) is listed once."""
     from autocompress.evaluate.sensitivity import single_changes
 
@@ -81,15 +84,15 @@ def moves(knobs: Sequence[Knob], drop: Callable[[str, Any], float]) -> list[_Mov
     for knob, value, params in single_changes(knobs):
         delta = {p: v for p, v in params.items() if v != base[p]}
         key = frozenset(delta.items())
-        measured = max(float(drop(knob.param, value)), FREE_DROP)
-        if key not in found or measured > found[key].drop:
-            found[key] = _Move(knob=knob, value=value, delta=delta, drop=measured)
+        measured = max(float(cost(knob.param, value)), FREE_COST)
+        if key not in found or measured > found[key].cost:
+            found[key] = _Move(knob=knob, value=value, delta=delta, cost=measured)
     return list(found.values())
 
 
 def allocation_path(
     knobs: Sequence[Knob],
-    drop: Callable[[str, Any], float],
+    cost: Callable[[str, Any], float],
     predict_ms: Callable[[Params], float],
     *,
     start: Mapping[str, Any] | None = None,
@@ -99,7 +102,8 @@ def allocation_path(
 
     Args:
         knobs: the space's knobs for the model.
-        drop: `(param, value) -> measured drop` of that single change (`Sensitivity.drop`).
+        cost: `(param, value) -> measured cost` of that single change (`Sensitivity.cost`:
+            its output distortion, or its metric drop).
         predict_ms: a whole plan's predicted latency, from its sampler parameters.
         start: the settings every layer starts at where its knob offers them (e.g.
             `{"weight_bits": 8, "act_bits": 8}`); None: the dense model.
@@ -108,16 +112,16 @@ def allocation_path(
     Returns:
         The start plan, then each step's plan, predicted latency strictly decreasing.
     """
-    every = moves(knobs, drop)
+    every = moves(knobs, cost)
     options = [m for m in every if m.knob.setting not in frozen]
     current = uniform_params(knobs, dict(start or {}))
     # What the start plan already spends: each change it makes, counted once (int8 weights
     # and activations, not also int8 weights alone).
     made = [m for m in every if all(current.get(p) == v for p, v in m.delta.items())]
-    spent: dict[str, float] = {}  # knob param -> drop of the move that set its level
+    spent: dict[str, float] = {}  # knob param -> cost of the move that set its level
     for move in made:
         if not any(move.delta.items() < other.delta.items() for other in made):
-            spent[move.knob.param] = move.drop
+            spent[move.knob.param] = move.cost
     cache: dict[tuple[Any, ...], float] = {}
 
     def latency(params: Params) -> float:
@@ -127,15 +131,15 @@ def allocation_path(
         return cache[key]
 
     def score(move: _Move, now_ms: float) -> float | None:
-        """Predicted time saved per point of drop added; None for a move that is already
+        """Predicted time saved per unit of cost added; None for a move that is already
         made or saves no time. A move to a level measured no worse than the knob's current
-        one adds `FREE_DROP`."""
+        one adds `FREE_COST`."""
         if all(current.get(p) == v for p, v in move.delta.items()):
             return None
         saved = now_ms - latency({**current, **move.delta})
         if saved <= 0:
             return None
-        return saved / max(move.drop - spent.get(move.knob.param, 0.0), FREE_DROP)
+        return saved / max(move.cost - spent.get(move.knob.param, 0.0), FREE_COST)
 
     def rescored(indices: Sequence[int], now_ms: float) -> list[tuple[float, int]]:
         return [(-s, i) for i in indices if (s := score(options[i], now_ms)) is not None]
@@ -161,7 +165,7 @@ def allocation_path(
             break
         move = options[taken]
         current.update(move.delta)
-        spent[move.knob.param] = move.drop
+        spent[move.knob.param] = move.cost
         path.append(Allocation(dict(current), latency(current), sum(spent.values())))
         # The knob's other levels are now priced from its new level: score them again.
         same = [i for i, m in enumerate(options) if m.knob.param == move.knob.param]
@@ -174,7 +178,7 @@ def allocation_path(
 
 def allocate(
     knobs: Sequence[Knob],
-    drop: Callable[[str, Any], float],
+    cost: Callable[[str, Any], float],
     predict_ms: Callable[[Params], float],
     *,
     points: int = 10,
@@ -184,7 +188,8 @@ def allocate(
 
     Args:
         knobs: the space's knobs for the model.
-        drop: `(param, value) -> measured drop` of that single change (`Sensitivity.drop`).
+        cost: `(param, value) -> measured cost` of that single change (`Sensitivity.cost`:
+            its output distortion, or its metric drop).
         predict_ms: a whole plan's predicted latency, from its sampler parameters.
         points: budgets to allocate for.
 
@@ -192,12 +197,12 @@ def allocate(
         One Allocation per distinct plan, fastest budget last: for each budget, the plan of
         least estimated cost on any path that is predicted to meet it.
     """
-    paths = [allocation_path(knobs, drop, predict_ms)]
+    paths = [allocation_path(knobs, cost, predict_ms)]
     if any(k.setting == "weight_bits" and 8 in k.choices for k in knobs):
         int8 = {"weight_bits": 8, "act_bits": 8}
         paths.append(
             allocation_path(
-                knobs, drop, predict_ms, start=int8, frozen=frozenset({"weight_bits", "act_bits"})
+                knobs, cost, predict_ms, start=int8, frozen=frozenset({"weight_bits", "act_bits"})
             )
         )
     candidates = [a for path in paths for a in path if math.isfinite(a.predicted_ms)]
@@ -283,4 +288,4 @@ def allocation_seeds(
         except ValueError:  # a regime the profile has no plan of: never a step
             return math.inf
 
-    return allocate(knobs, measured.drop, predict_ms, points=points), path
+    return allocate(knobs, measured.cost, predict_ms, points=points), path

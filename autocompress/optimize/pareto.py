@@ -202,6 +202,7 @@ def baseline_row(study: optuna.Study) -> Candidate | None:
         "verify_error": None,
         "not_applied": [],
         "plan": {"version": 1, "round_to": None, "layers": {}},
+        "origin": "dense",
         "best_alternative": None,
         "best_alternative_ms": None,
     }

@@ -33,7 +33,7 @@ DROPS = {
 MS = {"a": 1.0, "b": 1.0, "c": 1.0}
 
 
-def drop(param: str, value: Any) -> float:
+def cost(param: str, value: Any) -> float:
     return DROPS.get((param, value), 0.0)
 
 
@@ -50,7 +50,7 @@ def predict_ms(params: dict[str, Any]) -> float:
 
 
 def test_the_descent_prunes_the_cheapest_layer_first_and_only_gets_faster() -> None:
-    path = allocation_path(KNOBS, drop, predict_ms, frozen=frozenset({"weight_bits", "act_bits"}))
+    path = allocation_path(KNOBS, cost, predict_ms, frozen=frozenset({"weight_bits", "act_bits"}))
     assert path[0].params["keep_a"] == 1.0 and path[0].predicted_ms == pytest.approx(3.0)
     # Same time saved by every layer's first level: the cheapest (a) goes first, c last.
     assert path[1].params["keep_a"] == 0.75 and path[1].cost == pytest.approx(0.001)
@@ -66,12 +66,12 @@ def test_the_descent_prunes_the_cheapest_layer_first_and_only_gets_faster() -> N
 def test_a_descent_from_dense_never_takes_int8_one_layer_at_a_time_but_one_from_int8_prunes() -> (
     None
 ):
-    from_dense = allocation_path(KNOBS, drop, predict_ms)
+    from_dense = allocation_path(KNOBS, cost, predict_ms)
     # One layer in int8 saves 0.25-0.5 ms and costs a 0.6 ms boundary pair: never taken.
     assert all(a.params[f"bits_{n}"] == 32 for a in from_dense for n in "abc")
     int8 = {"weight_bits": 8, "act_bits": 8}
     from_int8 = allocation_path(
-        KNOBS, drop, predict_ms, start=int8, frozen=frozenset({"weight_bits", "act_bits"})
+        KNOBS, cost, predict_ms, start=int8, frozen=frozenset({"weight_bits", "act_bits"})
     )
     assert from_int8[0].predicted_ms == pytest.approx(1.5 + 0.6)
     assert from_int8[0].cost == pytest.approx(3 * 0.002)  # w8a8 on three layers, counted once
@@ -80,7 +80,7 @@ def test_a_descent_from_dense_never_takes_int8_one_layer_at_a_time_but_one_from_
 
 
 def test_allocations_meet_their_budgets_and_are_monotone_in_them() -> None:
-    plans = allocate(KNOBS, drop, predict_ms, points=10)
+    plans = allocate(KNOBS, cost, predict_ms, points=10)
     assert len(plans) >= 5
     budgets = [p.budget_ms for p in plans]
     assert budgets == sorted(budgets, reverse=True)
@@ -98,5 +98,5 @@ def test_allocations_meet_their_budgets_and_are_monotone_in_them() -> None:
 
 
 def test_a_budget_nothing_meets_gets_no_plan() -> None:
-    path = allocation_path(KNOBS, drop, predict_ms)
+    path = allocation_path(KNOBS, cost, predict_ms)
     assert plans_for_budgets(path, [0.1]) == []

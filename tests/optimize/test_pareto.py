@@ -117,6 +117,7 @@ def test_pareto_front_holds_exactly_the_non_dominated_feasible_trials() -> None:
         "verify_error": None,
         "not_applied": [],
         "plan": _plan(0.5),
+        "origin": "sampled",  # neither a uniform warm start nor an allocated plan
         "best_alternative": None,  # the study measured no plain alternatives
         "best_alternative_ms": None,
     }
