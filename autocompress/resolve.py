@@ -186,11 +186,12 @@ def _finite(out: Any) -> bool:
 def check_task_fits(name: str, model: nn.Module, task: Task) -> None:
     """Fail early, with the reason, when the task's data cannot judge the model.
 
-    Runs the model once on the example input and on one validation batch (no gradients).
+    Runs the model once on the example input and on one validation batch, and the task's
+    metric on that batch (no gradients).
 
     Raises:
-        UserInputError: an empty validation or training set, data the model cannot take, or
-            outputs that are not finite (NaN weights).
+        UserInputError: an empty validation or training set, data the model cannot take,
+            outputs that are not finite (NaN weights), or a metric that raises.
     """
     import torch
 
@@ -224,5 +225,13 @@ def check_task_fits(name: str, model: nn.Module, task: Task) -> None:
                         f"model {name!r} gives NaN or infinite outputs on the {what} of task "
                         f"{task.name!r}; check its weights (every front would be meaningless)"
                     )
+            try:  # the metric on one validation batch: a metric that raises says so here
+                task.metric(model, [batch])
+            except Exception as exc:
+                detail = " ".join(str(exc).split())[:200]
+                raise UserInputError(
+                    f"the metric of task {task.name!r} raised on the dense model: "
+                    f"{type(exc).__name__}: {detail}; fix the task's metric"
+                ) from None
     finally:
         model.train(was_training)

@@ -134,6 +134,15 @@ def nan_metric_task() -> Task:
     return dataclasses.replace(task, metric=_nan_when_pruned)
 
 
+def _broken_metric(model: nn.Module, loader: DataLoader) -> float:
+    raise KeyError("label")
+
+
+def broken_metric_task() -> Task:
+    """A task whose metric raises on any model, the dense one included."""
+    return dataclasses.replace(_task("broken-metric"), metric=_broken_metric)
+
+
 def nan_loss_task() -> Task:
     """A task whose fine-tuning loss is NaN from the first step."""
     return _task("nan-loss", loss=_nan_loss)

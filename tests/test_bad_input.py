@@ -218,6 +218,8 @@ def test_a_runtime_target_that_is_not_installed_says_how_to_install_it(
 
 
 EMPTY_FOLDER_ROWS = [
+    (["search", "--model", f"{F}:tiny_mlp", "--task", f"{F}:broken_metric_task"],
+     "the metric of task 'broken-metric' raised on the dense model: KeyError: 'label'"),
     (["search", *TINY, "--methods", "foo"], "unknown method 'foo' in --methods"),
     (["search", *TINY, "--methods", ""], "--methods names no method"),
     (["search", *TINY, "--space", "broken.yaml"], "broken.yaml: not valid YAML"),
@@ -348,3 +350,25 @@ def test_the_largest_seed_continues_a_study_with_trials(
     storage = f"sqlite:///{tmp_path / 'reports' / 'autocompress.db'}"
     study = optuna.load_study(study_name="tiny_mlp-cpu:onnxruntime", storage=storage)
     assert len(study.trials) == 2
+
+
+@pytest.mark.parametrize("command", ["show", "report"])
+def test_a_trial_whose_figures_are_not_numbers_is_refused_by_name(
+    workdir: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """A study edited outside autocompress (a figure stored as a string): one line naming the
+    trial and the attribute, exit 2, nothing written (no report folder either)."""
+    storage = f"sqlite:///{workdir / 'reports' / 'autocompress.db'}"
+    study = optuna.create_study(study_name="edited", storage=storage, directions=["maximize"] * 3)
+    study.set_user_attr("identity", {"model": "digits-cnn", "target": "cpu"})
+    dense = {"accuracy": 0.95, "latency_ms": 0.2, "size_bytes": 2000, "params": 500}
+    study.set_user_attr("baseline", dense)
+    figures = {"accuracy": "0.9", "latency_ms": 0.1, "latency_ratio": 0.5, "size_bytes": 1000}
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[0.9, 0.1, 1000],
+            user_attrs={**figures, "params": 250, "plan": {"version": 1, "layers": {}}},
+        )
+    )
+    message = "trial 0 of study 'edited' holds accuracy='0.9', not a number"
+    _check(workdir, capsys, [command, "--study", "edited"], message)

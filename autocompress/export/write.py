@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -60,7 +61,9 @@ def _prepare_out(out: Path) -> Path:
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        _remove_abandoned_staging(parent, out.name)
+        # The staging folder names its process, so that one a killed export left is known.
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", dir=parent))
         # mkdtemp makes it private (0700); the export folder it becomes is an ordinary one.
         umask = os.umask(0)
         os.umask(umask)
@@ -70,6 +73,23 @@ def _prepare_out(out: Path) -> Path:
         raise UserInputError(
             f"cannot write under {parent} ({exc.strerror or exc}); choose a writable --out"
         ) from None
+
+
+def _remove_abandoned_staging(parent: Path, name: str) -> None:
+    """Delete the staging folders of exports to `name` whose process is gone (killed with -9:
+    no `finally` ran). A folder of a live process, or not named as `_prepare_out` names
+    them (`.NAME.PID.xxxxxxxx`), is left alone."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.[a-z0-9_]{{8}}")
+    for folder in parent.glob(f".{name}.*"):
+        found = pattern.fullmatch(folder.name)
+        if found is None or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(found.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # another user's live process
+            continue
 
 
 def _versions(study_versions: dict[str, str]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from typing import Any
 
 import optuna
 
+from autocompress.errors import StudyError
+
 Candidate = dict[str, Any]
 
 
@@ -159,6 +161,8 @@ def pareto_front(study: optuna.Study) -> list[Candidate]:
         "budget": study.user_attrs.get("budget") or {},
         "alternatives": study.user_attrs.get("alternatives") or [],
     }
+    for t in pool:
+        _check_figures(study.study_name, t)
     rows = [candidate(t, baseline, **extra) for t in pool]
     built = [c for c in rows if c["verify_error"] is None]
     front = [built[i] for i in non_dominated([_point(c) for c in built])]
@@ -177,6 +181,31 @@ def pareto_front(study: optuna.Study) -> list[Candidate]:
             seen.add(figures)
             unique.append(c)
     return unique
+
+
+_NUMBERS = ("accuracy", "latency_ms", "latency_ratio", "size_bytes")
+
+
+def _check_figures(study: str, trial: optuna.trial.FrozenTrial) -> None:
+    """Refuse a complete trial whose figures are not numbers (a study edited by hand, or
+    written by another program) before any of them is compared.
+
+    Raises:
+        StudyError: naming the trial, the attribute and its value.
+    """
+    attrs = trial.user_attrs
+    for key in _NUMBERS:
+        value = attrs.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise StudyError(
+                f"trial {trial.number} of study {study!r} holds {key}={str(value)[:40]!r}, not a "
+                "number: the study was changed outside autocompress; delete that trial or the study"
+            )
+    if not isinstance(attrs.get("plan"), dict):
+        raise StudyError(
+            f"trial {trial.number} of study {study!r} holds no plan: the study was changed "
+            "outside autocompress; delete that trial or the study"
+        )
 
 
 def baseline_row(study: optuna.Study) -> Candidate | None:

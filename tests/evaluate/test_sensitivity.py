@@ -120,3 +120,36 @@ def test_cli_prints_the_costliest_changes(
     assert Sensitivity.from_json(capsys.readouterr().out).batches == 2
     assert main(["sensitivity", "--model", "digits-cnn", "--batches", "0"]) == 2
     assert "--batches must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_sparsity_sensitivity_of_a_tiny_mlp_matches_a_hand_computation() -> None:
+    """Half of fc2's weights zeroed (the smallest magnitudes): the measured drop is the top-1
+    lost on the slice and the distortion is |(W - W_masked) h|^2 / |W h + b|^2, computed here
+    without the library's sparsity code."""
+    from autocompress.evaluate.sensitivity import measure_sensitivity
+    from tests.factories import tiny_mlp, tiny_task
+
+    dense, task = tiny_mlp(), tiny_task()
+    space = {"version": 1, "defaults": {"sparsity": [0.0, 0.5]}}
+    knobs = parse_space(space).knobs(discover(dense, task.inputs()), model=dense)
+    result = measure_sensitivity(dense, task, knobs, batches=2)
+    data = training_slice(task, 2)
+    w = dense.fc2.weight.detach()
+    kept = w.abs().flatten().argsort(stable=True)[w.numel() // 2 :]
+    masked = torch.zeros(w.numel()).index_fill_(0, kept, 1.0).view_as(w) * w
+    with torch.no_grad():
+        hidden = [torch.relu(dense.fc1(x)) for x, _ in data]
+        outs = [dense.fc2(h) for h in hidden]
+        changed = [h @ masked.T + dense.fc2.bias for h in hidden]
+    error = sum(float(((c - o) ** 2).sum()) for c, o in zip(changed, outs, strict=True))
+    energy = sum(float((o**2).sum()) for o in outs)
+    labels = [y for _, y in data]
+    hits = [
+        sum(int((o.argmax(1) == y).sum()) for o, y in zip(group, labels, strict=True))
+        for group in (outs, changed)
+    ]
+    total = sum(len(y) for y in labels)
+    row = next(r for r in result.rows if r["layers"] == ["fc2"] and r["value"] == 0.5)
+    assert row["distortion"] == pytest.approx(error / energy, rel=1e-4)
+    assert row["drop"] == pytest.approx((hits[0] - hits[1]) / total)
+    assert result.cost(row["param"], 0.5) == row["distortion"]  # what an allocation charges

@@ -244,6 +244,27 @@ def test_the_export_folder_gets_the_mode_of_an_ordinary_folder(tmp_path: Path) -
     assert staging.stat().st_mode & 0o777 == 0o755
 
 
+def test_a_staging_folder_left_by_a_killed_export_is_removed_by_the_next(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from autocompress.export.write import _prepare_out
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    killed = tmp_path / f".deploy.{gone.stdout.strip()}.abc123de"  # kill -9: nothing cleaned
+    live = tmp_path / f".deploy.{os.getpid()}.def456gh"  # an export still running
+    other = tmp_path / ".deploy.5.1.abcdefgh"  # an export to deploy.5: not ours to judge
+    for folder in (killed, live, other):
+        folder.mkdir()
+        (folder / "model.pt2").write_bytes(b"partial")
+    staging = _prepare_out(tmp_path / "deploy")
+    assert not killed.exists()
+    assert live.is_dir() and other.is_dir() and staging.is_dir()
+    assert staging.name.startswith(f".deploy.{os.getpid()}.")
+
+
 def test_export_replays_the_recipe_each_trial_was_scored_with(
     study: tuple[str, str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
