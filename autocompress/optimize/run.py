@@ -282,13 +282,15 @@ def search(
         the_study.set_user_attr("alternatives", measured)
         notes += [_alternative_note(a, baseline.latency_ms) for a in measured]
     if existing == 0 and warm_start:
-        for params in uniform_plans(knobs)[:trials]:
+        uniform = uniform_plans(knobs)[:trials]
+        for params in uniform:
             # skip_if_exists: workers on several machines may start a new study at once
             the_study.enqueue_trial(
                 params, user_attrs={"warm_start": "uniform"}, skip_if_exists=True
             )
-        if allocate and ctx.predictor is not None:
-            notes.append(_seed_allocations(the_study, ctx, model_label(model), show_progress))
+        room = trials - len(uniform)  # no plan is left queued for a later run
+        if allocate and ctx.predictor is not None and room > 0:
+            notes.append(_seed_allocations(the_study, ctx, model_label(model), show_progress, room))
 
     if workers > 1:
         check_picklable(model=model, task=task, space=space)
@@ -326,9 +328,10 @@ def search(
 
 
 def _seed_allocations(
-    study: optuna.Study, ctx: SearchContext, model: str, show_progress: bool
+    study: optuna.Study, ctx: SearchContext, model: str, show_progress: bool, room: int
 ) -> str:
-    """Queue the allocated per-layer plans after the uniform warm starts; the note says so."""
+    """Queue the allocated per-layer plans after the uniform warm starts, at most `room` of
+    them spread over the budgets; the note says so."""
     from autocompress.optimize.allocate import allocation_seeds
 
     assert ctx.predictor is not None
@@ -342,6 +345,8 @@ def _seed_allocations(
         round_to=ctx.round_to,
         show_progress=show_progress,
     )
+    if len(seeds) > room:  # evenly over the budgets, the fastest kept
+        seeds = [seeds[round(i * (len(seeds) - 1) / max(room - 1, 1))] for i in range(room)]
     for seed in seeds:
         study.enqueue_trial(
             seed.params, user_attrs={"warm_start": "allocated"}, skip_if_exists=True

@@ -32,7 +32,8 @@ def test_failed_trials_are_stored_shown_and_the_search_goes_on(
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     argv = ["--model", f"{F}:{model}", "--task", f"{F}:{task}", "--study", "s"]
     code = main(
-        ["search", *argv, "--storage", storage, "--trials", "2", "--finetune-steps", "2",
+        ["search", *argv, "--target", "cpu", "--storage", storage, "--trials", "2",
+         "--finetune-steps", "2",
          "--sampler", "random", "--methods", "prune", "--budget", "1s", "--quiet"]
     )  # fmt: skip
     out, err = capsys.readouterr()
