@@ -41,7 +41,7 @@ from autocompress.space.uniform import IDENTITY, uniform_params
 from autocompress.task import Task
 from autocompress.zoo._cache import cache_dir, write_atomic
 
-SENSITIVITY_VERSION = 2
+SENSITIVITY_VERSION = 3  # 3: distortion against the recalibrated dense model
 # Training batches the metric is measured on: enough that one layer's change moves it by more
 # than its noise, few enough that ~200 single changes of a zoo model take a minute or two.
 DEFAULT_BATCHES = 8
