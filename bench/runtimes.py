@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from autocompress.report.table import plan_summary
+
 # model:target:batch; the issue's acceptance runs, ONNX Runtime at batch 1, OpenVINO at 32.
 RUNS = (
     "digits-resnet:cpu:onnxruntime:1",
@@ -123,7 +125,7 @@ def section(r: dict[str, Any]) -> str:
         drop = 100 * (c["baseline_accuracy"] - c["accuracy"])
         fits = "" if c["feasible"] else ", over budget"
         lines.append(
-            f"| front #{c['trial']} ({c.get('origin', '')}{fits}; {_plan(c['plan'])}) "
+            f"| front #{c['trial']} ({c.get('origin', '')}{fits}; {plan_summary(c['plan'])}) "
             f"| {_pct(c['accuracy'])} ({drop:+.2f}) | {_ms(c['latency_ms'])} "
             f"| {vs(c['latency_ms'])} |"
         )
@@ -147,17 +149,6 @@ def section(r: dict[str, Any]) -> str:
             f"accuracy {_pct(rt['accuracy'])}."
         )
     return "\n".join(lines) + "\n"
-
-
-def _plan(plan: dict[str, Any]) -> str:
-    """A plan in a few words: mean keep ratio and layers per method."""
-    layers = list(plan.get("layers", {}).values())
-    keeps = [c["keep_ratio"] for c in layers if "keep_ratio" in c]
-    parts = [f"keep {sum(keeps) / len(keeps):.2f} x{len(keeps)}"] if keeps else []
-    ranks = sum("rank_ratio" in c for c in layers)
-    int8 = sum(c.get("weight_bits") == 8 for c in layers)
-    parts += [f"rank x{ranks}"] * bool(ranks) + [f"int8 x{int8}"] * bool(int8)
-    return ", ".join(parts) or "dense"
 
 
 def main() -> None:

@@ -70,22 +70,24 @@ class Sensitivity:
     batches: int = DEFAULT_BATCHES
     seconds: float = 0.0
 
+    def _row(self, param: str, value: Any) -> dict[str, Any] | None:
+        """The row of one knob at one level; None for a level not measured (the identity, or
+        one that changes nothing)."""
+        return next((r for r in self.rows if r["param"] == param and r["value"] == value), None)
+
     def drop(self, param: str, value: Any) -> float:
-        """The measured drop of one knob at one level; 0.0 for a level not measured (the
-        identity, or one that changes nothing)."""
-        for row in self.rows:
-            if row["param"] == param and row["value"] == value:
-                return float(row["drop"])
-        return 0.0
+        """The measured drop of one knob at one level; 0.0 for a level not measured."""
+        row = self._row(param, value)
+        return 0.0 if row is None else float(row["drop"])
 
     def cost(self, param: str, value: Any) -> float:
         """What an allocation charges for one knob at one level: its output distortion where
         measured, else its metric drop; 0.0 for a level not measured."""
-        for row in self.rows:
-            if row["param"] == param and row["value"] == value:
-                distortion = row.get("distortion")
-                return float(row["drop"] if distortion is None else distortion)
-        return 0.0
+        row = self._row(param, value)
+        if row is None:
+            return 0.0
+        distortion = row.get("distortion")
+        return float(row["drop"] if distortion is None else distortion)
 
     def to_json(self) -> str:
         """Versioned JSON."""

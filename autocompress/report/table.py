@@ -19,7 +19,7 @@ _CAPTION = (
 )
 
 
-def _plan_summary(plan: dict[str, Any]) -> str:
+def plan_summary(plan: dict[str, Any]) -> str:
     """E.g. 'keep 0.62 x9, rank x2, int8 x4': what each method does, to how many layers."""
     layers = plan.get("layers", {})
     if not layers:
@@ -95,7 +95,7 @@ def front_table(
             f"{base_size / row['size_bytes']:.2f}x",
             feasible,
             "" if best is None else f"{best / row['latency_ms']:.2f}x",
-            _plan_summary(row["plan"]),
+            plan_summary(row["plan"]),
             "" if is_base else row.get("origin", ""),
             style="dim" if is_base else None,
             end_section=is_base and not alternatives,
