@@ -179,13 +179,18 @@ def check_identity(
     except KeyError:
         return
     _check_ours(study)
-    _check_same(name, study.user_attrs["identity"], identity)
+    _check_same(name, study.user_attrs.get("identity", {}), identity)
 
 
 def _check_ours(study: optuna.Study) -> None:
     """Refuse a study autocompress did not make (plain Optuna, another tool): reading it would
-    fail on missing figures, and writing would mix our attributes into it."""
-    if "identity" not in study.user_attrs:
+    fail on missing figures, and writing would mix our attributes into it.
+
+    A study with no trials and no identity yet is let through: another worker sharing the
+    storage may have just created it and not yet written its identity (`open_study` writes it
+    right after creating), and an empty study holds nothing to mix with.
+    """
+    if "identity" not in study.user_attrs and study.trials:
         raise StudyError(
             f"study {study.study_name!r} was not made by autocompress (it has no identity "
             "record); choose another --study name"
