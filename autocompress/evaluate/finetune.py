@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,9 @@ class FinetuneResult:
     steps: int
     final_loss: float
     seconds: float
+    # False when the check batches scored the weights from before the fine-tune higher and
+    # those were put back (then the model is as a 0-step fine-tune leaves it).
+    kept: bool = True
 
 
 def call_model(model: nn.Module, x: object) -> torch.Tensor:
@@ -155,6 +160,7 @@ def finetune(
     lr: float | None = None,
     on_step: Callable[[int, float], None] | None = None,
     teacher_outputs: TeacherOutputs | None = None,
+    check: Sequence[Any] | None = None,
 ) -> FinetuneResult:
     """Train `student` for `steps` batches of `task.train`, distilling from `teacher`.
 
@@ -171,9 +177,14 @@ def finetune(
         on_step: called as `on_step(step, loss)` after each step.
         teacher_outputs: the teacher's outputs kept across fine-tunes (its teacher must be
             `teacher`); None: the teacher runs on every batch.
+        check: training batches on which the task's metric decides which weights the
+            student ends with: the fine-tuned ones, or, when they score lower, the ones it had
+            before (BatchNorm recalibrated). A short fine-tune can hurt a pretrained model:
+            on effnet-fmnist the all-int8 plan scored 90.90% after 300 steps and 92.15% with
+            BatchNorm recalibrated alone. None: the fine-tuned weights are kept.
 
     Returns:
-        Steps run, the last loss and the time taken.
+        Steps run, the last loss, the time taken and whether the fine-tuned weights were kept.
 
     Raises:
         FinetuneError: the loss is NaN or infinite.
@@ -181,6 +192,11 @@ def finetune(
     started = time.perf_counter()
     recalibrate_batchnorm(student, task.train)
     loss_value = math.nan
+    before = None
+    if steps > 0 and check:
+        student.eval()
+        with torch.no_grad():
+            before = (float(task.metric(student, check)), copy.deepcopy(student.state_dict()))
     if steps > 0:
         if teacher_outputs is None:
             teacher_outputs = TeacherOutputs(teacher, max_bytes=0)
@@ -211,4 +227,13 @@ def finetune(
                 on_step(step, loss_value)
         recalibrate_batchnorm(student, task.train)
     student.eval()
-    return FinetuneResult(steps=steps, final_loss=loss_value, seconds=time.perf_counter() - started)
+    kept = True
+    if before is not None:
+        with torch.no_grad():
+            after = float(task.metric(student, check))
+        if after < before[0]:  # a tie keeps the fine-tuned weights
+            student.load_state_dict(before[1])
+            kept = False
+    return FinetuneResult(
+        steps=steps, final_loss=loss_value, seconds=time.perf_counter() - started, kept=kept
+    )

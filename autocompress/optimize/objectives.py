@@ -65,6 +65,9 @@ class SearchContext:
     early_stop: bool = False
     # The dense model's outputs per training batch, shared by every trial's fine-tune.
     teacher_outputs: TeacherOutputs | None = None
+    # Training batches on which a fine-tune must beat the weights it started from (see
+    # `finetune`'s `check`); None: every fine-tune is kept.
+    check_batches: Sequence[Any] | None = None
 
     def __post_init__(self) -> None:
         if self.teacher_outputs is None:
@@ -256,6 +259,7 @@ def evaluate_plan(
                 steps=steps,
                 on_step=on_step,
                 teacher_outputs=ctx.teacher_outputs,
+                check=ctx.check_batches,
             )
         except TrialStopped as stop:
             figures["size_bytes"], figures["size_source"] = size_estimate, "tensors"
@@ -268,6 +272,10 @@ def evaluate_plan(
         if ctx.task.extra_metrics:
             figures["metrics"] = extra_metrics(candidate, ctx.task)
         figures.update(_artifact_size(ctx, candidate, plan, size_estimate))
-    figures["finetuned"] = steps > 0
+    # A fine-tune undone (it scored below the weights it started from on the check batches)
+    # leaves the model as 0 steps would: export replays that.
+    figures["finetuned"] = steps > 0 and result.kept
+    if steps > 0 and not result.kept:
+        figures["finetune_undone"] = True
     figures["finetune_s"] = result.seconds
     return figures

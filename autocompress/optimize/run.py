@@ -16,6 +16,8 @@ from torch import nn
 
 from autocompress.config import DEFAULT_FINETUNE_STEPS, DEFAULT_TARGET, Budget
 from autocompress.errors import UserInputError
+from autocompress.evaluate.sensitivity import DEFAULT_BATCHES as SENSITIVITY_BATCHES
+from autocompress.evaluate.sensitivity import training_slice
 from autocompress.hardware.profiles import predictor_for
 from autocompress.hardware.targets import Target, resolve_target
 from autocompress.optimize.alternatives import measure_alternatives
@@ -253,6 +255,8 @@ def search(
         latency_inputs=latency_inputs,
         baseline=baseline,
         early_stop=early_stop,
+        # the slice sensitivity measures on: a fine-tune is kept only if it does not score lower
+        check_batches=training_slice(the_task, SENSITIVITY_BATCHES),
     )
     if early_stop and not worker:
         rungs = ", ".join(map(str, rung_steps(finetune_steps))) or "none (too few steps)"

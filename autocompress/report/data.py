@@ -169,6 +169,7 @@ def _trial_rows(
                 "on_front": t.number in on_front,
                 "category": category,
                 "finetuned": attrs.get("finetuned", True),
+                "finetune_undone": bool(attrs.get("finetune_undone", False)),
                 "duplicate_of": attrs.get("duplicate_of"),
                 "warm_start": attrs.get("warm_start"),
                 "export": export_command(study.study_name, t.number, storage_url),

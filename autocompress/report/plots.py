@@ -50,7 +50,9 @@ def _hover(row: Data, metric: str, export: str | None) -> str:
         lines.append(f"over budget: {over}")
     if row.get("duplicate_of") is not None:
         lines.append(f"same plan as trial {row['duplicate_of']}")
-    if row.get("finetuned") is False and row.get("trial") is not None:
+    if row.get("finetune_undone"):
+        lines.append("fine-tune undone (it scored lower on training batches than before)")
+    elif row.get("finetuned") is False and row.get("trial") is not None:
         lines.append("not fine-tuned (far over budget)")
     if export:
         lines.append(escape(export))

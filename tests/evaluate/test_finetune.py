@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -276,3 +276,70 @@ def test_top1_counts_correct_predictions() -> None:
     assert model.training  # measured in eval mode, then the caller's mode is restored
     with pytest.raises(ValueError, match="no samples"):
         top1(model, DataLoader(TensorDataset(x[:0], y[:0]), batch_size=3))
+
+
+def _closeness_to(reference: nn.Module) -> Callable[[nn.Module, object], float]:
+    """A metric that scores a model by how close its outputs stay to `reference`'s (0 at best),
+    so weights a fine-tune moved always score below the weights it started from."""
+    reference = copy.deepcopy(reference).eval()
+
+    @torch.no_grad()
+    def metric(model: nn.Module, data: object) -> float:
+        gaps = [(model(x) - reference(x)).abs().mean() for x, _ in data]  # type: ignore[attr-defined]
+        return -float(torch.stack(gaps).mean())
+
+    return metric
+
+
+# One plan per method family, and all of them at once, on the tiny ResNet.
+_METHOD_PLANS = {
+    "prune": {"layer1.conv1": LayerConfig(0.5)},
+    "lowrank": {"layer2.conv1": LayerConfig(rank_ratio=0.25)},
+    "sparse": {"layer2.conv2": LayerConfig(sparsity=0.5)},
+    "quant": {"layer1.conv1": LayerConfig(weight_bits=8, act_bits=8)},
+    "int4": {"layer2.conv1": LayerConfig(weight_bits=4)},
+}
+_METHOD_PLANS["all"] = {k: v for plan in _METHOD_PLANS.values() for k, v in plan.items()} | {
+    "layer1.conv1": LayerConfig(0.5, weight_bits=8, act_bits=8)
+}
+
+
+@pytest.mark.parametrize("method", sorted(_METHOD_PLANS))
+def test_a_fine_tune_the_check_batches_score_lower_is_undone(
+    tiny_resnet: TinyResNet, method: str
+) -> None:
+    """The weights put back are exactly those a 0-step fine-tune leaves, for every method's
+    modules (their state must round-trip through state_dict)."""
+    example = torch.randn(1, 1, 16, 16)
+    plan = Plan(layers=_METHOD_PLANS[method])
+    recalibrated = apply(tiny_resnet, plan, example)
+    finetune(recalibrated, tiny_resnet, _task(), steps=0)
+    student = apply(tiny_resnet, plan, example)
+    task = _task(metric=_closeness_to(recalibrated))
+    check = list(_loader(n=32, seed=1))
+    result = finetune(student, tiny_resnet, task, steps=5, lr=1e-2, check=check)
+    assert not result.kept and result.steps == 5
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(student(x), recalibrated(x))
+
+
+def test_a_fine_tune_that_scores_higher_on_the_check_batches_is_kept(
+    tiny_resnet: TinyResNet,
+) -> None:
+    # labels the dense model predicts: distillation moves the pruned student toward them
+    x = torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = tiny_resnet.eval()(x).argmax(dim=1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    task = _task(train=loader)
+    student = _pruned(tiny_resnet)
+    untrained = copy.deepcopy(student)
+    finetune(untrained, tiny_resnet, task, steps=0)
+    result = finetune(student, tiny_resnet, task, steps=60, lr=1e-2, check=list(loader))
+    assert result.kept
+    assert top1(student, loader) >= top1(untrained, loader)
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(student.parameters(), untrained.parameters(), strict=True)
+    )
