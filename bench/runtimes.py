@@ -72,6 +72,9 @@ def one_run(model: str, target: str, batch: int, trials: int, workdir: Path) -> 
         _run(["export", "--study", study, "--trial", str(fastest["trial"]), "--out", str(out)],
              workdir)  # fmt: skip
         exported = json.loads((out / "metrics.json").read_text())
+        onnx_file = out / "model.onnx"
+        if onnx_file.exists():
+            exported["node_times"] = node_times(onnx_file, batch)
     return {
         "model": model,
         "target": target,
@@ -83,6 +86,53 @@ def one_run(model: str, target: str, batch: int, trials: int, workdir: Path) -> 
         "front": front,
         "fastest": fastest,
         "exported": exported,
+    }
+
+
+def node_times(onnx_file: Path, batch: int, runs: int = 300) -> dict[str, Any]:
+    """Where an ONNX Runtime session spends a run, from its own profiler (1 thread).
+
+    Returns:
+        run_us: median wall time of one `session.run`; nodes_us: the nodes' summed time per run;
+        by_op: per op type, nodes in the graph and microseconds per run.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(onnx_file.parent / "ort_profile")
+    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) else batch for d in i.shape]  # static dims as exported
+        dtype = np.int64 if "int64" in i.type else np.float32
+        feeds[i.name] = (np.ones(shape) if dtype is np.int64 else np.random.rand(*shape)).astype(
+            dtype
+        )
+    for _ in range(50):
+        session.run(None, feeds)
+    walls = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run(None, feeds)
+        walls.append(time.perf_counter() - t)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    by_op: dict[str, dict[str, float]] = {}
+    for e in nodes:
+        row = by_op.setdefault(e["args"]["op_name"], {"nodes": set(), "us": 0.0})  # type: ignore[dict-item]
+        row["nodes"].add(e["name"])  # type: ignore[union-attr]
+        row["us"] += e["dur"]
+    total_runs = runs + 50
+    return {
+        "run_us": 1e6 * sorted(walls)[len(walls) // 2],
+        "nodes_us": sum(e["dur"] for e in nodes) / total_runs,
+        "by_op": {
+            op: {"nodes": len(r["nodes"]), "us": r["us"] / total_runs}  # type: ignore[arg-type]
+            for op, r in sorted(by_op.items(), key=lambda kv: -kv[1]["us"])
+        },
     }
 
 
@@ -148,6 +198,22 @@ def section(r: dict[str, Any]) -> str:
             f" ms vs {_ms(exported['study_latency_ms'])} ms in the study ({ratio:.2f}x), "
             f"accuracy {_pct(rt['accuracy'])}."
         )
+        times = exported.get("node_times")
+        if times:
+            lines += [
+                "",
+                f"Where its run goes (ONNX Runtime's profiler, batch {r['batch']}, 1 thread): "
+                f"{times['run_us']:.0f} us per run, of which the nodes {times['nodes_us']:.0f} us; "
+                "the rest is the session's own overhead.",
+                "",
+                "| op type | nodes | us per run | share of the run |",
+                "| --- | --- | --- | --- |",
+            ]
+            for op, row in list(times["by_op"].items())[:8]:
+                lines.append(
+                    f"| {op} | {row['nodes']} | {row['us']:.0f} | "
+                    f"{100 * row['us'] / times['run_us']:.0f}% |"
+                )
     return "\n".join(lines) + "\n"
 
 
