@@ -172,11 +172,11 @@ def section(r: dict[str, Any]) -> str:
             f"| {vs(a['latency_ms'])} |"
         )
     for c in sorted(r["front"], key=lambda c: c["latency_ms"]):
-        drop = 100 * (c["baseline_accuracy"] - c["accuracy"])
+        change = 100 * (c["accuracy"] - c["baseline_accuracy"])  # points vs the dense model
         fits = "" if c["feasible"] else ", over budget"
         lines.append(
             f"| front #{c['trial']} ({c.get('origin', '')}{fits}; {plan_summary(c['plan'])}) "
-            f"| {_pct(c['accuracy'])} ({drop:+.2f}) | {_ms(c['latency_ms'])} "
+            f"| {_pct(c['accuracy'])} ({change:+.2f} pts) | {_ms(c['latency_ms'])} "
             f"| {vs(c['latency_ms'])} |"
         )
     fastest = r["fastest"]
@@ -204,7 +204,7 @@ def section(r: dict[str, Any]) -> str:
                 "",
                 f"Where its run goes (ONNX Runtime's profiler, batch {r['batch']}, 1 thread): "
                 f"{times['run_us']:.0f} us per run, of which the nodes {times['nodes_us']:.0f} us; "
-                "the rest is the session's own overhead.",
+                "the rest is the session's own overhead (the profiler adds to both).",
                 "",
                 "| op type | nodes | us per run | share of the run |",
                 "| --- | --- | --- | --- |",
@@ -231,6 +231,8 @@ def main() -> None:
         "search's own: settled ratios to the dense model in the same runtime, timed in the "
         "same session; `--max-drop 1%`.\n"
     )
+    raw = args.out.with_suffix(".json")  # every figure of the run, for a table re-rendered later
+    results: list[dict[str, Any]] = []
     sections: list[str] = []
     for spec in args.runs.split(","):
         model, rest = spec.split(":", 1)
@@ -238,10 +240,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as workdir:
             try:
                 result = one_run(model, target, int(batch), args.trials, Path(workdir))
+                results.append(result)
                 sections.append(section(result))
             except RuntimeError as exc:
                 sections.append(f"## {model} on {target}, batch {batch}\n\nFailed: {exc}\n")
         args.out.write_text(header + "\n" + "\n".join(sections))
+        raw.write_text(json.dumps(results, indent=1))
         print(f"{spec}: done -> {args.out}", flush=True)
 
 
