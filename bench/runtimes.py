@@ -84,6 +84,20 @@ def one_run(model: str, target: str, batch: int, trials: int, workdir: Path) -> 
         "baseline": loaded.user_attrs["baseline"],
         "alternatives": alternatives,
         "front": front,
+        # every finished trial, for what the front leaves out (plans over the 1-point budget)
+        "trials_figures": [
+            {
+                "trial": t.number,
+                "accuracy": t.user_attrs.get("accuracy"),
+                "latency_ms": t.user_attrs.get("latency_ms"),
+                "finetuned": t.user_attrs.get("finetuned"),
+                "finetune_undone": t.user_attrs.get("finetune_undone", False),
+                "origin": t.user_attrs.get("warm_start", "sampled"),
+                "plan": plan_summary(t.user_attrs["plan"]) if "plan" in t.user_attrs else "",
+            }
+            for t in loaded.trials
+            if t.state == optuna.trial.TrialState.COMPLETE
+        ],
         "fastest": fastest,
         "exported": exported,
     }
