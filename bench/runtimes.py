@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -134,18 +135,18 @@ def node_times(onnx_file: Path, batch: int, runs: int = 300) -> dict[str, Any]:
         walls.append(time.perf_counter() - t)
     events = json.loads(Path(session.end_profiling()).read_text())
     nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    by_op: dict[str, dict[str, float]] = {}
+    us: Counter[str] = Counter()  # per op type, over every profiled run
+    names: dict[str, set[str]] = defaultdict(set)  # per op type, the graph's nodes
     for e in nodes:
-        row = by_op.setdefault(e["args"]["op_name"], {"nodes": set(), "us": 0.0})  # type: ignore[dict-item]
-        row["nodes"].add(e["name"])  # type: ignore[union-attr]
-        row["us"] += e["dur"]
+        us[e["args"]["op_name"]] += e["dur"]
+        names[e["args"]["op_name"]].add(e["name"])
     total_runs = runs + 50
     return {
         "run_us": 1e6 * sorted(walls)[len(walls) // 2],
-        "nodes_us": sum(e["dur"] for e in nodes) / total_runs,
+        "nodes_us": us.total() / total_runs,
         "by_op": {
-            op: {"nodes": len(r["nodes"]), "us": r["us"] / total_runs}  # type: ignore[arg-type]
-            for op, r in sorted(by_op.items(), key=lambda kv: -kv[1]["us"])
+            op: {"nodes": len(names[op]), "us": total / total_runs}
+            for op, total in us.most_common()
         },
     }
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from tests.conftest import copy_zoo_weights
 
-# What library noise and skipped plan parts looked like before they were filtered or recorded.
 REPO = Path(__file__).resolve().parents[1]
 # The CLI in a fresh process with `time_quickly`: the eager int8 plans' full timing protocol
 # was most of the test's 160 s, and what is checked here is what the search prints.
@@ -30,6 +29,7 @@ with pytest.MonkeyPatch.context() as mp:
     code = main(sys.argv[1:])
 sys.exit(code)
 """
+# What library noise and skipped plan parts looked like before they were filtered or recorded.
 NOISE = re.compile(r"warn|failed to load|^[WE]\d{4} |skipping torchvision", re.IGNORECASE)
 
 
