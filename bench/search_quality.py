@@ -92,7 +92,7 @@ def study_name(model: str, config: str, seed: int | None, target: str = "cpu") -
 
 
 def default_storage() -> str:
-    from autocompress.zoo._cache import cache_dir
+    from autocompress.cache import cache_dir
 
     return f"sqlite:///{cache_dir() / 'bench' / 'search_quality.db'}"
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress.cache import cache_dir, write_atomic
 from autocompress.config import Plan
 from autocompress.errors import PlanError, UserInputError
 from autocompress.hardware.predictor import LatencyPredictor
@@ -33,7 +34,6 @@ from autocompress.hardware.targets import Target
 from autocompress.space.discover import LayerInfo
 from autocompress.space.spec import Knob
 from autocompress.task import Task
-from autocompress.zoo._cache import cache_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
