@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress.compress.coupling import features
 from autocompress.compress.factorize import smaller_rank
 from autocompress.compress.prune import kept_channels
 from autocompress.config import LayerConfig, Plan
@@ -44,7 +45,7 @@ from autocompress.hardware.kernel import (
     LayerShape,
     splittable,
 )
-from autocompress.space.discover import LayerInfo, features
+from autocompress.space.discover import LayerInfo
 
 log = logging.getLogger(__name__)
 
