@@ -10,13 +10,22 @@ over a size budget, and for models `torch.export` cannot capture.
 
 from __future__ import annotations
 
+import io
+
+import torch
 from torch import Tensor, nn
 
 from autocompress.compress._swap import QUANTIZABLE, leaves
 from autocompress.compress.quantize import quantized_weight_bytes
 from autocompress.compress.sparsify import sparse_weight_bytes, weight_bytes_by_format
 from autocompress.config import Plan
-from autocompress.evaluate.metrics import size_bytes
+
+
+def size_bytes(model: nn.Module) -> int:
+    """Bytes of `torch.save(model.state_dict())`: the size of the model as it is stored."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
 
 
 def weight_storage_bytes(weight: Tensor, bits: int, *, zero_points: bool = True) -> int:
