@@ -35,10 +35,10 @@ import torch
 
 import autocompress.optimize.objectives as objectives
 from autocompress.compress.apply import apply, bake, deploy
+from autocompress.compress.program import deployable_program, save_program
 from autocompress.compress.size import compressed_size_bytes
 from autocompress.config import Budget
 from autocompress.evaluate.finetune import finetune
-from autocompress.export.artifact import deployable_program, save_program
 from autocompress.hardware.profile import random_plans
 from autocompress.hardware.targets import resolve_target
 from autocompress.hardware.timing import torch_threads

@@ -2,7 +2,7 @@
 encodings, everything else as `torch.save` writes it.
 
 This is an estimate, not what a trial records: a trial's `size_bytes` is the size of the
-model.pt2 it exports to (`export.artifact.artifact_size_bytes`), which adds the program's
+model.pt2 it exports to (`compress.program.artifact_size_bytes`), which adds the program's
 graph and zip headers (5-8 kB on digits-cnn) and stores some tensors deflated. The count
 serves where the artifact cannot or need not be built: before fine-tuning, to skip plans far
 over a size budget, and for models `torch.export` cannot capture.

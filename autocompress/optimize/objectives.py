@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from autocompress.compress.apply import apply, bake, plan_notes
+from autocompress.compress.program import artifact_size_bytes
 from autocompress.compress.size import compressed_size_bytes, size_bytes
 from autocompress.config import Budget, Plan
 from autocompress.evaluate.finetune import TeacherOutputs, finetune
 from autocompress.evaluate.metrics import param_count
-from autocompress.export.artifact import artifact_size_bytes
 from autocompress.hardware.predictor import LatencyPredictor
 from autocompress.hardware.profile import measure_candidate
 from autocompress.hardware.targets import Target
