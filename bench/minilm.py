@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
+    from autocompress.api import search
     from autocompress.config import Budget
     from autocompress.hardware.targets import CpuTarget
     from autocompress.optimize.latency import profile
-    from autocompress.optimize.run import search
     from autocompress.optimize.study import load_study
 
     started = time.monotonic()
