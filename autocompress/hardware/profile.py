@@ -210,7 +210,9 @@ def measure_candidate(
         dense model's latency. Timed against a twin of the dense model that runs like the
         candidate (`Target.reference_for`), both are carried over by the twin's ratio to dense.
     """
-    deployed = target.deploy(candidate, plan, inputs, task.calibration_batches())
+    from autocompress.compress.apply import deploy_on
+
+    deployed = deploy_on(target, candidate, plan, inputs, task.calibration_batches())
     reference = target.reference_for(dense, deployed, inputs)
     measurement = target.measure_settled(deployed, inputs, reference=reference.model, rounds=rounds)
     if reference.model is dense:
