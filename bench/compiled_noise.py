@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from autocompress.compress.apply import apply, bake, deploy_on
     from autocompress.compress.quantize_real import RealizedModel, _export
-    from autocompress.hardware.profile import measure_plan, random_plans
     from autocompress.hardware.targets import resolve_target
+    from autocompress.latency.profile import measure_plan, random_plans
     from autocompress.optimize.latency import batch_inputs
     from autocompress.space.discover import discover
     from autocompress.space.spec import load_space

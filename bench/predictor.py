@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from autocompress.config import Budget
-from autocompress.hardware.profile import Profile
 from autocompress.hardware.targets import CpuTarget
+from autocompress.latency.profile import Profile
 from autocompress.optimize.latency import profile
 
 MODELS = ("digits-cnn", "digits-resnet", "mnist1d-cnn")

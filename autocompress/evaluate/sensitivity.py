@@ -35,7 +35,7 @@ from torch import nn
 from autocompress.cache import cache_dir, write_atomic
 from autocompress.compress.apply import apply, plan_notes
 from autocompress.evaluate.finetune import recalibrate_batchnorm
-from autocompress.hardware.profile import Bar, space_key
+from autocompress.latency.profile import Bar, space_key
 from autocompress.space.sample import plan_from_trial
 from autocompress.space.spec import Knob
 from autocompress.space.uniform import IDENTITY, uniform_params

@@ -19,10 +19,10 @@ from autocompress.compress.size import compressed_size_bytes, size_bytes
 from autocompress.config import Budget, Plan
 from autocompress.evaluate.finetune import TeacherOutputs, finetune
 from autocompress.evaluate.metrics import param_count
-from autocompress.hardware.predictor import LatencyPredictor
-from autocompress.hardware.profile import measure_candidate
 from autocompress.hardware.targets import Target
 from autocompress.hardware.timing import other_cores_busy, torch_threads
+from autocompress.latency.predictor import LatencyPredictor
+from autocompress.latency.profile import measure_candidate
 from autocompress.optimize.early_stop import EarlyStopper, TrialStopped, stopped_figures
 from autocompress.space.spec import Knob
 from autocompress.task import Task

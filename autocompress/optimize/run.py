@@ -18,8 +18,8 @@ from autocompress.config import DEFAULT_FINETUNE_STEPS, DEFAULT_TARGET, Budget
 from autocompress.errors import UserInputError
 from autocompress.evaluate.sensitivity import DEFAULT_BATCHES as SENSITIVITY_BATCHES
 from autocompress.evaluate.sensitivity import training_slice
-from autocompress.hardware.profiles import predictor_for
 from autocompress.hardware.targets import Target, resolve_target
+from autocompress.latency.profiles import predictor_for
 from autocompress.optimize.alternatives import measure_alternatives
 from autocompress.optimize.early_stop import rung_steps
 from autocompress.optimize.heartbeat import DEFAULT_HEARTBEAT_S

@@ -9,10 +9,10 @@ from torch import nn
 
 from autocompress.compress.apply import apply, bake, deploy_on
 from autocompress.config import LayerConfig, Plan
-from autocompress.hardware.kernel import FP32, INT8
 from autocompress.hardware.runtimes.onnx_graph import layer_nodes, to_onnx
-from autocompress.hardware.shapes import ModelShapes
 from autocompress.hardware.targets import TARGETS, resolve_target
+from autocompress.latency.kernel import FP32, INT8
+from autocompress.latency.shapes import ModelShapes
 from autocompress.space.discover import discover
 from tests.conftest import make_tiny_resnet
 

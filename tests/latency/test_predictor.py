@@ -20,19 +20,19 @@ from torch.utils.data import DataLoader, TensorDataset
 from autocompress.compress.apply import apply
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.metrics import top1
-from autocompress.hardware import predictor as predictor_module
-from autocompress.hardware import profile as profile_module
-from autocompress.hardware.kernel import BF16, FP32, INT8
-from autocompress.hardware.lut import lut_grid, measure_lut
-from autocompress.hardware.predictor import LatencyPredictor, _Table
-from autocompress.hardware.profile import (
+from autocompress.hardware.targets import CpuTarget
+from autocompress.latency import predictor as predictor_module
+from autocompress.latency import profile as profile_module
+from autocompress.latency.kernel import BF16, FP32, INT8
+from autocompress.latency.lut import lut_grid, measure_lut
+from autocompress.latency.predictor import LatencyPredictor, _Table
+from autocompress.latency.profile import (
     PROFILE_VERSION,
     Profile,
     profile_model,
 )
-from autocompress.hardware.profiles import PredictorCheck, check_predictor, predictor_for
-from autocompress.hardware.shapes import ModelShapes
-from autocompress.hardware.targets import CpuTarget
+from autocompress.latency.profiles import PredictorCheck, check_predictor, predictor_for
+from autocompress.latency.shapes import ModelShapes
 from autocompress.space.discover import discover
 from autocompress.space.sample import plan_from_trial
 from autocompress.space.spec import Knob, Rule, SearchSpace
