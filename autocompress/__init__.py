@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from autocompress.config import Budget, LayerConfig, Plan
 
 if TYPE_CHECKING:
+    from autocompress.api import search
     from autocompress.compress.apply import apply
     from autocompress.export.artifact import load
-    from autocompress.optimize.run import search
     from autocompress.space.spec import load_space
     from autocompress.task import Task
 
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "apply": "autocompress.compress.apply",
     "load": "autocompress.export.artifact",
-    "search": "autocompress.optimize.run",
+    "search": "autocompress.api",
     "load_space": "autocompress.space.spec",
     "Task": "autocompress.task",
 }

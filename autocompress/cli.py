@@ -26,8 +26,8 @@ EPILOG = "Run 'autocompress search' with no arguments for a demo search on the b
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from autocompress.api import search
     from autocompress.config import Budget
-    from autocompress.optimize.run import search
     from autocompress.report.table import front_table
 
     budget = None

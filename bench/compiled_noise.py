@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
 
-    from autocompress.compress.apply import apply, bake
+    from autocompress.compress.apply import apply, bake, deploy_on
     from autocompress.compress.quantize_real import RealizedModel, _export
-    from autocompress.hardware.profile import measure_plan, random_plans
     from autocompress.hardware.targets import resolve_target
+    from autocompress.latency.profile import measure_plan, random_plans
     from autocompress.optimize.latency import batch_inputs
     from autocompress.space.discover import discover
     from autocompress.space.spec import load_space
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def build(plan):
         candidate = apply(dense, plan, task.inputs())
-        return target.deploy(candidate, plan, inputs, task.calibration_batches())
+        return deploy_on(target, candidate, plan, inputs, task.calibration_batches())
 
     compiled_dense = RealizedModel(_export(bake(dense), inputs), {}, compiled=True)
     compiled_dense(*inputs)  # compiles

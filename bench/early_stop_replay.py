@@ -51,11 +51,10 @@ def record(model: str, plans: int) -> dict[str, Any]:
     import optuna
 
     from autocompress.compress.apply import apply, bake
-    from autocompress.compress.size import compressed_size_bytes
+    from autocompress.compress.size import compressed_size_bytes, size_bytes
     from autocompress.evaluate.finetune import finetune
-    from autocompress.evaluate.metrics import size_bytes
-    from autocompress.hardware.profiles import predictor_for
     from autocompress.hardware.targets import resolve_target
+    from autocompress.latency.profiles import predictor_for
     from autocompress.optimize.early_stop import score_midway
     from autocompress.optimize.latency import batch_inputs
     from autocompress.optimize.objectives import fixed_data_order

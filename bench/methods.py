@@ -44,10 +44,9 @@ from torch import nn
 
 from autocompress.compress.apply import apply, bake, deploy
 from autocompress.compress.quantize_real import realize
-from autocompress.compress.size import compressed_size_bytes
+from autocompress.compress.size import compressed_size_bytes, size_bytes
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.finetune import finetune
-from autocompress.evaluate.metrics import size_bytes
 from autocompress.hardware.timing import measure_latency
 from autocompress.space.discover import discover
 from autocompress.zoo import load_model, load_task

@@ -49,8 +49,8 @@ def _plain_int8(base_ms: float) -> str:
     """Every Linear dynamic int8 (and nothing else): built, measured, scored without fine-tune."""
     from autocompress import zoo
     from autocompress.config import LayerConfig, Plan
-    from autocompress.hardware.profile import measure_plan
     from autocompress.hardware.targets import resolve_target
+    from autocompress.latency.profile import measure_plan
     from autocompress.optimize.latency import batch_inputs
     from autocompress.space.discover import discover
 
@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
+    from autocompress.api import search
     from autocompress.config import Budget
     from autocompress.hardware.targets import CpuTarget
     from autocompress.optimize.latency import profile
-    from autocompress.optimize.run import search
     from autocompress.optimize.study import load_study
 
     started = time.monotonic()

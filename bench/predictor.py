@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from autocompress.config import Budget
-from autocompress.hardware.profile import Profile
 from autocompress.hardware.targets import CpuTarget
+from autocompress.latency.profile import Profile
 from autocompress.optimize.latency import profile
 
 MODELS = ("digits-cnn", "digits-resnet", "mnist1d-cnn")
@@ -49,7 +49,7 @@ def verify_verdict(model: str, space: str, trials: int, budget: Budget) -> str:
     front candidates predicted within the latency budget, as the verify step measured them."""
     if trials <= 0:
         return "–"
-    from autocompress.optimize.run import search
+    from autocompress.api import search
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):  # its report goes there
         result = search(

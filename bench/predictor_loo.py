@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     from scipy.stats import spearmanr
 
     from autocompress.config import Plan
-    from autocompress.hardware.predictor import LatencyPredictor
-    from autocompress.hardware.profile import DEFAULT_CALIBRATION_PLANS, Profile
+    from autocompress.latency.predictor import LatencyPredictor
+    from autocompress.latency.profile import DEFAULT_CALIBRATION_PLANS, Profile
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("profile", type=Path)

@@ -92,7 +92,7 @@ def study_name(model: str, config: str, seed: int | None, target: str = "cpu") -
 
 
 def default_storage() -> str:
-    from autocompress.zoo._cache import cache_dir
+    from autocompress.cache import cache_dir
 
     return f"sqlite:///{cache_dir() / 'bench' / 'search_quality.db'}"
 
@@ -152,8 +152,8 @@ def _knobs(model: str, methods: Sequence[str] | None = None, target: str = "cpu"
 def predictor(model: str, methods: Sequence[str] | None = None, target: str = "cpu"):
     """The model's latency predictor on `target` for its space (restricted to `methods`): the
     cached profile, profiled now when missing (as search() would)."""
-    from autocompress.hardware.profiles import predictor_for
     from autocompress.hardware.targets import resolve_target
+    from autocompress.latency.profiles import predictor_for
     from autocompress.optimize.latency import batch_inputs
 
     dense, task, layers, space, knobs = _knobs(model, methods, target)

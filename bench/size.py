@@ -1,7 +1,7 @@
 """A trial's size_bytes against the model.pt2 that `autocompress export` writes for it.
 
 What it measures. For each zoo CNN and N random plans of its joint spaces (half from
-default.yaml, half from cnn.yaml, drawn as `hardware.profile.random_plans` draws them, every
+default.yaml, half from cnn.yaml, drawn as `latency.profile.random_plans` draws them, every
 fourth without 8-bit weights so that eager plans are in the mix):
 
 - recorded: `evaluate_plan(ctx, plan)["size_bytes"]`, the trial's own code: apply, fine-tune
@@ -35,13 +35,13 @@ import torch
 
 import autocompress.optimize.objectives as objectives
 from autocompress.compress.apply import apply, bake, deploy
+from autocompress.compress.program import deployable_program, save_program
 from autocompress.compress.size import compressed_size_bytes
 from autocompress.config import Budget
 from autocompress.evaluate.finetune import finetune
-from autocompress.export.artifact import deployable_program, save_program
-from autocompress.hardware.profile import random_plans
 from autocompress.hardware.targets import resolve_target
 from autocompress.hardware.timing import torch_threads
+from autocompress.latency.profile import random_plans
 from autocompress.optimize.latency import batch_inputs
 from autocompress.optimize.objectives import Baseline, SearchContext, fixed_data_order
 from autocompress.space.discover import discover

@@ -157,7 +157,7 @@ def test_size_bytes_is_the_size_of_the_exported_model_file(
 ) -> None:
     from autocompress import Plan, apply, zoo
     from autocompress.compress.apply import deploy
-    from autocompress.export.artifact import deployable_program, save_program
+    from autocompress.compress.program import deployable_program, save_program
     from autocompress.optimize.latency import batch_inputs
 
     _code, out, _ = run_cli("show", "--study", "digits-cnn-cpu", "--json", capsys=capsys)

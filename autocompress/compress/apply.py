@@ -6,6 +6,7 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,7 +15,12 @@ from autocompress.compress.prune import prune_channels
 from autocompress.config import Plan
 from autocompress.errors import PlanWarning
 
+if TYPE_CHECKING:
+    from autocompress.hardware.targets import Target
+
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+# The (weight, activation) bits a runtime target (ONNX Runtime, OpenVINO) runs in int8.
+INT8 = (8, 8)
 
 
 def _as_tuple(example_input: Inputs) -> tuple[torch.Tensor, ...]:
@@ -104,6 +110,52 @@ def deploy(
     if not bits:
         return plain
     return realize(plain, bits, _as_tuple(example_input), calibration, compile=compile)
+
+
+def deploy_on(
+    target: Target,
+    model: nn.Module,
+    plan: Plan,
+    example_input: Inputs,
+    calibration: Iterable[tuple[torch.Tensor, ...]],
+) -> Any:
+    """The plan's model in the form `target` runs: real kernels, what `target.measure` times.
+
+    A runtime target (ONNX Runtime, OpenVINO: `RuntimeTarget.realize`) gets the baked model
+    and the plan's (8, 8) layers to run in int8; every other target runs `deploy`'s model.
+
+    Args:
+        target: the target it is measured and exported on.
+        model: a model from `apply`, usually fine-tuned (not modified).
+        plan: the plan it was built from.
+        example_input: one input batch at the batch size it will be run at.
+        calibration: input batches (argument tuples) for static int8 ranges.
+
+    Returns:
+        The deployable model: a runtime model whose `layers` say how each planned layer runs,
+        or `deploy`'s callable.
+
+    Raises:
+        ValueError: on a runtime target, an int8 layer of the plan has no node in the graph.
+    """
+    from autocompress.hardware.runtime_targets import RuntimeTarget
+
+    if not isinstance(target, RuntimeTarget):
+        return deploy(model, plan, example_input, calibration)
+    int8 = [n for n, c in plan.layers.items() if (c.weight_bits, c.act_bits) == INT8]
+    deployed = target.realize(bake(model), _as_tuple(example_input), calibration, int8)
+    deployed.layers = _runtime_layer_kinds(plan)
+    return deployed
+
+
+def _runtime_layer_kinds(plan: Plan) -> dict[str, str]:
+    kinds = {}
+    for name, cfg in plan.layers.items():
+        if (cfg.weight_bits, cfg.act_bits) == INT8:
+            kinds[name] = "int8 static"
+        elif cfg.weight_bits < 32:
+            kinds[name] = f"float ({cfg.weight_bits}-bit weights: size only)"
+    return kinds
 
 
 @contextlib.contextmanager

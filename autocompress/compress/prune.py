@@ -17,15 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.config import Plan
-from autocompress.errors import PlanError
-from autocompress.space.discover import (
-    _PRUNABLE,
+from autocompress.compress.coupling import (
+    PRUNABLE,
     coupling_groups,
     dependency_graph,
     features,
     output_layers,
 )
+from autocompress.config import Plan
+from autocompress.errors import PlanError
 
 
 def kept_channels(channels: int, keep_ratio: float, round_to: int | None = None) -> int:
@@ -196,10 +196,10 @@ def _out_channel_fn(module: nn.Module, graph: Any):
         return graph.get_pruner_of_module(module).prune_out_channels
     if isinstance(module, nn.Linear):
         return tp.prune_linear_out_channels
-    assert isinstance(module, _PRUNABLE)
+    assert isinstance(module, PRUNABLE)
     return tp.prune_conv_out_channels
 
 
 def channel_counts(model: nn.Module) -> dict[str, int]:
     """Output channels / features of every prunable layer (for reports and checks)."""
-    return {name: features(m)[1] for name, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+    return {name: features(m)[1] for name, m in model.named_modules() if isinstance(m, PRUNABLE)}

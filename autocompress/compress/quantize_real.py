@@ -76,6 +76,11 @@ class RealizedModel(nn.Module):
         self.training = mode
         return self
 
+    def compiled_twin(self, model: nn.Module, inputs: tuple[Tensor, ...]) -> RealizedModel:
+        """`model` deployed as a compiled plan is, to time this model against
+        (`hardware.targets.CpuTarget.reference_for`): see `compile_float`."""
+        return compile_float(model, inputs)
+
     def forward(self, *args: Tensor) -> Any:
         """The model's outputs; the first call per input shape compiles (freezing weights).
 

@@ -2,7 +2,7 @@
 encodings, everything else as `torch.save` writes it.
 
 This is an estimate, not what a trial records: a trial's `size_bytes` is the size of the
-model.pt2 it exports to (`export.artifact.artifact_size_bytes`), which adds the program's
+model.pt2 it exports to (`compress.program.artifact_size_bytes`), which adds the program's
 graph and zip headers (5-8 kB on digits-cnn) and stores some tensors deflated. The count
 serves where the artifact cannot or need not be built: before fine-tuning, to skip plans far
 over a size budget, and for models `torch.export` cannot capture.
@@ -10,13 +10,22 @@ over a size budget, and for models `torch.export` cannot capture.
 
 from __future__ import annotations
 
+import io
+
+import torch
 from torch import Tensor, nn
 
 from autocompress.compress._swap import QUANTIZABLE, leaves
 from autocompress.compress.quantize import quantized_weight_bytes
 from autocompress.compress.sparsify import sparse_weight_bytes, weight_bytes_by_format
 from autocompress.config import Plan
-from autocompress.evaluate.metrics import size_bytes
+
+
+def size_bytes(model: nn.Module) -> int:
+    """Bytes of `torch.save(model.state_dict())`: the size of the model as it is stored."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
 
 
 def weight_storage_bytes(weight: Tensor, bits: int, *, zero_points: bool = True) -> int:

@@ -1,19 +1,11 @@
-"""Model figures that do not need the target: serialized size, parameter count, top-1."""
+"""Model figures that do not need the target: parameter count, top-1 (the serialized size is
+`compress.size.size_bytes`)."""
 
 from __future__ import annotations
-
-import io
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-
-
-def size_bytes(model: nn.Module) -> int:
-    """Bytes of `torch.save(model.state_dict())`: the size of the model as it is stored."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.getbuffer().nbytes
 
 
 def param_count(model: nn.Module) -> int:

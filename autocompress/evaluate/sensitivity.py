@@ -32,14 +32,14 @@ import optuna
 import torch
 from torch import nn
 
+from autocompress.cache import cache_dir, write_atomic
 from autocompress.compress.apply import apply, plan_notes
 from autocompress.evaluate.finetune import recalibrate_batchnorm
-from autocompress.hardware.profile import Bar, space_key
+from autocompress.latency.profile import Bar, space_key
 from autocompress.space.sample import plan_from_trial
 from autocompress.space.spec import Knob
 from autocompress.space.uniform import IDENTITY, uniform_params
 from autocompress.task import Task
-from autocompress.zoo._cache import cache_dir, write_atomic
 
 SENSITIVITY_VERSION = 3  # 3: distortion against the recalibrated dense model
 # Training batches the metric is measured on: enough that one layer's change moves it by more

@@ -28,11 +28,16 @@ def write_runtime_artifact(
     Returns:
         (figures for metrics.json under "runtime", the failed checks).
     """
+    from autocompress.compress.apply import deploy_on
     from autocompress.optimize.objectives import fixed_data_order
 
     with fixed_data_order(built.task):
-        deployed = target.deploy(
-            built.candidate, built.plan, built.latency_inputs, built.task.calibration_batches()
+        deployed = deploy_on(
+            target,
+            built.candidate,
+            built.plan,
+            built.latency_inputs,
+            built.task.calibration_batches(),
         )
     path = folder / target.artifact
     deployed.save(path)

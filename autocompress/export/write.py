@@ -21,15 +21,14 @@ from typing import Any
 
 import torch
 
+from autocompress.compress.program import deployable_program, save_program
 from autocompress.errors import AutocompressError, UserInputError
 from autocompress.export.artifact import (
     PROGRAM_FILE,
     archive_bytes,
-    deployable_program,
     has_int8,
     load,
     load_program,
-    save_program,
     unused_tensors,
 )
 from autocompress.export.verify import MAX_ACCURACY_DIFF, compare_outputs, outputs

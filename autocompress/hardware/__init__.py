@@ -1,5 +1,8 @@
 """Hardware targets and the timing protocol that measures latency on them."""
 
+# The CUDA and runtime targets (ONNX Runtime, OpenVINO) register themselves on import.
+from autocompress.hardware import cuda_target as _cuda_target  # noqa: F401
+from autocompress.hardware import runtime_targets as _runtime_targets  # noqa: F401
 from autocompress.hardware.targets import TARGETS, CpuTarget, Target, resolve_target
 from autocompress.hardware.timing import Measurement, measure_latency
 

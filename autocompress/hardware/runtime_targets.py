@@ -1,12 +1,13 @@
 """Targets that deploy on a runtime other than PyTorch: ONNX Runtime and OpenVINO on the CPU,
 ONNX Runtime on a CUDA GPU.
 
-A plan is realized in the runtime: the baked model (pruned, factorized, sparse weights as zeros)
-is exported to ONNX; its (8, 8) layers then run in int8 (ONNX Runtime: static QDQ on those
-layers' nodes and the activations, pooling and residual adds between them; OpenVINO: NNCF with
-every other layer in its ignored scope); all other layers stay fp32. bf16, int4 and
-int8-weight-only layers have no faster kernel in these runtimes for an fp32 model: they count
-as size only.
+A plan is realized in the runtime (`compress.apply.deploy_on` gives `RuntimeTarget.realize`
+the baked model and the plan's int8 layers): the baked model (pruned, factorized, sparse
+weights as zeros) is exported to ONNX; its (8, 8) layers then run in int8 (ONNX Runtime: static
+QDQ on those layers' nodes and the activations, pooling and residual adds between them;
+OpenVINO: NNCF with every other layer in its ignored scope); all other layers stay fp32. bf16,
+int4 and int8-weight-only layers have no faster kernel in these runtimes for an fp32 model:
+they count as size only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.config import Plan
 from autocompress.hardware.runtimes import RuntimeModel, require
 from autocompress.hardware.targets import (
     EAGER_ALTERNATIVE,
@@ -30,13 +30,6 @@ from autocompress.hardware.targets import (
     _cpu_model,
 )
 from autocompress.hardware.timing import Measurement, measure_latency
-
-INT8 = (8, 8)
-
-
-def int8_layers(plan: Plan) -> list[str]:
-    """The plan's layers that run in int8 on a runtime target (weights and activations 8 bits)."""
-    return [n for n, c in plan.layers.items() if (c.weight_bits, c.act_bits) == INT8]
 
 
 class RuntimeTarget(Target):
@@ -117,36 +110,37 @@ class RuntimeTarget(Target):
             model = self.load(model, inputs)
         return model.timer(inputs)
 
-    def deploy(
+    def realize(
         self,
-        model: nn.Module,
-        plan: Plan,
-        example_input: tuple[torch.Tensor, ...],
+        baked: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
         calibration: Iterable[tuple[torch.Tensor, ...]],
+        int8_layers: list[str],
     ) -> RuntimeModel:
-        """The plan realized in the runtime; see the module docstring.
+        """A float model exported to ONNX and loaded in the runtime, the named layers in int8;
+        see the module docstring.
+
+        Args:
+            baked: the float model (`compress.apply.bake`'s); not modified.
+            inputs: one input batch as positional arguments.
+            calibration: input batches (argument tuples) for static int8 ranges.
+            int8_layers: the module names of the layers to run in int8.
 
         Raises:
-            ValueError: an int8 layer of the plan has no node in the exported graph.
+            ValueError: one of `int8_layers` has no node in the exported graph.
         """
-        from autocompress.compress.apply import bake
         from autocompress.hardware.runtimes.onnx_graph import layer_nodes, to_onnx
 
-        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-        graph = to_onnx(bake(model), inputs)
-        wanted = int8_layers(plan)
-        nodes = layer_nodes(graph, wanted)
+        graph = to_onnx(baked, inputs)
+        nodes = layer_nodes(graph, int8_layers)
         lost = [name for name, found in nodes.items() if not found]
         if lost:
             raise ValueError(f"no node of layer(s) {', '.join(lost)} in the exported ONNX graph")
-        if not wanted:
-            deployed = self.load_graph(graph)
-        else:
-            deployed = self.quantize_graph(
-                graph, calibration, [n for name in wanted for n in nodes[name]]
-            )
-        deployed.layers = _layer_kinds(plan)
-        return deployed
+        if not int8_layers:
+            return self.load_graph(graph)
+        return self.quantize_graph(
+            graph, calibration, [n for name in int8_layers for n in nodes[name]]
+        )
 
     def measure(
         self,
@@ -204,16 +198,6 @@ class EagerModel(nn.Module):
 
 
 RUNTIME_LABELS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "pytorch": "PyTorch"}
-
-
-def _layer_kinds(plan: Plan) -> dict[str, str]:
-    kinds = {}
-    for name, cfg in plan.layers.items():
-        if (cfg.weight_bits, cfg.act_bits) == INT8:
-            kinds[name] = "int8 static"
-        elif cfg.weight_bits < 32:
-            kinds[name] = f"float ({cfg.weight_bits}-bit weights: size only)"
-    return kinds
 
 
 @TARGETS.register("cpu:onnxruntime")

@@ -11,12 +11,11 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from autocompress.config import Plan
 from autocompress.errors import UserInputError
 from autocompress.hardware.timing import Measurement, measure_latency
 from autocompress.registry import Registry
@@ -142,28 +141,6 @@ class Target(ABC):
         runs.append(self.measure(model, inputs, reference=reference, rounds=rounds))
         return sorted(runs, key=lambda run: run.ratio or 0.0)[1]
 
-    def deploy(
-        self,
-        model: nn.Module,
-        plan: Plan,
-        example_input: tuple[torch.Tensor, ...],
-        calibration: Iterable[tuple[torch.Tensor, ...]],
-    ) -> Any:
-        """The plan's model in the form this target runs: real kernels, what `measure` times.
-
-        Args:
-            model: a model from `compress.apply`, usually fine-tuned (not modified).
-            plan: the plan it was built from.
-            example_input: one input batch at the batch size it will be run at.
-            calibration: input batches (argument tuples) for static int8 ranges.
-
-        Returns:
-            The deployable model (PyTorch eager: `compress.apply.deploy`'s callable).
-        """
-        from autocompress.compress.apply import deploy
-
-        return deploy(model, plan, example_input, calibration)
-
     def reference_for(
         self, dense: nn.Module, deployed: Any, inputs: tuple[torch.Tensor, ...]
     ) -> Reference:
@@ -174,7 +151,7 @@ class Target(ABC):
 
         Args:
             dense: the dense model.
-            deployed: the plan's model from `deploy`.
+            deployed: the plan's model as this target runs it (`compress.apply.deploy_on`).
             inputs: the input batch it is timed with.
 
         Returns:
@@ -222,6 +199,21 @@ def _mean(a: Measurement, b: Measurement) -> Measurement:
 
 
 TARGETS: Registry[type[Target]] = Registry("target")
+# The CUDA and runtime targets (ONNX Runtime, OpenVINO) register themselves when the package
+# imports them (`hardware/__init__.py`); their libraries load lazily.
+
+
+@runtime_checkable
+class CompiledModel(Protocol):
+    """A deployed model that may run compiled (`compress.quantize_real.RealizedModel`), and
+    compiles a float model the way it is compiled itself, to be timed against."""
+
+    compiled: bool
+
+    def compiled_twin(self, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> nn.Module:
+        """`model` compiled as this model is, for `inputs`' shapes, already called once."""
+        ...
+
 
 # The compiled dense model's ratio to eager carries every compiled plan's ratio: time it longer.
 TWIN_ROUNDS = 4
@@ -297,14 +289,12 @@ class CpuTarget(Target):
         a compiled plan's ratio varied 5-7% (CV) between repeats on digits-resnet, against the
         compiled dense model 1-2% (`bench/compiled_noise.py`). See `Target.reference_for`.
         """
-        from autocompress.compress.quantize_real import RealizedModel, compile_float
-
-        if not (isinstance(deployed, RealizedModel) and deployed.compiled):
+        if not (isinstance(deployed, CompiledModel) and deployed.compiled):
             return Reference(dense)
         key = tuple((t.shape, t.dtype) for t in inputs)
         twins = self._twins.setdefault(dense, {})
         if key not in twins:
-            twin = compile_float(dense, inputs)
+            twin = deployed.compiled_twin(dense, inputs)
             timed = self.measure_settled(
                 twin, inputs, reference=dense, rounds=TWIN_ROUNDS * self.rounds
             )
@@ -385,8 +375,3 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
-
-
-# The CUDA and runtime targets (ONNX Runtime, OpenVINO) register themselves; their libraries
-# load lazily.
-from autocompress.hardware import cuda_target, runtime_targets  # noqa: E402, F401

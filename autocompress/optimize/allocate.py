@@ -34,7 +34,7 @@ from typing import Any
 
 from torch import nn
 
-from autocompress.hardware.predictor import LatencyPredictor
+from autocompress.latency.predictor import LatencyPredictor
 from autocompress.space.spec import Knob
 from autocompress.space.uniform import uniform_params
 from autocompress.task import Task

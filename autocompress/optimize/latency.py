@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autocompress.config import DEFAULT_TARGET
-from autocompress.hardware.profiles import PredictorCheck, check_predictor, predictor_for
 from autocompress.hardware.targets import resolve_target
+from autocompress.latency.profiles import PredictorCheck, check_predictor, predictor_for
 from autocompress.resolve import model_label, resolve_model, resolve_task
 from autocompress.space.discover import discover
 from autocompress.space.spec import SearchSpace, load_space, settings_for_methods

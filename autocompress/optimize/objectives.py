@@ -14,15 +14,15 @@ import torch
 from torch import nn
 
 from autocompress.compress.apply import apply, bake, plan_notes
-from autocompress.compress.size import compressed_size_bytes
+from autocompress.compress.program import artifact_size_bytes
+from autocompress.compress.size import compressed_size_bytes, size_bytes
 from autocompress.config import Budget, Plan
 from autocompress.evaluate.finetune import TeacherOutputs, finetune
-from autocompress.evaluate.metrics import param_count, size_bytes
-from autocompress.export.artifact import artifact_size_bytes
-from autocompress.hardware.predictor import LatencyPredictor
-from autocompress.hardware.profile import measure_candidate
+from autocompress.evaluate.metrics import param_count
 from autocompress.hardware.targets import Target
 from autocompress.hardware.timing import other_cores_busy, torch_threads
+from autocompress.latency.predictor import LatencyPredictor
+from autocompress.latency.profile import measure_candidate
 from autocompress.optimize.early_stop import EarlyStopper, TrialStopped, stopped_figures
 from autocompress.space.spec import Knob
 from autocompress.task import Task

@@ -56,7 +56,7 @@ def reachability_notes(ctx: SearchContext) -> list[str]:
         Zero, one or two lines to show before the search starts.
     """
     from autocompress.compress.apply import apply
-    from autocompress.hardware.profile import measure_plan
+    from autocompress.latency.profile import measure_plan
     from autocompress.optimize.objectives import artifact_size
 
     budget, knobs, notes = ctx.budget, list(ctx.knobs), []

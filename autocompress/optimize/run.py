@@ -1,8 +1,8 @@
-"""`autocompress.search()`: run (or continue) a study and return its Pareto front."""
+"""The search behind `autocompress.search()`: run (or continue) a study and return its Pareto
+front (`autocompress.api` adds the HTML report)."""
 
 from __future__ import annotations
 
-import logging
 import math
 import platform
 from collections.abc import Sequence
@@ -18,8 +18,8 @@ from autocompress.config import DEFAULT_FINETUNE_STEPS, DEFAULT_TARGET, Budget
 from autocompress.errors import UserInputError
 from autocompress.evaluate.sensitivity import DEFAULT_BATCHES as SENSITIVITY_BATCHES
 from autocompress.evaluate.sensitivity import training_slice
-from autocompress.hardware.profiles import predictor_for
 from autocompress.hardware.targets import Target, resolve_target
+from autocompress.latency.profiles import predictor_for
 from autocompress.optimize.alternatives import measure_alternatives
 from autocompress.optimize.early_stop import rung_steps
 from autocompress.optimize.heartbeat import DEFAULT_HEARTBEAT_S
@@ -64,6 +64,7 @@ class SearchResult:
     trials_failed: int
     trials_stopped: int = 0
     notes: list[str] = field(default_factory=list)
+    # The study's HTML report, written by `autocompress.search` (`autocompress.api`), not here.
     report: Path | None = None
     alternatives: list[dict[str, Any]] = field(default_factory=list)
 
@@ -172,7 +173,9 @@ def search(
             (`optimize.allocate`; measured on first use and cached); False leaves them out.
 
     Returns:
-        The front over all the study's trials, the dense baseline row, and this run's counts.
+        The front over all the study's trials, the dense baseline row, and this run's counts;
+        `autocompress.search` adds the path of the study's HTML report (None where it could
+        not be written).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar says what matters
     if trials < 1:
@@ -312,10 +315,8 @@ def search(
         run, failed, stopped = run_trials(
             the_study, storage_obj, ctx, trials, timeout_s, show_progress, [] if worker else notes
         )
-    report = None
     if not worker:
         verify_front(the_study, ctx, show_progress=show_progress)
-        report = _write_report(the_study, storage)
     return SearchResult(
         study=study_name,
         storage=storage or "sqlite:///reports/autocompress.db",
@@ -326,7 +327,6 @@ def search(
         trials_failed=failed,
         trials_stopped=stopped,
         notes=notes,
-        report=report,
         alternatives=alternatives_of(the_study),
     )
 
@@ -384,19 +384,3 @@ def _reachability(ctx: SearchContext) -> list[str]:
         return reachability_notes(ctx)
     except Exception as exc:  # the same failure will be recorded for each trial that meets it
         return [f"cannot tell whether the budget is reachable: {failure_reason(exc)}"]
-
-
-def _write_report(study: optuna.Study, storage: str | None) -> Path | None:
-    """The study's HTML report under reports/<study>/; a failure to write it ends no search."""
-    from autocompress.report.html import write_report
-
-    try:
-        return write_report(study, storage_url=storage)
-    except UserInputError as exc:
-        logging.getLogger(__name__).warning("report not written: %s", exc)
-        return None
-    except Exception as exc:  # a drawing bug must not lose the search it reports on
-        logging.getLogger(__name__).warning(
-            "report not written: %s: %s", type(exc).__name__, exc, exc_info=True
-        )
-        return None

@@ -9,7 +9,7 @@ import optuna
 
 from autocompress.compress.apply import plan_notes
 from autocompress.config import Plan
-from autocompress.hardware.profile import Bar, measure_plan
+from autocompress.latency.profile import Bar, measure_plan
 from autocompress.optimize.objectives import SearchContext
 from autocompress.optimize.pareto import Candidate, pareto_front
 

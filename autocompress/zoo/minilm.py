@@ -13,9 +13,9 @@ from pathlib import Path
 
 from torch import nn
 
+from autocompress.cache import cache_dir
 from autocompress.errors import UserInputError
 from autocompress.task import Task
-from autocompress.zoo._cache import cache_dir
 from autocompress.zoo._registry import ZooEntry, register
 
 VERSION = 1

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from autocompress.cache import write_atomic
 from autocompress.evaluate.embedding import ProbeAccuracy, cosine_distillation_loss, cosine_fidelity
 from autocompress.quiet import quiet_torchao_import
 from autocompress.task import Task
-from autocompress.zoo._cache import write_atomic
 from autocompress.zoo._train import train_loader
 
 MAX_TOKENS = 128

@@ -10,9 +10,10 @@ from torch import nn
 
 from autocompress.compress.apply import apply
 from autocompress.compress.prune import channel_counts, kept_channels, prune_channels
+from autocompress.compress.size import size_bytes
 from autocompress.config import LayerConfig, Plan
 from autocompress.errors import PlanError
-from autocompress.evaluate.metrics import param_count, size_bytes
+from autocompress.evaluate.metrics import param_count
 from tests.conftest import TINY_GROUPS, TinyResNet
 
 

@@ -13,9 +13,8 @@ pytest.importorskip("transformers")
 from autocompress.compress.apply import apply, bake, deploy
 from autocompress.compress.prune import attention_heads
 from autocompress.compress.quantize_real import Int8Embedding
-from autocompress.compress.size import compressed_size_bytes
+from autocompress.compress.size import compressed_size_bytes, size_bytes
 from autocompress.config import LayerConfig, Plan
-from autocompress.evaluate.metrics import size_bytes
 from autocompress.space.discover import discover
 from autocompress.space.spec import load_space
 from tests.transformer_factories import tiny_bert, tokens

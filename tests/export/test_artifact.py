@@ -13,17 +13,19 @@ import pytest
 import torch
 from torch import nn
 
+from autocompress.compress.program import (
+    deployable_program,
+    export_program,
+    program_bytes,
+    save_program,
+)
 from autocompress.compress.quantize_real import realize
 from autocompress.export.artifact import (
     ArtifactError,
     archive_bytes,
-    deployable_program,
-    export_program,
     int8_tensors,
     load,
     load_program,
-    program_bytes,
-    save_program,
     unused_tensors,
 )
 from tests.conftest import make_tiny_resnet
@@ -75,8 +77,8 @@ def test_int8_artifact_stores_int8_weights_and_no_float_copies(
 def test_an_int8_graph_is_lifted_into_the_program_export_would_trace(
     tmp_path: Path, tiny_input: torch.Tensor
 ) -> None:
+    from autocompress.compress.lift import liftable
     from autocompress.compress.quantize_real import RealizedModel
-    from autocompress.export.lift import liftable
 
     graph = _int8_graph(tiny_input)
     assert liftable(graph) and not liftable(make_tiny_resnet())

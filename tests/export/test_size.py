@@ -8,13 +8,9 @@ from pathlib import Path
 import torch
 
 from autocompress.compress.apply import apply, deploy
-from autocompress.export.artifact import (
-    artifact_size_bytes,
-    deployable_program,
-    load,
-    save_program,
-)
-from autocompress.hardware.profile import random_plans
+from autocompress.compress.program import artifact_size_bytes, deployable_program, save_program
+from autocompress.export.artifact import load
+from autocompress.latency.profile import random_plans
 from autocompress.optimize.latency import batch_inputs
 from autocompress.optimize.objectives import fixed_data_order
 from autocompress.space.discover import discover

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from autocompress.compress.apply import apply, bake
+from autocompress.compress.apply import apply, bake, deploy_on
 from autocompress.config import LayerConfig, Plan
-from autocompress.hardware.kernel import FP32, INT8
 from autocompress.hardware.runtimes.onnx_graph import layer_nodes, to_onnx
-from autocompress.hardware.shapes import ModelShapes
 from autocompress.hardware.targets import TARGETS, resolve_target
+from autocompress.latency.kernel import FP32, INT8
+from autocompress.latency.shapes import ModelShapes
 from autocompress.space.discover import discover
 from tests.conftest import make_tiny_resnet
 
@@ -26,7 +26,7 @@ INT8_CFG = LayerConfig(weight_bits=8, act_bits=8)
 def _deploy(target_name: str, plan: Plan, model: nn.Module | None = None):
     dense = model or make_tiny_resnet()
     target = resolve_target(target_name)
-    return target, dense, target.deploy(apply(dense, plan, (X,)), plan, (X,), CALIBRATION)
+    return target, dense, deploy_on(target, apply(dense, plan, (X,)), plan, (X,), CALIBRATION)
 
 
 def test_a_float_plan_in_onnxruntime_is_exactly_the_dense_model() -> None:
@@ -50,7 +50,7 @@ def test_a_pruned_factorized_plan_exported_to_onnx_matches_pytorch() -> None:
     dense = make_tiny_resnet()
     compressed = apply(dense, plan, (X,)).eval()
     target = resolve_target("cpu:onnxruntime")
-    deployed = target.deploy(compressed, plan, (X,), CALIBRATION)
+    deployed = deploy_on(target, compressed, plan, (X,), CALIBRATION)
     batch = torch.randn(4, 1, 16, 16)
     with torch.no_grad():
         assert torch.allclose(deployed(batch), compressed(batch), atol=1e-4, rtol=1e-4)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from autocompress.api import search
 from autocompress.config import Budget
 from autocompress.errors import UserInputError
 from autocompress.evaluate.finetune import finetune
@@ -27,7 +28,6 @@ from autocompress.optimize.early_stop import (
 )
 from autocompress.optimize.objectives import fixed_data_order
 from autocompress.optimize.pareto import pareto_front
-from autocompress.optimize.run import search
 from autocompress.report.data import report_data
 from autocompress.task import Task
 from tests.conftest import make_tiny_resnet
@@ -183,7 +183,7 @@ def test_a_search_with_early_stop_prunes_trials_and_keeps_them_off_the_front(
     # Timing is not what is tested here: skip the plain alternatives and the verify step.
     monkeypatch.setattr(run, "measure_alternatives", lambda *args, **kwargs: [])
     monkeypatch.setattr(run, "verify_front", lambda *args, **kwargs: 0)
-    monkeypatch.chdir(tmp_path)  # the search writes its report under ./reports/
+    monkeypatch.chdir(tmp_path)  # autocompress.search writes its report under ./reports/
     space = tmp_path / "three-plans.yaml"
     space.write_text("version: 1\ndefaults:\n  keep_ratio: [1.0, 0.75, 0.5]\n")
     storage = f"sqlite:///{tmp_path / 'studies.db'}"

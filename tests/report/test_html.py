@@ -97,7 +97,7 @@ def test_search_hook_writes_or_warns(
     no_browser: None,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from autocompress.optimize.run import _write_report
+    from autocompress.api import _write_report
 
     monkeypatch.chdir(tmp_path)
     assert _write_report(demo_study, None) == Path("reports/demo-cpu/index.html")

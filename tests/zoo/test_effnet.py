@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Subset
 import autocompress.zoo.effnet as effnet
 from autocompress.cli import main
 from autocompress.errors import UserInputError
-from autocompress.hardware.geometry import build_layer, example_input, geometry_of, size_recorder
+from autocompress.latency.geometry import build_layer, example_input, geometry_of, size_recorder
 from autocompress.space.discover import discover
 from tests.zoo.cached import assert_loads_cached_weights_without_training
 

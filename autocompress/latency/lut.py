@@ -1,5 +1,5 @@
 """Kernel lookup tables: which (geometry, format, channel counts) a search space can produce,
-and each one timed alone in the target's runtime. `hardware.profile` builds a profile on them."""
+and each one timed alone in the target's runtime. `latency.profile` builds a profile on them."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from autocompress.config import LayerConfig
-from autocompress.hardware.kernel import FP32, Kernel, LayerShape
-from autocompress.hardware.kernels import timed_kernel
-from autocompress.hardware.shapes import ModelShapes
 from autocompress.hardware.targets import Target
+from autocompress.latency.kernel import FP32, Kernel, LayerShape
+from autocompress.latency.kernels import timed_kernel
+from autocompress.latency.shapes import ModelShapes
 from autocompress.space.spec import Knob
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
 to save it. That traces every op once more with fake tensors: measured here on digits-resnet
 (int8 plans, 2-core machine under load) 0.25-0.38 s per program, against 0.08-0.10 s for
 this pass, which only lifts the graph's attributes into inputs and fills in the shapes of the
-nodes PT2E added. A trial counts its size by writing its program (`artifact.artifact_size_bytes`),
+nodes PT2E added. A trial counts its size by writing its program (`program.artifact_size_bytes`),
 so the saving is per trial.
 
 The program `lift_program` returns is what `torch.export.export` would give for the graph
@@ -45,7 +45,7 @@ def lift_program(graph_module: torch.fx.GraphModule) -> torch.export.ExportedPro
         graph_module: see `liftable`; not modified.
 
     Returns:
-        The program, ready for `artifact.save_program`.
+        The program, ready for `program.save_program`.
     """
     from torch._export.verifier import TrainingIRVerifier
     from torch._guards import detect_fake_mode

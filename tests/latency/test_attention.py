@@ -10,13 +10,13 @@ import torch
 
 from autocompress.compress.apply import apply
 from autocompress.config import Plan
-from autocompress.hardware.geometry import build_layer, example_input
-from autocompress.hardware.kernel import FP32, INT8
-from autocompress.hardware.lut import lut_grid, measure_lut
-from autocompress.hardware.predictor import LatencyPredictor
-from autocompress.hardware.profile import Profile, random_plans
-from autocompress.hardware.shapes import ModelShapes
 from autocompress.hardware.targets import CpuTarget
+from autocompress.latency.geometry import build_layer, example_input
+from autocompress.latency.kernel import FP32, INT8
+from autocompress.latency.lut import lut_grid, measure_lut
+from autocompress.latency.predictor import LatencyPredictor
+from autocompress.latency.profile import Profile, random_plans
+from autocompress.latency.shapes import ModelShapes
 from autocompress.space.discover import discover
 from autocompress.space.spec import load_space
 from tests.conftest import make_tiny_resnet

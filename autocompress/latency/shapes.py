@@ -2,7 +2,7 @@
 
 The latency predictor needs, for any plan, every Conv/Linear kernel the deployed model runs
 (channel counts after pruning, the two halves of a factorized layer) and the number format it
-computes in, and each self-attention core at the heads it keeps (`hardware.attention`). An
+computes in, and each self-attention core at the heads it keeps (`latency.attention`). An
 LSTM is one kernel while it stays an `nn.LSTM`; unrolled (for a low rank or fewer bits,
 `compress.lstm`) it is its input projection and one recurrent Linear per step.
 `ModelShapes` learns once, from the dense model, each layer's geometry, its input size and
@@ -23,18 +23,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress.compress.coupling import features
 from autocompress.compress.factorize import smaller_rank
 from autocompress.compress.prune import kept_channels
 from autocompress.config import LayerConfig, Plan
 from autocompress.errors import AutocompressError
-from autocompress.hardware.attention import AttentionShape, find_attention
-from autocompress.hardware.geometry import (
+from autocompress.latency.attention import AttentionShape, find_attention
+from autocompress.latency.geometry import (
     FactorTemplate,
     factor_template,
     geometry_of,
     size_recorder,
 )
-from autocompress.hardware.kernel import (
+from autocompress.latency.kernel import (
     BF16,
     FP32,
     INT8,
@@ -44,7 +45,7 @@ from autocompress.hardware.kernel import (
     LayerShape,
     splittable,
 )
-from autocompress.space.discover import LayerInfo, features
+from autocompress.space.discover import LayerInfo
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Two kinds of measurement, both with the target's timing protocol:
    the halves of factorized ones, and the attention cores between projections), timed alone
    at a grid of channel counts (the smallest, middle and largest the space allows on each
    axis), in every number format the space lets the layer deploy in: fp32 eager, and the int8
-   and bf16 kernels of `hardware.kernels`.
+   and bf16 kernels of `latency.kernels`.
 2. Calibration: random plans from the space, and the uniform plans a search starts from,
    built and deployed for real (int8 kernels compiled) and timed as a ratio to the dense
    model, interleaved. The predictor learns from these how the per-kernel sums turn into a
@@ -32,10 +32,10 @@ from torch import nn
 
 from autocompress.config import Plan
 from autocompress.errors import UserInputError
-from autocompress.hardware.lut import lut_grid, measure_lut
-from autocompress.hardware.shapes import ModelShapes
 from autocompress.hardware.targets import Target
 from autocompress.hardware.timing import Measurement
+from autocompress.latency.lut import lut_grid, measure_lut
+from autocompress.latency.shapes import ModelShapes
 from autocompress.space.sample import plan_from_trial
 from autocompress.space.spec import Knob
 from autocompress.space.uniform import uniform_plans
@@ -48,7 +48,7 @@ PROFILE_VERSION = 10  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: un
 # 7: compiled plans timed against the compiled dense model (`Target.reference_for`);
 # 8: LSTM kernel tables (whole, and unrolled into Linears); 9: plans timed settled
 # (`Target.measure_settled`: a third measurement when two disagree); 10: attention cores
-# (`hardware.attention`)
+# (`latency.attention`)
 DEFAULT_CALIBRATION_PLANS = 40
 # A profile with the default number of plans stops drawing random plans when it would run past
 # this (a model whose plans compile for half a minute each, e.g. all-MiniLM-L6-v2); it keeps at
@@ -210,7 +210,9 @@ def measure_candidate(
         dense model's latency. Timed against a twin of the dense model that runs like the
         candidate (`Target.reference_for`), both are carried over by the twin's ratio to dense.
     """
-    deployed = target.deploy(candidate, plan, inputs, task.calibration_batches())
+    from autocompress.compress.apply import deploy_on
+
+    deployed = deploy_on(target, candidate, plan, inputs, task.calibration_batches())
     reference = target.reference_for(dense, deployed, inputs)
     measurement = target.measure_settled(deployed, inputs, reference=reference.model, rounds=rounds)
     if reference.model is dense:

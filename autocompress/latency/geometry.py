@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress.compress.coupling import features
 from autocompress.compress.factorize import factor_pair, matrix_shape
-from autocompress.space.discover import features, layer_type
+from autocompress.space.discover import layer_type
 
 
 def geometry_of(module: nn.Module, in_size: Sequence[int]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from autocompress.hardware.geometry import attention_geometry
+from autocompress.latency.geometry import attention_geometry
 
 
 @dataclass(frozen=True)

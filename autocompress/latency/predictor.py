@@ -1,6 +1,6 @@
 """Predict a plan's latency on a target from its profile, in well under a millisecond.
 
-Two layers of model, both fitted on what `hardware.profile` measured:
+Two layers of model, both fitted on what `latency.profile` measured:
 1. Kernel times: a lookup table per Conv/Linear/LSTM geometry and number format (fp32, int8,
    bf16) over (input, output) channels, and per attention core over the heads kept, bilinear
    between the measured points; a kernel the profile never timed falls back to a
@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 
 from autocompress.config import Plan
-from autocompress.hardware.kernel import BF16, FP32, INT8, Kernel
-from autocompress.hardware.profile import Profile
-from autocompress.hardware.shapes import ModelShapes
+from autocompress.latency.kernel import BF16, FP32, INT8, Kernel
+from autocompress.latency.profile import Profile
+from autocompress.latency.shapes import ModelShapes
 
 EAGER, COMPILED = "eager", "compiled"
 # Calibration plans of a regime that keep an LSTM whole needed for them to get a fit of their
@@ -98,7 +98,7 @@ class LatencyPredictor:
     """A fitted predictor for one model on one target.
 
     Args:
-        profile: what was measured (`hardware.profile.profile_model`). Without calibration
+        profile: what was measured (`latency.profile.profile_model`). Without calibration
             plans (every one failed to build) only the dense model anchors the eager fit.
     """
 

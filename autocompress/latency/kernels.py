@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.hardware.geometry import build_layer, example_input
-from autocompress.hardware.kernel import BF16, FP32, INT8
+from autocompress.latency.geometry import build_layer, example_input
+from autocompress.latency.kernel import BF16, FP32, INT8
 
 # Any fixed scales do: kernel time does not depend on the values quantized.
 _X_SCALE, _X_ZERO = 0.05, 128

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress.cache import cache_dir, write_atomic
 from autocompress.config import Plan
 from autocompress.errors import PlanError, UserInputError
-from autocompress.hardware.predictor import LatencyPredictor
-from autocompress.hardware.profile import (
+from autocompress.hardware.targets import Target
+from autocompress.latency.predictor import LatencyPredictor
+from autocompress.latency.profile import (
     DEFAULT_CALIBRATION_PLANS,
     PROFILE_SECONDS,
     Bar,
@@ -28,12 +30,10 @@ from autocompress.hardware.profile import (
     random_plans,
     space_key,
 )
-from autocompress.hardware.shapes import ModelShapes
-from autocompress.hardware.targets import Target
+from autocompress.latency.shapes import ModelShapes
 from autocompress.space.discover import LayerInfo
 from autocompress.space.spec import Knob
 from autocompress.task import Task
-from autocompress.zoo._cache import cache_dir, write_atomic
 
 log = logging.getLogger(__name__)
 

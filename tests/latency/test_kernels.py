@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autocompress.hardware.geometry import build_layer
-from autocompress.hardware.kernel import BF16, FP32, INT8
-from autocompress.hardware.kernels import timed_kernel
+from autocompress.latency.geometry import build_layer
+from autocompress.latency.kernel import BF16, FP32, INT8
+from autocompress.latency.kernels import timed_kernel
 
 CONV = {
     "type": "Conv2d",

@@ -13,11 +13,11 @@ from torch import nn
 from autocompress.compress.apply import apply, bake
 from autocompress.config import LayerConfig, Plan
 from autocompress.errors import AutocompressError
-from autocompress.hardware.geometry import build_layer, example_input
-from autocompress.hardware.kernel import BF16, FP32, INT8
-from autocompress.hardware.lut import lut_grid
-from autocompress.hardware.profile import random_plans
-from autocompress.hardware.shapes import ModelShapes
+from autocompress.latency.geometry import build_layer, example_input
+from autocompress.latency.kernel import BF16, FP32, INT8
+from autocompress.latency.lut import lut_grid
+from autocompress.latency.profile import random_plans
+from autocompress.latency.shapes import ModelShapes
 from autocompress.space.discover import discover
 from autocompress.space.spec import load_space
 from tests.conftest import SAME_PAD_LAYERS, LstmRows, make_same_pad_net, make_tiny_resnet

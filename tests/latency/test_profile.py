@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from autocompress.compress.apply import apply
 from autocompress.config import LayerConfig, Plan
 from autocompress.evaluate.metrics import top1
-from autocompress.hardware.kernel import FP32
-from autocompress.hardware.lut import measure_lut
-from autocompress.hardware.profile import measure_candidate
 from autocompress.hardware.targets import CpuTarget, Reference
 from autocompress.hardware.timing import Measurement
+from autocompress.latency.kernel import FP32
+from autocompress.latency.lut import measure_lut
+from autocompress.latency.profile import measure_candidate
 from autocompress.task import Task
 
 
