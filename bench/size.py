@@ -43,7 +43,8 @@ from autocompress.hardware.targets import resolve_target
 from autocompress.hardware.timing import torch_threads
 from autocompress.latency.profile import random_plans
 from autocompress.optimize.latency import batch_inputs
-from autocompress.optimize.objectives import Baseline, SearchContext, fixed_data_order
+from autocompress.optimize.objectives import SearchContext, fixed_data_order
+from autocompress.optimize.record import Baseline
 from autocompress.space.discover import discover
 from autocompress.space.spec import load_space
 from autocompress.zoo import load_model, load_task

@@ -15,6 +15,7 @@ from torch import nn
 
 from autocompress.config import DEFAULT_FINETUNE_STEPS, Budget, Plan
 from autocompress.errors import StudyError, UnknownNameError, UserInputError
+from autocompress.optimize.record import measured_ms, read
 from autocompress.task import Task
 
 PICKS = ("fastest", "smallest", "most-accurate")
@@ -64,7 +65,7 @@ def select_trial(
 
     pool = [c for c in pareto_front(study) if c["feasible"]]
     if not pool:
-        budget = Budget(**(study.user_attrs.get("budget") or {}))
+        budget = read(study).budget or Budget()
         raise UserInputError(
             f"study {name!r} has no candidate within its budgets ({budget.describe()}) to pick "
             f"the {pick} from; choose one with --trial N (see autocompress show --study {name})"
@@ -119,10 +120,11 @@ def study_figures(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Study
     Returns:
         The figures; latency measured where the search or its verify step measured it.
     """
-    from autocompress.optimize.pareto import measured_ms, pareto_front
+    from autocompress.optimize.pareto import pareto_front
 
-    measured = measured_ms(trial, study.user_attrs.get("verified") or {})
-    on_front = any(c["trial"] == trial.number for c in pareto_front(study))
+    the_record = read(study)
+    measured = measured_ms(trial, the_record)
+    on_front = any(c["trial"] == trial.number for c in pareto_front(study, the_record))
     return StudyFigures(
         latency_ms=float(measured if measured is not None else trial.user_attrs["latency_ms"]),
         measured=measured is not None,
@@ -162,7 +164,7 @@ def resolve_study_model(
     from autocompress import zoo
     from autocompress.resolve import model_label, resolve_model, resolve_task
 
-    identity = study.user_attrs.get("identity") or {}
+    identity = read(study).identity
     name = study.study_name
     made_for = identity.get("model")
     if model is None:
@@ -210,11 +212,14 @@ def rebuild(
     from autocompress.optimize.objectives import fixed_data_order
 
     dense, the_task = resolve_study_model(study, model=model, task=task)
-    identity = study.user_attrs.get("identity") or {}
+    the_record = read(study)
+    identity = the_record.identity
     plan = Plan.from_dict(trial.user_attrs["plan"])
     # The steps this trial was scored with (a study continued with another --finetune-steps
     # holds trials of both); studies from before trials recorded it kept one study-wide value.
-    study_steps = study.user_attrs.get("finetune_steps", DEFAULT_FINETUNE_STEPS)
+    study_steps = the_record.finetune_steps
+    if study_steps is None:
+        study_steps = DEFAULT_FINETUNE_STEPS
     steps = int(trial.user_attrs.get("finetune_steps", study_steps))
     if not trial.user_attrs.get("finetuned", True):
         steps = 0  # the search judged it hopeless and only recalibrated BatchNorm

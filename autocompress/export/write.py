@@ -32,6 +32,7 @@ from autocompress.export.artifact import (
     unused_tensors,
 )
 from autocompress.export.verify import MAX_ACCURACY_DIFF, compare_outputs, outputs
+from autocompress.optimize.record import read
 
 SIZE_TOLERANCE = 0.02
 
@@ -191,7 +192,7 @@ def export(
         raise UserInputError(f"--train-threads must be at least 1, got {train_threads}")
     the_study = load_study(study, storage)
     chosen = select_trial(the_study, trial=trial, pick=pick)
-    identity = the_study.user_attrs.get("identity") or {}
+    identity = read(the_study).identity
     threads = int(identity.get("threads", 1))
     target = resolve_target(identity.get("target", "cpu"), threads=threads)
     out_path = Path(out)
@@ -224,7 +225,7 @@ def export(
                 built,
                 work,
                 study_accuracy=chosen.user_attrs["accuracy"],
-                dense_ms=the_study.user_attrs["baseline"]["latency_ms"],
+                dense_ms=read(the_study).dense().latency_ms,
             )
             failures += runtime_failures
             metrics["runtime"] = runtime
@@ -296,7 +297,8 @@ def _verify(
         metrics.json's figures and the failed checks (empty when the artifact verifies).
     """
     attrs = trial.user_attrs
-    baseline = study.user_attrs.get("baseline") or {}
+    the_record = read(study)
+    baseline = the_record.dense()
     loaded = load(program_path)
     int8 = has_int8(loaded)
     failures = []
@@ -310,7 +312,7 @@ def _verify(
     accuracy = float(built.task.metric(loaded, built.task.val))
     if abs(accuracy - attrs["accuracy"]) > MAX_ACCURACY_DIFF:
         failures.append(
-            f"{study.user_attrs.get('metric_name', 'metric')} of the exported model is "
+            f"{the_record.metric_name} of the exported model is "
             f"{accuracy:.4f}, the study's is {attrs['accuracy']:.4f} (rebuilt candidate "
             f"before export: {built.candidate_accuracy:.4f}); allowed difference "
             f"{MAX_ACCURACY_DIFF}"
@@ -350,14 +352,14 @@ def _verify(
     metrics = {
         "study": study.study_name,
         "trial": trial.number,
-        "metric_name": study.user_attrs.get("metric_name", "metric"),
+        "metric_name": the_record.metric_name,
         "accuracy": accuracy,
         "study_accuracy": attrs["accuracy"],
         "rebuilt_accuracy": built.candidate_accuracy,
-        "baseline_accuracy": baseline.get("accuracy"),
-        "latency_ms": ratio * baseline["latency_ms"],
+        "baseline_accuracy": baseline.accuracy,
+        "latency_ms": ratio * baseline.latency_ms,
         "latency_ratio": ratio,
-        "baseline_latency_ms": baseline["latency_ms"],
+        "baseline_latency_ms": baseline.latency_ms,
         "measurement": measurement.to_dict(),
         "latency_vs_in_memory_ratio": versus.ratio,
         "size_bytes": recorded,
@@ -377,10 +379,10 @@ def _verify(
         "layers": dict(getattr(built.deployable, "layers", {})),
         "outputs": check.to_dict(),
         "finetune_steps": built.finetune_steps,
-        "identity": study.user_attrs.get("identity"),
+        "identity": dict(the_record.identity),
         "target_fingerprint": fingerprint,
-        "study_fingerprint": study.user_attrs.get("fingerprint"),
-        "same_target": fingerprint == study.user_attrs.get("fingerprint"),
-        "versions": _versions(study.user_attrs.get("versions") or {}),
+        "study_fingerprint": dict(the_record.fingerprint),
+        "same_target": fingerprint == the_record.fingerprint,
+        "versions": _versions(dict(the_record.versions)),
     }
     return metrics, failures

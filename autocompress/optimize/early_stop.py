@@ -35,6 +35,7 @@ from torch import nn
 
 from autocompress.evaluate.finetune import recalibrate_batchnorm
 from autocompress.optimize.pareto import dominates
+from autocompress.optimize.record import violations
 from autocompress.task import Task
 
 # One rung, at a quarter of the fine-tune: a stop there saves 3/4 of it. Replayed, a rung at
@@ -105,7 +106,7 @@ def records_of(study: optuna.Study) -> list[Record]:
                 accuracy=float(attrs["accuracy"]),
                 latency_ms=float(attrs["latency_ms"]),
                 size_bytes=float(attrs["size_bytes"]),
-                feasible=all(v <= 0 for v in t.constraints.values()),
+                feasible=not violations(t),
                 rungs=attrs.get("rung_accuracy") or {},
             )
         )

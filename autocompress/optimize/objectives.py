@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,27 +24,13 @@ from autocompress.hardware.timing import other_cores_busy, torch_threads
 from autocompress.latency.predictor import LatencyPredictor
 from autocompress.latency.profile import measure_candidate
 from autocompress.optimize.early_stop import EarlyStopper, TrialStopped, stopped_figures
+from autocompress.optimize.record import Baseline
 from autocompress.space.spec import Knob
 from autocompress.task import Task
 
 # A plan this far over a latency or size budget is not worth a fine-tune: its accuracy is
 # still measured (after BatchNorm recalibration) but the trial is known to be infeasible.
 FAR_OVER_BUDGET = 1.5
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """The dense model's figures, measured once per study."""
-
-    accuracy: float
-    latency_ms: float
-    size_bytes: int
-    params: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from autocompress.evaluate.sensitivity import DEFAULT_BATCHES as SENSITIVITY_BAT
 from autocompress.evaluate.sensitivity import training_slice
 from autocompress.hardware.targets import Target, resolve_target
 from autocompress.latency.profiles import predictor_for
+from autocompress.optimize import record
 from autocompress.optimize.alternatives import measure_alternatives
 from autocompress.optimize.early_stop import rung_steps
 from autocompress.optimize.heartbeat import DEFAULT_HEARTBEAT_S
@@ -87,12 +88,11 @@ def _baseline(
     target: Target,
     inputs: tuple[torch.Tensor, ...],
 ) -> Baseline:
-    stored = study.user_attrs.get("baseline")
-    if stored is not None and study.user_attrs.get("fingerprint") == target.fingerprint():
-        return Baseline(**stored)
+    stored = record.read(study)
+    if stored.baseline is not None and stored.fingerprint == target.fingerprint():
+        return stored.baseline
     baseline = measure_baseline(dense, task, target, inputs)
-    study.set_user_attr("baseline", baseline.to_dict())
-    study.set_user_attr("fingerprint", target.fingerprint())
+    record.write_baseline(study, baseline, target.fingerprint())
     return baseline
 
 
@@ -241,11 +241,14 @@ def search(
     if budget is None:
         budget = Budget(latency_ms=round(baseline.latency_ms / 2, 3))
         notes.append(f"no budget given: using half the dense latency, {budget.latency_ms:g} ms")
-    the_study.set_user_attr("budget", budget.to_dict())
-    the_study.set_user_attr("space", {"source": the_space.source, "knobs": len(knobs)})
-    the_study.set_user_attr("versions", _library_versions())
-    the_study.set_user_attr("metric_name", the_task.metric_name)
-    the_study.set_user_attr("finetune_steps", finetune_steps)  # export replays the same recipe
+    record.write_setup(
+        the_study,
+        budget=budget,
+        space={"source": the_space.source, "knobs": len(knobs)},
+        versions=_library_versions(),
+        metric_name=the_task.metric_name,
+        finetune_steps=finetune_steps,
+    )
     ctx = SearchContext(
         dense=dense,
         task=the_task,
@@ -286,7 +289,7 @@ def search(
         measured = measure_alternatives(
             hw, dense, the_task, latency_inputs, dense_ms=baseline.latency_ms
         )
-        the_study.set_user_attr("alternatives", measured)
+        record.write_alternatives(the_study, measured)
         notes += [_alternative_note(a, baseline.latency_ms) for a in measured]
     if existing == 0 and warm_start:
         uniform = uniform_plans(knobs)[:trials]

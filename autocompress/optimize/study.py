@@ -6,12 +6,14 @@ import contextlib
 import os
 import sqlite3
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from autocompress.errors import StudyError, UnknownNameError, UserInputError
+from autocompress.optimize import record
 
 DEFAULT_STORAGE = "sqlite:///reports/autocompress.db"
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -158,11 +160,10 @@ def open_study(
         directions=list(DIRECTIONS),
         load_if_exists=True,
     )
-    stored = study.user_attrs.get("identity")
-    if stored is None:
-        study.set_user_attr("identity", identity)
+    if not record.is_ours(study):
+        record.write_identity(study, identity)
     else:
-        _check_same(name, stored, identity)
+        _check_same(name, record.read(study).identity, identity)
     return study
 
 
@@ -179,7 +180,7 @@ def check_identity(
     except KeyError:
         return
     _check_ours(study)
-    _check_same(name, study.user_attrs.get("identity", {}), identity)
+    _check_same(name, record.read(study).identity, identity)
 
 
 def _check_ours(study: optuna.Study) -> None:
@@ -190,14 +191,14 @@ def _check_ours(study: optuna.Study) -> None:
     storage may have just created it and not yet written its identity (`open_study` writes it
     right after creating), and an empty study holds nothing to mix with.
     """
-    if "identity" not in study.user_attrs and study.trials:
+    if not record.is_ours(study) and study.trials:
         raise StudyError(
             f"study {study.study_name!r} was not made by autocompress (it has no identity "
             "record); choose another --study name"
         )
 
 
-def _check_same(name: str, stored: dict[str, Any], identity: dict[str, Any]) -> None:
+def _check_same(name: str, stored: Mapping[str, Any], identity: Mapping[str, Any]) -> None:
     for key, value in identity.items():
         if key in stored and stored[key] != value:
             raise StudyError(

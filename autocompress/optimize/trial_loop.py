@@ -16,6 +16,7 @@ from autocompress.optimize.early_stop import EarlyStopper
 from autocompress.optimize.heartbeat import fail_stale_trials, heartbeat
 from autocompress.optimize.objectives import SearchContext, constraint_values, evaluate_plan
 from autocompress.optimize.progress import SearchProgress
+from autocompress.optimize.record import violations
 from autocompress.optimize.study import OBJECTIVES
 from autocompress.space.sample import plan_from_trial
 
@@ -106,7 +107,7 @@ def _tell(
     for name, value in constraint_values(ctx.budget, ctx.baseline, figures).items():
         trial.set_constraint(name, value)
     frozen = study.tell(trial, [figures[o] for o in OBJECTIVES])
-    progress.trial_done(figures, feasible=all(v <= 0 for v in frozen.constraints.values()))
+    progress.trial_done(figures, feasible=not violations(frozen))
     return False
 
 

@@ -10,6 +10,7 @@ import optuna
 from autocompress.compress.apply import plan_notes
 from autocompress.config import Plan
 from autocompress.latency.profile import Bar, measure_plan
+from autocompress.optimize import record
 from autocompress.optimize.objectives import SearchContext
 from autocompress.optimize.pareto import Candidate, pareto_front
 
@@ -38,7 +39,7 @@ def verify_front(study: optuna.Study, ctx: SearchContext, *, show_progress: bool
     todo = _unmeasured(study)
     if not todo:
         return 0
-    verified = dict(study.user_attrs.get("verified") or {})
+    verified = dict(record.read(study).verified)
     measured = 0
     with Bar(len(todo), enabled=show_progress) as bar:
         while todo:
@@ -47,7 +48,7 @@ def verify_front(study: optuna.Study, ctx: SearchContext, *, show_progress: bool
                 verified[str(c["trial"])] = _measure(c, ctx)
                 measured += 1
                 bar.advance()
-            study.set_user_attr("verified", verified)
+            record.write_verified(study, verified)
             # Each round measures trials never measured before, so this ends.
             todo = _unmeasured(study)
             bar.grow(len(todo))

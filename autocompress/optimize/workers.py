@@ -19,6 +19,7 @@ import optuna
 
 from autocompress.errors import UserInputError
 from autocompress.optimize.progress import SearchProgress
+from autocompress.optimize.record import violations
 
 SEED_STRIDE = 100_003  # workers' sampler seeds lie this far apart, so they propose different plans
 
@@ -153,7 +154,7 @@ def _follow(
             elif trial.state == State.PRUNED:
                 progress.trial_stopped(trial.user_attrs)
             else:
-                feasible = all(v <= 0 for v in trial.constraints.values())
+                feasible = not violations(trial)
                 progress.trial_done(trial.user_attrs, feasible=feasible)
         if all(not p.is_alive() for p in processes):
             while True:  # results put just before exiting

@@ -11,13 +11,8 @@ from typing import Any
 import optuna
 
 from autocompress.config import Budget, LayerConfig
-from autocompress.optimize.pareto import (
-    alternatives,
-    baseline_row,
-    dominates,
-    measured_ms,
-    pareto_front,
-)
+from autocompress.optimize.pareto import alternatives, baseline_row, dominates, pareto_front
+from autocompress.optimize.record import StudyRecord, measured_ms, read, violations
 from autocompress.optimize.study import DEFAULT_STORAGE
 
 # Predicted latency within this fraction of the measured one counts as a good prediction.
@@ -120,32 +115,29 @@ def _area(points: list[tuple[float, float]]) -> float:
     return area
 
 
-def _violation(trial: optuna.trial.FrozenTrial) -> float:
-    return sum(max(0.0, v) for v in trial.constraints.values())
-
-
-def _figures(trial: optuna.trial.FrozenTrial) -> tuple[float, float, float]:
+def _figures(trial: optuna.trial.FrozenTrial, record: StudyRecord) -> tuple[float, float, float]:
+    """(accuracy, latency, size) as the front compares them: latency measured where it was."""
     attrs, values = trial.user_attrs, trial.values or [None, None, None]
+    measured = measured_ms(trial, record)
     return (
         float(attrs.get("accuracy", values[0])),
-        float(attrs.get("latency_ms", values[1])),
+        float(measured if measured is not None else attrs.get("latency_ms", values[1])),
         float(attrs.get("size_bytes", values[2])),
     )
 
 
 def _trial_rows(
-    study: optuna.Study, front: list[dict[str, Any]], storage_url: str | None
+    study: optuna.Study, record: StudyRecord, front: list[dict[str, Any]], storage_url: str | None
 ) -> list[dict[str, Any]]:
     """Every COMPLETE trial with the flags the front plot greys by."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    feasible = [t for t in done if _violation(t) <= 0.0]
-    pool = [_figures(t) for t in (feasible or done)]
+    over = {t.number: violations(t, record) for t in done}
+    pool = [_figures(t, record) for t in ([t for t in done if not over[t.number]] or done)]
     on_front = {c["trial"] for c in front}
-    verified = study.user_attrs.get("verified") or {}
     rows = []
     for t in done:
-        accuracy, latency_ms, size = _figures(t)
-        is_feasible = _violation(t) <= 0.0
+        accuracy, latency_ms, size = _figures(t, record)
+        is_feasible = not over[t.number]
         dominated = any(dominates(p, (accuracy, latency_ms, size)) for p in pool)
         if t.number in on_front:
             category = "front"
@@ -159,12 +151,12 @@ def _trial_rows(
                 "trial": t.number,
                 "accuracy": accuracy,
                 "latency_ms": latency_ms,
-                "measured_ms": measured_ms(t, verified),
+                "measured_ms": measured_ms(t, record),
                 "predicted_ms": attrs.get("predicted_ms"),
                 "size_bytes": size,
                 "params": attrs.get("params"),
                 "feasible": is_feasible,
-                "violations": {k: v for k, v in t.constraints.items() if v > 0},
+                "violations": over[t.number],
                 "dominated": dominated,
                 "on_front": t.number in on_front,
                 "category": category,
@@ -178,14 +170,14 @@ def _trial_rows(
     return rows
 
 
-def _accuracy_floor(baseline: dict[str, Any] | None, budget: dict[str, Any]) -> float | None:
-    if baseline is None or budget.get("max_drop") is None:
+def _accuracy_floor(record: StudyRecord) -> float | None:
+    if record.baseline is None or record.budget is None or record.budget.max_drop is None:
         return None
-    return float(baseline["accuracy"]) - float(budget["max_drop"])
+    return record.baseline.accuracy - record.budget.max_drop
 
 
 def _hypervolume_history(
-    study: optuna.Study, baseline: dict[str, Any] | None, floor: float | None
+    study: optuna.Study, record: StudyRecord, floor: float | None
 ) -> dict[str, Any]:
     """Hypervolume after each trial number (failed and infeasible trials add nothing)."""
     hv_floor = 0.0 if floor is None else floor
@@ -195,19 +187,19 @@ def _hypervolume_history(
         else "0, since the study has no --max-drop"
     )
     result: dict[str, Any] = {"trials": [], "values": [], "floor": hv_floor, "caption": caption}
+    baseline = record.baseline
     if baseline is None:
         return result
-    base_ms, base_size = float(baseline["latency_ms"]), float(baseline["size_bytes"])
     points: list[tuple[float, float, float]] = []
     value = 0.0
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if t.state == optuna.trial.TrialState.COMPLETE and _violation(t) <= 0.0:
-            accuracy, latency_ms, size = _figures(t)
+        if t.state == optuna.trial.TrialState.COMPLETE and not violations(t, record):
+            accuracy, latency_ms, size = _figures(t, record)
             gain = hypervolume_gain(
                 accuracy,
-                latency_ms / base_ms,
-                size / base_size,
-                dense_accuracy=float(baseline["accuracy"]),
+                latency_ms / baseline.latency_ms,
+                size / baseline.size_bytes,
+                dense_accuracy=baseline.accuracy,
                 floor=hv_floor,
             )
             if min(gain) > 0 and not any(_covers(p, gain) for p in points):
@@ -277,13 +269,11 @@ def _heatmaps(study: optuna.Study, front: list[dict[str, Any]]) -> dict[str, Any
     return {"layers": names, "trials": [c["trial"] for c in front], "knobs": grids}
 
 
-def _meta(study: optuna.Study, budget: dict[str, Any]) -> dict[str, Any]:
-    attrs = study.user_attrs
-    identity = attrs.get("identity") or {}
+def _meta(study: optuna.Study, record: StudyRecord) -> dict[str, Any]:
+    identity = record.identity
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    known = {k: budget.get(k) for k in ("latency_ms", "size_bytes", "max_drop")}
     return {
         "study": study.study_name,
         "model": identity.get("model"),
@@ -291,11 +281,11 @@ def _meta(study: optuna.Study, budget: dict[str, Any]) -> dict[str, Any]:
         "target": identity.get("target"),
         "threads": identity.get("threads"),
         "batch_size": identity.get("batch_size"),
-        "metric_name": attrs.get("metric_name", "accuracy"),
-        "fingerprint": attrs.get("fingerprint") or {},
-        "budget_text": Budget(**known).describe() if budget else "no budget recorded",
-        "space": attrs.get("space") or {},
-        "versions": attrs.get("versions") or {},
+        "metric_name": record.metric_name,
+        "fingerprint": dict(record.fingerprint),
+        "budget_text": "no budget recorded" if record.budget is None else record.budget.describe(),
+        "space": dict(record.space),
+        "versions": dict(record.versions),
         "trial_states": states,
         "trials_total": sum(states.values()),
     }
@@ -316,24 +306,24 @@ def report_data(study: optuna.Study, *, storage_url: str | None = None) -> dict[
         export command), `exports` (trial -> command for the front), `predicted` (trials that
         carry `predicted_ms`), `heatmaps`, `hypervolume` and `timeline`.
     """
-    baseline = study.user_attrs.get("baseline")
-    budget = dict(study.user_attrs.get("budget") or {})
-    floor = _accuracy_floor(baseline, budget)
-    front = pareto_front(study)
-    trials = _trial_rows(study, front, storage_url)
+    record = read(study)
+    budget = record.budget or Budget()
+    floor = _accuracy_floor(record)
+    front = pareto_front(study, record)
+    trials = _trial_rows(study, record, front, storage_url)
     predicted = [
         {"trial": r["trial"], "predicted_ms": r["predicted_ms"], "measured_ms": r["measured_ms"]}
         for r in trials
         if r["predicted_ms"] is not None and r["measured_ms"] is not None
     ]
     return {
-        "meta": _meta(study, budget),
+        "meta": _meta(study, record),
         "baseline": baseline_row(study),
         "alternatives": alternatives(study),
         "budget": {
-            "latency_ms": budget.get("latency_ms"),
-            "size_bytes": budget.get("size_bytes"),
-            "max_drop": budget.get("max_drop"),
+            "latency_ms": budget.latency_ms,
+            "size_bytes": budget.size_bytes,
+            "max_drop": budget.max_drop,
             "accuracy_floor": floor,
         },
         "front": front,
@@ -344,6 +334,6 @@ def report_data(study: optuna.Study, *, storage_url: str | None = None) -> dict[
         },
         "predicted": {"points": predicted, "band": PREDICTION_BAND},
         "heatmaps": _heatmaps(study, front),
-        "hypervolume": _hypervolume_history(study, baseline, floor),
+        "hypervolume": _hypervolume_history(study, record, floor),
         "timeline": _timeline(study),
     }

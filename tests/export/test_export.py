@@ -202,7 +202,9 @@ def test_export_refuses_a_failed_trial_and_a_study_with_nothing_feasible(
 
 def test_pick_judges_latency_by_the_remeasured_figure_where_a_trial_has_one() -> None:
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    study.set_user_attr("baseline", {"accuracy": 0.99, "latency_ms": 2.0, "size_bytes": 1000})
+    study.set_user_attr(
+        "baseline", {"accuracy": 0.99, "latency_ms": 2.0, "size_bytes": 1000, "params": 250}
+    )
     study.set_user_attr("budget", {"latency_ms": 1.0, "size_bytes": None, "max_drop": None})
 
     def add(accuracy: float, latency_ms: float, measured_ms: float | None) -> int:

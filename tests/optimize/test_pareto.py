@@ -8,14 +8,14 @@ import optuna
 import pytest
 
 from autocompress.config import Budget, LayerConfig, Plan
-from autocompress.optimize.objectives import Baseline, constraint_values
+from autocompress.optimize.objectives import constraint_values
 from autocompress.optimize.pareto import (
     baseline_row,
     dominates,
-    measured_ms,
     non_dominated,
     pareto_front,
 )
+from autocompress.optimize.record import Baseline, measured_ms, read
 
 BASELINE = {"accuracy": 0.92, "latency_ms": 4.0, "size_bytes": 2000, "params": 500}
 
@@ -233,7 +233,7 @@ def test_a_plan_told_again_shares_its_first_trials_measurement() -> None:
     front = pareto_front(study)
     assert [c["trial"] for c in front] == [first]  # same figures once verified: shown once
     trials = {t.number: t for t in study.trials}
-    assert measured_ms(trials[again], study.user_attrs["verified"]) == 1.4
+    assert measured_ms(trials[again], read(study)) == 1.4
 
 
 def test_a_candidate_measured_slower_no_longer_hides_the_trials_it_dominated_on_paper() -> None:
@@ -267,3 +267,16 @@ def test_a_candidate_lists_what_its_plan_could_not_apply_in_training_and_at_veri
     )
     notes = {c["trial"]: c["not_applied"] for c in pareto_front(study)}
     assert notes == {noted: [fine_tuned, built], clean: []}
+
+
+def test_a_candidate_predicted_over_budget_that_measures_within_it_enters_the_front() -> None:
+    study = _study()
+    study.set_user_attr("budget", {"latency_ms": 2.0, "size_bytes": None, "max_drop": None})
+    within = _tell(study, 0.85, 1.9, 1000, {"latency_ms": -0.1}, predicted_ms=1.9)
+    over = _tell(study, 0.9, 2.2, 1000, {"latency_ms": 0.2}, predicted_ms=2.2)
+    assert [c["trial"] for c in pareto_front(study)] == [within]
+
+    study.set_user_attr("verified", {str(over): {"measured_ms": 1.8}})
+    front = {c["trial"]: c for c in pareto_front(study)}
+    assert set(front) == {over}  # faster and more accurate than `within`, as measured
+    assert front[over]["feasible"] and front[over]["violations"] == {}

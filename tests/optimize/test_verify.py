@@ -7,8 +7,9 @@ import optuna
 from autocompress.config import Budget, LayerConfig, Plan
 from autocompress.hardware.targets import resolve_target
 from autocompress.optimize.latency import batch_inputs
-from autocompress.optimize.objectives import Baseline, SearchContext
+from autocompress.optimize.objectives import SearchContext
 from autocompress.optimize.pareto import pareto_front
+from autocompress.optimize.record import Baseline
 from autocompress.optimize.verify import verify_front
 from autocompress.zoo import load_model, load_task
 
@@ -35,7 +36,9 @@ def test_a_plan_that_cannot_be_built_is_marked_and_the_front_is_still_measured()
         baseline=Baseline(accuracy=0.99, latency_ms=1.0, size_bytes=2000, params=500),
     )  # fmt: skip
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    study.set_user_attr("baseline", {"accuracy": 0.99, "latency_ms": 1.0, "size_bytes": 2000})
+    study.set_user_attr(
+        "baseline", {"accuracy": 0.99, "latency_ms": 1.0, "size_bytes": 2000, "params": 500}
+    )
     # Most accurate and, on paper, fastest: but its plan names a layer the model lacks.
     broken = _tell(study, 0.99, 0.5, Plan(layers={"no.such.layer": LayerConfig(0.5)}))
     pruned = _tell(study, 0.98, 0.6, Plan(layers={"3": LayerConfig(0.5)}))
