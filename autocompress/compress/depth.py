@@ -1,0 +1,102 @@
+"""Depth pruning: drop whole residual blocks, so their kernels leave the graph.
+
+Why: on the runtime targets a batch-1 int8 graph spends most of its time in the int8
+convolutions themselves, each a kernel launch with a fixed cost (ONNX Runtime's profiler on
+digits-resnet at keep 0.62 + int8: 21 `QLinearConv` nodes are 61% of the run;
+`reports/benchmarks/runtimes.md`), so thinner channels buy little. A dropped block removes
+its convolutions and its add outright.
+
+Which blocks: a module is a residual block when it computes `x + f(x)` (or an activation
+that passes `x` unchanged, like `relu(x + f(x))` after a ReLU) on its own input. This is
+checked on the model's real input, not on the class: with all of the block's parameters set
+to zero, `f` gives zero and the block must return its input exactly. Blocks whose shortcut is
+a projection (a strided or widening 1x1 conv) fail the check and are never dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from autocompress.compress._swap import swap_module
+
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def _capture_inputs(
+    model: nn.Module, example_input: Inputs
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every submodule's single tensor input and output on `example_input` (first call)."""
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if not name or not any(True for _ in module.parameters()):
+            continue
+
+        def hook(mod: nn.Module, args: tuple, out: object, name: str = name) -> None:
+            if name in seen or len(args) != 1:
+                return
+            (x,) = args
+            if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
+                seen[name] = (x.detach().clone(), out.detach())
+
+        hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _is_identity_when_zeroed(module: nn.Module, x: torch.Tensor) -> bool:
+    zeroed = copy.deepcopy(module).eval()
+    with torch.no_grad():
+        for p in zeroed.parameters():
+            p.zero_()
+        out = zeroed(x.clone())
+    return isinstance(out, torch.Tensor) and out.shape == x.shape and torch.equal(out, x)
+
+
+def residual_blocks(model: nn.Module, example_input: Inputs) -> list[str]:
+    """The residual blocks of `model` that can be dropped, innermost first found, in order.
+
+    Args:
+        model: the model (not modified; run once in eval mode on `example_input`).
+        example_input: one input batch, as the model takes it.
+
+    Returns:
+        Dotted module names. A container whose every block is residual (a ResNet stage with
+        no projection) is itself an identity when zeroed; only its blocks are listed.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        captured = _capture_inputs(model, example_input)
+    finally:
+        model.train(was_training)
+    found = [
+        name
+        for name, (x, out) in captured.items()
+        if out.shape == x.shape
+        and _is_identity_when_zeroed(model.get_submodule(name), x)
+        and not _is_identity_when_zeroed_trivially(model.get_submodule(name))
+    ]
+    # Keep the innermost: drop a container only by dropping its blocks.
+    return [n for n in found if not any(o.startswith(n + ".") for o in found)]
+
+
+def _is_identity_when_zeroed_trivially(module: nn.Module) -> bool:
+    """A module with no kernel of its own (BatchNorm alone, a norm layer) is not a block."""
+    return not any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear) for m in module.modules())
+
+
+def drop_blocks(model: nn.Module, names: Iterable[str]) -> None:
+    """Replace each named block with `nn.Identity` (in place)."""
+    for name in names:
+        swap_module(model, name, nn.Identity())

@@ -1,0 +1,85 @@
+"""Depth pruning: which blocks are residual (checked on the real input), and dropping them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autocompress.compress.depth import drop_blocks, residual_blocks
+from tests.conftest import TinyResNet
+
+
+class _PlainBlock(nn.Module):
+    """conv + ReLU without a shortcut: same shape in and out, but not residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x))
+
+
+class _Shortcut(nn.Module):
+    """x + conv(x) with no activation after: residual whatever the sign of x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+def test_only_identity_shortcut_blocks_are_found(
+    tiny_resnet: TinyResNet, tiny_input: torch.Tensor
+) -> None:
+    # layer2 widens 16 -> 32 through a strided 1x1 projection: dropping it would change shapes.
+    assert residual_blocks(tiny_resnet, tiny_input) == ["layer1"]
+
+
+def test_a_stage_of_residual_blocks_lists_its_blocks_not_itself() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.Sequential(_Shortcut(), _Shortcut()))
+    x = torch.randn(1, 1, 8, 8)
+    assert residual_blocks(model, x) == ["1.0", "1.1"]
+
+
+def test_same_shape_blocks_without_a_shortcut_are_not_found() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), _PlainBlock(), _PlainBlock())
+    assert residual_blocks(model, torch.randn(1, 1, 8, 8)) == []
+
+
+def test_relu_after_the_add_is_dropped_only_where_the_input_is_never_negative() -> None:
+    class ReluBlock(_Shortcut):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x + self.conv(x))
+
+    signed = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), ReluBlock())
+    after_relu = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), ReluBlock())
+    x = torch.randn(1, 1, 8, 8)
+    assert residual_blocks(signed, x) == []
+    assert residual_blocks(after_relu, x) == ["2"]
+
+
+def test_dropping_a_block_removes_its_layers_and_keeps_the_output_shape(
+    tiny_resnet: TinyResNet, tiny_input: torch.Tensor
+) -> None:
+    expected = tiny_resnet.fc(
+        torch.flatten(tiny_resnet.pool(tiny_resnet.layer2(tiny_resnet.stem(tiny_input))), 1)
+    )
+    drop_blocks(tiny_resnet, ["layer1"])
+    assert isinstance(tiny_resnet.layer1, nn.Identity)
+    assert not any(n.startswith("layer1.") for n, _ in tiny_resnet.named_modules())
+    out = tiny_resnet(tiny_input)
+    assert out.shape == (1, 10) and torch.equal(out, expected)
+
+
+def test_finding_blocks_leaves_the_model_and_its_mode_unchanged(
+    tiny_resnet: TinyResNet, tiny_input: torch.Tensor
+) -> None:
+    tiny_resnet.train()
+    before = {k: v.clone() for k, v in tiny_resnet.state_dict().items()}
+    residual_blocks(tiny_resnet, tiny_input)
+    assert tiny_resnet.training
+    after = tiny_resnet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
