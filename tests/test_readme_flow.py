@@ -16,6 +16,7 @@ import torch
 
 import autocompress
 from autocompress.cli import main
+from autocompress.optimize import record
 from autocompress.optimize.study import load_study
 from autocompress.zoo import load_task
 from tests.conftest import copy_zoo_weights, time_quickly
@@ -89,6 +90,10 @@ def test_a_new_study_starts_from_uniform_and_allocated_plans(workdir: Path) -> N
     assert any(len(set(p.values())) > 1 for p in allocated)
     sensitivity = list((workdir / "cache" / "sensitivity" / "digits-cnn").glob("*.json"))
     assert len(sensitivity) == 1
+    # The study keeps what the plans were allocated from, for the report's grid.
+    kept = record.read(study).sensitivity
+    assert kept is not None and kept["file"] == str(sensitivity[0])
+    assert kept["rows"] == json.loads(sensitivity[0].read_text())["rows"]
 
 
 def test_report_writes_one_page(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,6 +102,7 @@ def test_report_writes_one_page(workdir: Path, capsys: pytest.CaptureFixture[str
     page = workdir / "reports" / "digits-cnn-cpu_onnxruntime" / "index.html"
     assert "report: reports/digits-cnn-cpu_onnxruntime/index.html" in out  # ':' is not kept
     assert page.stat().st_size > 10_000 and "<html" in page.read_text()[:1000].lower()
+    assert 'id="fig-sensitivity"' in page.read_text()
 
 
 @pytest.mark.parametrize("pick", ["fastest", "smallest", "most-accurate"])

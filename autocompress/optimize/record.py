@@ -8,7 +8,8 @@ feasibility (`violations`). The record carries its version (`RECORD_VERSION`, at
 Study attributes (all JSON): `identity` (model, task, target, threads, batch size), `budget`,
 `baseline` (the dense figures), `fingerprint` (of the target the baseline was timed on),
 `alternatives` (plain runtime models timed beside the front), `verified` (trial number ->
-the verify step's figures), `finetune_steps`, `metric_name`, `space`, `versions`.
+the verify step's figures), `sensitivity` (the per-layer measurement the allocations came
+from), `finetune_steps`, `metric_name`, `space`, `versions`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class StudyRecord:
         verified: trial number (as a string, JSON's keys) -> the verify step's figures
             (`measured_ms`, `ratio`, `predicted_ms`; or `error`; `not_applied` where a part of
             the plan was not applied in the deployable build).
+        sensitivity: the per-layer sensitivity the allocated plans came from (`metric_name`,
+            `dense`, `rows` as `evaluate.sensitivity.Sensitivity` has them, `file`); None when
+            the search allocated none.
         finetune_steps: the study-wide fine-tune steps (each trial records its own too).
         metric_name: the task metric's name.
         space: the search space's source and knob count.
@@ -72,6 +76,7 @@ class StudyRecord:
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
     alternatives: tuple[dict[str, Any], ...] = ()
     verified: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    sensitivity: Mapping[str, Any] | None = None
     finetune_steps: int | None = None
     metric_name: str = "accuracy"
     space: Mapping[str, Any] = field(default_factory=dict)
@@ -113,6 +118,7 @@ def read(study: optuna.Study) -> StudyRecord:
         fingerprint=dict(attrs.get("fingerprint") or {}),
         alternatives=tuple(attrs.get("alternatives") or ()),
         verified=dict(attrs.get("verified") or {}),
+        sensitivity=attrs.get("sensitivity"),
         finetune_steps=attrs.get("finetune_steps"),
         metric_name=attrs.get("metric_name", "accuracy"),
         space=dict(attrs.get("space") or {}),
@@ -172,6 +178,15 @@ def write_alternatives(study: optuna.Study, rows: list[dict[str, Any]]) -> None:
 def write_verified(study: optuna.Study, verified: Mapping[str, dict[str, Any]]) -> None:
     """Record the verify step's figures (trial number as a string -> figures)."""
     study.set_user_attr("verified", dict(verified))
+
+
+def write_sensitivity(
+    study: optuna.Study, *, metric_name: str, dense: float, rows: list[dict[str, Any]], file: str
+) -> None:
+    """Record the per-layer sensitivity the allocated plans came from (for the report)."""
+    study.set_user_attr(
+        "sensitivity", {"metric_name": metric_name, "dense": dense, "rows": rows, "file": file}
+    )
 
 
 def measured_ms(trial: optuna.trial.FrozenTrial, record: StudyRecord) -> float | None:

@@ -342,6 +342,8 @@ def _seed_allocations(
     from autocompress.optimize.allocate import allocation_seeds
 
     assert ctx.predictor is not None
+    from autocompress.evaluate.sensitivity import Sensitivity
+
     seeds, path = allocation_seeds(
         ctx.dense,
         ctx.task,
@@ -351,6 +353,14 @@ def _seed_allocations(
         model=model,
         round_to=ctx.round_to,
         show_progress=show_progress,
+    )
+    measured = Sensitivity.from_json(path.read_text(encoding="utf-8"))
+    record.write_sensitivity(
+        study,
+        metric_name=measured.metric_name,
+        dense=measured.dense,
+        rows=measured.rows,
+        file=str(path),
     )
     if len(seeds) > room:  # evenly over the budgets, the fastest kept
         seeds = [seeds[round(i * (len(seeds) - 1) / max(room - 1, 1))] for i in range(room)]

@@ -269,6 +269,44 @@ def _heatmaps(study: optuna.Study, front: list[dict[str, Any]]) -> dict[str, Any
     return {"layers": names, "trials": [c["trial"] for c in front], "knobs": grids}
 
 
+def _decision_label(layers: Sequence[str]) -> str:
+    """A decision's row label: its layer, or its first layer and how many share it."""
+    return layers[0] if len(layers) == 1 else f"{layers[0]} +{len(layers) - 1} coupled"
+
+
+def _sensitivity(record: StudyRecord) -> dict[str, Any] | None:
+    """The per-layer sensitivity as grids: one row per decision (a layer or a coupling group),
+    one column per level; the metric's drop in points and the output distortion, None where a
+    level was not measured for that decision."""
+    measured = record.sensitivity
+    if not measured or not measured.get("rows"):
+        return None
+    rows: dict[tuple[str, ...], str] = {}
+    levels: dict[tuple[str, Any], str] = {}
+    for r in measured["rows"]:
+        rows.setdefault(tuple(r["layers"]), _decision_label(r["layers"]))
+        levels.setdefault((r["setting"], r["value"]), f"{r['setting']} {r['value']}")
+    row_keys = sorted(rows, key=lambda k: _natural_key(k[0]))
+    level_keys = list(levels)
+    drop: list[list[float | None]] = [[None] * len(level_keys) for _ in row_keys]
+    distortion: list[list[float | None]] = [[None] * len(level_keys) for _ in row_keys]
+    where = {k: i for i, k in enumerate(row_keys)}
+    column = {k: j for j, k in enumerate(level_keys)}
+    for r in measured["rows"]:
+        i, j = where[tuple(r["layers"])], column[(r["setting"], r["value"])]
+        drop[i][j] = 100.0 * float(r["drop"])
+        distortion[i][j] = r.get("distortion")
+    return {
+        "rows": [rows[k] for k in row_keys],
+        "levels": [levels[k] for k in level_keys],
+        "drop_points": drop,
+        "distortion": distortion,
+        "metric_name": measured.get("metric_name", record.metric_name),
+        "dense": measured.get("dense"),
+        "file": measured.get("file"),
+    }
+
+
 def _meta(study: optuna.Study, record: StudyRecord) -> dict[str, Any]:
     identity = record.identity
     states: dict[str, int] = {}
@@ -304,7 +342,8 @@ def report_data(study: optuna.Study, *, storage_url: str | None = None) -> dict[
         accuracy floor), `front` (exactly `pareto_front(study)`, as `show --json` prints it),
         `trials` (every complete trial with feasible / dominated / category flags and its
         export command), `exports` (trial -> command for the front), `predicted` (trials that
-        carry `predicted_ms`), `heatmaps`, `hypervolume` and `timeline`.
+        carry `predicted_ms`), `heatmaps`, `sensitivity` (per-layer grids, or None when the
+        search allocated no plans), `hypervolume` and `timeline`.
     """
     record = read(study)
     budget = record.budget or Budget()
@@ -334,6 +373,7 @@ def report_data(study: optuna.Study, *, storage_url: str | None = None) -> dict[
         },
         "predicted": {"points": predicted, "band": PREDICTION_BAND},
         "heatmaps": _heatmaps(study, front),
+        "sensitivity": _sensitivity(record),
         "hypervolume": _hypervolume_history(study, record, floor),
         "timeline": _timeline(study),
     }

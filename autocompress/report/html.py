@@ -187,6 +187,9 @@ def build_page(data: dict[str, Any], *, png_name: str | None = None) -> str:
         figures["predicted"] = draw(predicted, "fig-predicted")
     for knob, fig in plots.plan_heatmaps(data):
         figures[f"heatmap:{knob}"] = draw(fig, f"fig-heatmap-{safe_dirname(knob)}")
+    sensitivity = plots.sensitivity_heatmap(data)
+    if sensitivity is not None:
+        figures["sensitivity"] = draw(sensitivity, "fig-sensitivity")
     figures["hypervolume"] = draw(plots_search.hypervolume_history(data), "fig-hypervolume")
     figures["timeline"] = draw(plots_search.timeline(data), "fig-timeline")
     return page_html(data, figures, png_name=png_name)

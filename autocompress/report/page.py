@@ -275,7 +275,8 @@ def page_html(data: Data, figures: Mapping[str, str], *, png_name: str | None = 
     Args:
         data: `report_data(study)`.
         figures: figure key -> ready HTML div (`front3d`, `front2d`, `predicted`,
-            `heatmap:<knob>`, `hypervolume`, `timeline`); plotly.js is inline in the first.
+            `heatmap:<knob>`, `sensitivity`, `hypervolume`, `timeline`); plotly.js is inline
+            in the first.
         png_name: the static front PNG beside the page, if one was written.
 
     Returns:
@@ -305,6 +306,22 @@ def page_html(data: Data, figures: Mapping[str, str], *, png_name: str | None = 
         )
         or '<p class="note">No plan on the front changes a layer.</p>'
     )
+    sens = data.get("sensitivity")
+    if "sensitivity" in figures and sens:
+        metric, dense, where = _e(sens["metric_name"]), _e(f"{sens['dense']:.4g}"), _e(sens["file"])
+        sensitivity = (
+            f'<p class="note">What the {metric} loses (points, on a fixed slice of the training '
+            f"split, dense {dense}) when one decision alone takes one level, BatchNorm "
+            "recalibrated, no fine-tune; hover a cell for the change in the outputs. The "
+            "allocated plans were built from it. Measured once per model, task and space, "
+            f"cached in {where}.</p>{figures['sensitivity']}"
+        )
+    else:
+        sensitivity = (
+            '<p class="note">Not measured for this study: it allocated no per-layer plans '
+            "(latency measured per trial, <code>--no-allocation</code>, or a study continued "
+            "from before).</p>"
+        )
     title = _e(f"autocompress report: {data['meta']['study']}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -321,6 +338,7 @@ def page_html(data: Data, figures: Mapping[str, str], *, png_name: str | None = 
 <section id="plans"><h2>Plans on the front, layer by layer</h2>
 <p class="note">One column per front candidate (best accuracy first); a layer a plan leaves
 alone shows the identity value (keep_ratio 1.0).</p>{heatmaps}</section>
+<section id="sensitivity"><h2>Sensitivity, layer by layer</h2>{sensitivity}</section>
 <section id="progress"><h2>Search progress</h2><h3>Hypervolume</h3>{figures["hypervolume"]}
 <p class="caption">{_e(data["hypervolume"]["caption"])}</p>
 <h3>Timeline</h3>{figures["timeline"]}

@@ -295,3 +295,50 @@ def plan_heatmaps(data: Data) -> list[tuple[str, Figure]]:
         )
         figures.append((knob, fig))
     return figures
+
+
+def sensitivity_heatmap(data: Data) -> Figure | None:
+    """The per-layer sensitivity the allocated plans came from: decisions down, levels across,
+    coloured by what the metric loses (points) with that one change alone.
+
+    Args:
+        data: `report_data(study)`.
+
+    Returns:
+        The figure; None when the study holds no sensitivity (no plans were allocated).
+    """
+    sens = data.get("sensitivity")
+    if not sens:
+        return None
+    import plotly.graph_objects as go
+
+    rows = [escape(name) for name in sens["rows"]]
+    levels = [escape(level) for level in sens["levels"]]
+    distortion = [["n/a" if d is None else f"{d:.3g}" for d in row] for row in sens["distortion"]]
+    metric = escape(sens["metric_name"])
+    fig = go.Figure(
+        go.Heatmap(
+            z=sens["drop_points"],
+            x=levels,
+            y=rows,
+            customdata=distortion,
+            colorscale="Reds",
+            zmin=0.0,
+            texttemplate="%{z:.2g}",
+            textfont={"size": 10},
+            colorbar={"title": {"text": f"{metric} lost (points)"}},
+            hovertemplate=f"%{{y}}<br>%{{x}}<br>{metric} lost %{{z:.3g}} points"
+            "<br>output distortion %{customdata}<extra></extra>",
+            xgap=1,
+            ygap=1,
+        )
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        font=FONT,
+        height=max(260, 80 + 22 * len(rows)),
+        margin={"l": 10, "r": 10, "t": 40, "b": 40},
+        xaxis={"title": "level (that change alone)", "type": "category", "side": "bottom"},
+        yaxis={"autorange": "reversed", "type": "category", "automargin": True},
+    )
+    return fig

@@ -12,7 +12,7 @@ import autocompress.report.html as report_html
 from autocompress.cli import main
 from autocompress.report.data import report_data
 from autocompress.report.html import build_page, write_report
-from tests.report.conftest import make_study
+from tests.report.conftest import GROUPS, make_study
 
 
 @pytest.fixture
@@ -120,3 +120,30 @@ def test_hover_shows_trial_figures_and_export(demo_study: optuna.Study) -> None:
             assert f"<b>trial {candidate['trial']}</b>" in hover
             assert data["exports"][str(candidate["trial"])] in hover
         assert "<b>dense model</b>" in hover and "latency: " in hover and "size: " in hover
+
+
+def test_the_sensitivity_the_plans_came_from_is_drawn_as_a_grid(tmp_path: Path) -> None:
+    from autocompress.optimize import record
+
+    study = make_study(f"sqlite:///{tmp_path / 's.db'}", complete=5, failed=0)
+    html = build_page(report_data(study))
+    assert 'id="fig-sensitivity"' not in html and "it allocated no per-layer plans" in html
+
+    rows = [
+        {"param": "keep_ratio:stem.0", "setting": "keep_ratio", "value": 0.5,
+         "layers": GROUPS["stem.0"], "drop": 0.031, "distortion": 0.2},
+        {"param": "keep_ratio:layer10.conv1", "setting": "keep_ratio", "value": 0.5,
+         "layers": ["layer10.conv1"], "drop": 0.0, "distortion": 0.01},
+        {"param": "weight_bits:layer2.0.conv1", "setting": "weight_bits", "value": 8,
+         "layers": ["layer2.0.conv1"], "drop": 0.002, "distortion": None},
+    ]  # fmt: skip
+    record.write_sensitivity(study, metric_name="top1", dense=1.0, rows=rows, file="s.json")
+    data = report_data(study)
+    grid = data["sensitivity"]
+    # decisions in natural order (layer2 before layer10), levels in the order first measured
+    assert grid["rows"] == ["layer2.0.conv1", "layer10.conv1", "stem.0 +2 coupled"]
+    assert grid["levels"] == ["keep_ratio 0.5", "weight_bits 8"]
+    assert grid["drop_points"] == [[None, 0.2], [0.0, None], [pytest.approx(3.1), None]]
+    assert grid["distortion"] == [[None, None], [0.01, None], [0.2, None]]
+    html = build_page(data)
+    assert 'id="fig-sensitivity"' in html and "cached in s.json" in html
