@@ -34,6 +34,8 @@ class Setting:
         default: the value that leaves a layer as it is (the method is off).
         check: why a value is not allowed, in words, or None when it is: the value alone;
             rules between knobs are the method's own (`register_settings(rule=...)`).
+        levels: the values besides the default worth offering (what the packaged spaces
+            choose from; the contract test applies each).
         layer_types: the layer types (`space.discover.layer_type`) a search space offers it on.
         per_group: decided once per coupling group (channel pruning), not once per layer.
     """
@@ -41,6 +43,7 @@ class Setting:
     name: str
     default: Any
     check: Check
+    levels: tuple[Any, ...] = ()
     layer_types: frozenset[str] = frozenset({"Conv1d", "Conv2d", "Linear"})
     per_group: bool = False
 

@@ -29,7 +29,7 @@ class LowRank(Method):
     stage = 20
     warm_start = 3
     settings = (
-        Setting("rank_ratio", 1.0, _check_rank,
+        Setting("rank_ratio", 1.0, _check_rank, levels=(0.5, 0.25),
                 layer_types=frozenset({"Conv1d", "Conv2d", "Linear", "LSTM"})),
     )  # fmt: skip
     fastest: ClassVar[dict[str, Any]] = {"rank_ratio": min}

@@ -201,8 +201,10 @@ METHODS: Registry[Method] = Registry("compression method")
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: add a method to `METHODS` and its knobs to `LayerConfig`."""
     method = cls()
-    METHODS.register(cls.name)(method)
+    if cls.name in METHODS:
+        raise ValueError(f"compression method {cls.name!r} is registered twice")
     register_settings(cls.settings, order=cls.stage, rule=method.rule, repair=method.repair)
+    METHODS.register(cls.name)(method)
     return cls
 
 

@@ -56,9 +56,9 @@ class Quant(Method):
     stage = 50
     warm_start = 1
     settings = (
-        Setting("weight_bits", 32, _check_weight_bits,
+        Setting("weight_bits", 32, _check_weight_bits, levels=(16, 8, 4),
                 layer_types=frozenset({"Conv1d", "Conv2d", "Linear", "LSTM", "Embedding"})),
-        Setting("act_bits", 32, _check_act_bits),
+        Setting("act_bits", 32, _check_act_bits, levels=(8,)),
     )  # fmt: skip
     smallest: ClassVar[dict[str, Any]] = {"weight_bits": min}
     fast_level: ClassVar[dict[str, Any]] = {"weight_bits": 8, "act_bits": 8}

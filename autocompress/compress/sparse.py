@@ -37,8 +37,8 @@ class Sparse(Method):
     stage = 30
     warm_start = 2
     settings = (
-        Setting("sparsity", 0.0, _check_sparsity),
-        Setting("sparsity_pattern", "unstructured", _check_pattern),
+        Setting("sparsity", 0.0, _check_sparsity, levels=(0.5, 0.75)),
+        Setting("sparsity_pattern", "unstructured", _check_pattern, levels=("2:4",)),
     )
     smallest: ClassVar[dict[str, Any]] = {
         "sparsity": max,
