@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from autocompress.config import Budget, LayerConfig, Plan
+from autocompress.config import Budget, LayerConfig, Plan, load_settings_with
 
 if TYPE_CHECKING:
     from autocompress.api import search
@@ -28,6 +28,16 @@ _LAZY = {
     "load_space": "autocompress.space.spec",
     "Task": "autocompress.task",
 }
+
+
+def _load_methods() -> None:
+    """Import the compression methods, which register their knobs with `config`: the values
+    layer cannot import them itself, and importing them here eagerly would load torch for
+    `autocompress --help`."""
+    import autocompress.compress  # noqa: F401
+
+
+load_settings_with(_load_methods)
 
 
 def __getattr__(name: str) -> Any:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -22,68 +22,204 @@ DEFAULT_FINETUNE_STEPS = 60
 DEFAULT_TARGET = "cpu:onnxruntime"
 
 
-WEIGHT_BITS = (32, 16, 8, 4)
-ACT_BITS = (32, 8)
-SPARSITY_PATTERNS = ("unstructured", "2:4")
-
-# Which knobs each method owns: `--methods` restricts a search to some of them.
-METHOD_KNOBS = {
-    "prune": ("keep_ratio",),
-    "lowrank": ("rank_ratio",),
-    "sparse": ("sparsity", "sparsity_pattern"),
-    "quant": ("weight_bits", "act_bits"),
-}
+Check = Callable[[Any], str | None]
 
 
-def _number(name: str, value: object) -> float:
+@dataclass(frozen=True)
+class Setting:
+    """One knob of `LayerConfig`, declared by the compression method that owns it.
+
+    Args:
+        name: its key in a plan's JSON and its `LayerConfig` attribute ("keep_ratio").
+        default: the value that leaves a layer as it is (the method is off).
+        check: why a value is not allowed, in words, or None when it is: the value alone;
+            rules between knobs are the method's own (`register_settings(rule=...)`).
+        levels: the values besides the default worth offering (what the packaged spaces
+            choose from; the contract test applies each).
+        layer_types: the layer types (`space.discover.layer_type`) a search space offers it on.
+        per_group: decided once per coupling group (channel pruning), not once per layer.
+    """
+
+    name: str
+    default: Any
+    check: Check
+    levels: tuple[Any, ...] = ()
+    layer_types: frozenset[str] = frozenset({"Conv1d", "Conv2d", "Linear"})
+    per_group: bool = False
+
+
+# The knobs of every registered method, in `compress.apply`'s order, and the methods' rules
+# between knobs. The compress layer fills them (`register_settings`) when it is imported; the
+# values layer cannot import it, so the package's `__init__` (the top layer) hands in a loader
+# that imports it the first time a knob is looked up (`load_settings_with`).
+_SETTINGS: dict[str, Setting] = {}
+_ORDER: dict[str, tuple[int, int]] = {}
+_RULES: list[Callable[[Mapping[str, Any]], str | None]] = []
+_REPAIRS: list[Callable[[dict[str, Any]], None]] = []
+_LOADERS: list[Callable[[], object]] = []
+
+
+def register_settings(
+    settings: Sequence[Setting],
+    *,
+    order: int,
+    rule: Callable[[Mapping[str, Any]], str | None] | None = None,
+    repair: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Add a method's knobs to `LayerConfig` (called by `compress.method.register`).
+
+    Args:
+        settings: the knobs, in the order the method reads them.
+        order: the method's stage in `compress.apply`; knobs are listed in stage order.
+        rule: why a full set of knob values cannot go together, or None when it can.
+        repair: map an impossible combination to the nearest valid one, in place.
+
+    Raises:
+        ValueError: a knob name is registered twice.
+    """
+    for setting in settings:
+        if setting.name in _SETTINGS:
+            raise ValueError(f"knob {setting.name!r} is registered twice")
+    _ORDER.update({s.name: (order, len(_ORDER)) for s in settings})
+    merged = [*_SETTINGS.values(), *settings]
+    _SETTINGS.clear()
+    _SETTINGS.update({s.name: s for s in sorted(merged, key=lambda s: _ORDER[s.name])})
+    if rule is not None:
+        _RULES.append(rule)
+    if repair is not None:
+        _REPAIRS.append(repair)
+
+
+def load_settings_with(loader: Callable[[], object]) -> None:
+    """Run `loader` (it imports the methods, which register their knobs) before the first
+    knob is looked up."""
+    _LOADERS.append(loader)
+
+
+def settings() -> Mapping[str, Setting]:
+    """Every registered knob by name, in `compress.apply`'s order."""
+    while _LOADERS:
+        _LOADERS.pop(0)()
+    return MappingProxyType(_SETTINGS)
+
+
+def default_of(name: str) -> Any:
+    """The value of knob `name` that leaves a layer as it is."""
+    return settings()[name].default
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Check one knob value alone (no rules between knobs).
+
+    Raises:
+        PlanError: an unknown knob, or a value it does not allow.
+    """
+    known = settings()
+    if name not in known:
+        raise PlanError(f"unknown setting {name!r}; known: {sorted(known)}")
+    problem = known[name].check(value)
+    if problem is not None:
+        raise PlanError(problem)
+
+
+def repair(values: dict[str, Any]) -> dict[str, Any]:
+    """Map impossible combinations to the nearest valid ones, as each method's rule says
+    (int8 activations without int8 weights stay float; 2:4 zeroes exactly half), in place.
+
+    Returns:
+        `values`, repaired.
+    """
+    settings()
+    for fix in _REPAIRS:
+        fix(values)
+    return values
+
+
+def number(name: str, value: object) -> float:
+    """`value` as a float, for a knob's check.
+
+    Raises:
+        PlanError: it is not an int or float (booleans are not numbers here).
+    """
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise PlanError(f"{name} must be a number, got {value!r}")
     return float(value)
 
 
-@dataclass(frozen=True)
 class LayerConfig:
-    """How one layer is compressed. The defaults leave it as it is.
+    """How one layer is compressed: one value per knob of the registered methods
+    (`compress.METHODS`); a knob not given keeps its default, which leaves the layer as it is.
 
-    Args:
-        keep_ratio: fraction of output channels kept by structured pruning, in (0, 1].
-        rank_ratio: low-rank factorization rank as a fraction of full rank, in (0, 1]; 1 = off.
-        sparsity: fraction of weights zeroed by magnitude, in [0, 1).
-        sparsity_pattern: "unstructured", or "2:4" (two of every four weights; sparsity 0.5).
-        weight_bits: 32 (float), 16 (bfloat16), 8 or 4 (integer, per output channel).
-        act_bits: 32 (float) or 8 (static int8 activations; needs weight_bits 8).
+    `LayerConfig(keep_ratio=0.5, weight_bits=8)`, or positionally in the knobs' order
+    (`keep_ratio`, `rank_ratio`, `sparsity`, `sparsity_pattern`, `weight_bits`, `act_bits`,
+    then the knobs of methods added later); read as `cfg.keep_ratio` or `cfg["keep_ratio"]`.
+    Each knob is documented by the method that owns it (`compress/prune.py`, ...). Immutable
+    and hashable; equal when every knob is equal.
+
+    Raises:
+        TypeError: an unknown knob name, or too many positional values.
+        PlanError: a value its knob does not allow, or values that cannot go together.
     """
 
-    keep_ratio: float = 1.0
-    rank_ratio: float = 1.0
-    sparsity: float = 0.0
-    sparsity_pattern: str = "unstructured"
-    weight_bits: int = 32
-    act_bits: int = 32
+    __slots__ = ("_values",)
+    _values: Mapping[str, Any]
 
-    def __post_init__(self) -> None:
-        if not 0.0 < _number("keep_ratio", self.keep_ratio) <= 1.0:
-            raise PlanError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        if not 0.0 < _number("rank_ratio", self.rank_ratio) <= 1.0:
-            raise PlanError(f"rank_ratio must be in (0, 1], got {self.rank_ratio}")
-        if not 0.0 <= _number("sparsity", self.sparsity) < 1.0:
-            raise PlanError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.sparsity_pattern not in SPARSITY_PATTERNS:
-            raise PlanError(
-                f"sparsity_pattern must be one of {', '.join(SPARSITY_PATTERNS)}, "
-                f"got {self.sparsity_pattern!r}"
-            )
-        if self.sparsity_pattern == "2:4" and self.sparsity not in (0.0, 0.5):
-            raise PlanError(f"2:4 sparsity zeroes exactly half the weights; got {self.sparsity}")
-        if self.weight_bits not in WEIGHT_BITS or isinstance(self.weight_bits, bool):
-            raise PlanError(f"weight_bits must be one of {WEIGHT_BITS}, got {self.weight_bits!r}")
-        if self.act_bits not in ACT_BITS or isinstance(self.act_bits, bool):
-            raise PlanError(f"act_bits must be one of {ACT_BITS}, got {self.act_bits!r}")
-        if self.act_bits == 8 and self.weight_bits != 8:
-            raise PlanError(
-                "act_bits 8 needs weight_bits 8 (static int8 kernels); "
-                f"got weight_bits {self.weight_bits}"
-            )
+    def __init__(self, *args: Any, **values: Any) -> None:
+        known = settings()
+        if len(args) > len(known):
+            raise TypeError(f"LayerConfig takes at most {len(known)} positional values")
+        for name, value in zip(known, args, strict=False):
+            if name in values:
+                raise TypeError(f"LayerConfig got two values for {name!r}")
+            values[name] = value
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise TypeError(f"LayerConfig got an unknown knob {unknown[0]!r}")
+        full = {name: values.get(name, s.default) for name, s in known.items()}
+        for name, value in full.items():
+            check_setting(name, value)
+        for rule in _RULES:
+            problem = rule(full)
+            if problem is not None:
+                raise PlanError(problem)
+        object.__setattr__(self, "_values", MappingProxyType(full))
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_"):
+            try:
+                return self._values[name]
+            except KeyError:
+                pass
+        raise AttributeError(f"LayerConfig has no knob {name!r}")
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("LayerConfig is immutable; use replace()")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LayerConfig):
+            return NotImplemented
+        return dict(self._values) == dict(other._values)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.items()))
+
+    def __repr__(self) -> str:
+        return f"LayerConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_layer_config, (self.to_dict(),))
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        """Every knob's value, defaults included, in the knobs' order."""
+        return self._values
+
+    def replace(self, **changes: Any) -> LayerConfig:
+        """A copy with some knobs changed (checked like a new config)."""
+        return LayerConfig(**{**self._values, **changes})
 
     @property
     def is_identity(self) -> bool:
@@ -91,24 +227,25 @@ class LayerConfig:
         return self == LayerConfig()
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields that differ from the defaults (an identity config is `{}`)."""
-        default = LayerConfig()
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if getattr(self, f.name) != getattr(default, f.name)
-        }
+        """The knobs that differ from their defaults (an identity config is `{}`)."""
+        known = settings()
+        return {k: v for k, v in self._values.items() if v != known[k].default}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "layer") -> LayerConfig:
         """Build from a JSON object, accepting only known keys with plain number values."""
         if not isinstance(data, Mapping):
             raise PlanError(f"{where}: expected an object of settings, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        known = settings()
+        unknown = sorted(set(data) - set(known))
         if unknown:
             raise PlanError(f"{where}: unknown setting {unknown[0]!r}; known: {sorted(known)}")
         return cls(**dict(data))
+
+
+def _layer_config(values: dict[str, Any]) -> LayerConfig:
+    """Unpickle a LayerConfig (its knob values are plain JSON values)."""
+    return LayerConfig(**values)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from autocompress.compress.prune import prune_channels
+from autocompress.compress.lstm import unroll
+from autocompress.compress.method import Applying, ordered
 from autocompress.config import Plan
 from autocompress.errors import PlanWarning
 
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
     from autocompress.hardware.targets import Target
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
-# The (weight, activation) bits a runtime target (ONNX Runtime, OpenVINO) runs in int8.
-INT8 = (8, 8)
+# LSTMs are unrolled after the stages up to this one (pruning removes hidden units of a whole
+# nn.LSTM) and before the later ones (a factorized or quantized LSTM runs as Linear layers).
+UNROLL_AFTER = 15
 
 
 def _as_tuple(example_input: Inputs) -> tuple[torch.Tensor, ...]:
@@ -32,9 +34,11 @@ def apply(
 ) -> nn.Module:
     """Build the compressed model a plan describes, ready to fine-tune.
 
-    The order is fixed: prune channels, factorize, sparsify (masks that survive training),
+    Every registered method (`compress.METHODS`) applies its part of the plan, in the fixed
+    order of their stages: prune channels, factorize, sparsify (masks that survive training),
     quantize (fake quantization with a straight-through estimator, so training and accuracy
-    see the plan's bits). `deploy` turns the result into real kernels.
+    see the plan's bits), and any method added since at its stage. `deploy` turns the result
+    into real kernels.
 
     Args:
         model: the dense model.
@@ -45,38 +49,33 @@ def apply(
     Returns:
         The compressed model, in the training mode `model` was in.
     """
-    from autocompress.compress.factorize import factorize
-    from autocompress.compress.lstm import lstm_ranks, unroll
-    from autocompress.compress.quantize import fake_quantize
-    from autocompress.compress.sparsify import sparsify
-
     target = model if inplace else copy.deepcopy(model)
-    prune_channels(target, plan, _as_tuple(example_input))
-    layers = plan.layers.items()
-    # LSTMs that are factorized or quantized become plain Linear layers in a step loop first.
-    unrolled = unroll(target, [n for n, c in layers if c.rank_ratio < 1.0 or c.weight_bits < 32])
-    ranks = lstm_ranks(target, {n: c.rank_ratio for n, c in layers if c.rank_ratio < 1.0}, unrolled)
-    factorize(target, ranks)
-    sparsify(target, {n: (c.sparsity, c.sparsity_pattern) for n, c in layers if c.sparsity > 0})
-    fake_quantize(target, {n: (c.weight_bits, c.act_bits) for n, c in layers if c.weight_bits < 32})
+    context = Applying(_as_tuple(example_input))
+    methods = ordered()
+    unrolled = False
+    for method in methods:
+        if method.stage > UNROLL_AFTER and not unrolled:
+            # LSTMs that a later stage changes become plain Linear layers in a step loop.
+            changed = [n for n, c in plan.layers.items() if any(m.unrolls(c) for m in methods)]
+            context.unrolled = unroll(target, changed)
+            unrolled = True
+        method.apply(target, plan, context)
     return target
 
 
 def bake(model: nn.Module) -> nn.Module:
-    """The float model `apply` stands for after training: masks made permanent, fake quant removed.
+    """The float model `apply` stands for after training: every method's training-time form
+    made permanent (masks as zeros, fake quant removed), latest stage first.
 
     Args:
         model: a model from `apply` (not modified).
 
     Returns:
-        A copy with plain Conv/Linear layers whose weights hold the exact zeros.
+        A copy with plain Conv/Linear layers whose weights hold the exact values deployed.
     """
-    from autocompress.compress import sparsify
-    from autocompress.compress.quantize import strip_fake_quant
-
     plain = copy.deepcopy(model)
-    strip_fake_quant(plain)
-    sparsify.bake(plain)
+    for method in reversed(ordered()):
+        method.bake(plain)
     return plain.eval()
 
 
@@ -88,7 +87,8 @@ def deploy(
     *,
     compile: bool = True,
 ) -> Callable[..., torch.Tensor]:
-    """The deployable model with real kernels: static int8 for (8, 8) layers, dynamic int8 for
+    """The deployable model with real kernels: the baked model, then each method's deployed
+    form in stage order. Quantization gives static int8 for (8, 8) layers, dynamic int8 for
     (8, 32) Linears, bf16 compute where the CPU has it, float elsewhere, in one compiled graph
     (see `quantize_real.realize`); int4 and int8-weight convs count as size only.
 
@@ -101,15 +101,15 @@ def deploy(
             graph an artifact stores, without the seconds of compiling; slow to run).
 
     Returns:
-        A callable taking the model's inputs; the baked float model when nothing is quantized.
+        A callable taking the model's inputs; the baked float model when no method deploys
+        it otherwise.
     """
-    from autocompress.compress.quantize_real import realize
-
-    plain = bake(model)
-    bits = {n: (c.weight_bits, c.act_bits) for n, c in plan.layers.items() if c.weight_bits < 32}
-    if not bits:
-        return plain
-    return realize(plain, bits, _as_tuple(example_input), calibration, compile=compile)
+    deployed: Any = bake(model)
+    for method in ordered():
+        deployed = method.deploy(
+            deployed, plan, _as_tuple(example_input), calibration, compile=compile
+        )
+    return deployed
 
 
 def deploy_on(
@@ -122,7 +122,8 @@ def deploy_on(
     """The plan's model in the form `target` runs: real kernels, what `target.measure` times.
 
     A runtime target (ONNX Runtime, OpenVINO: `RuntimeTarget.realize`) gets the baked model
-    and the plan's (8, 8) layers to run in int8; every other target runs `deploy`'s model.
+    and the plan's layers some method runs in int8 there (`Method.runtime_int8`); every
+    other target runs `deploy`'s model.
 
     Args:
         target: the target it is measured and exported on.
@@ -142,7 +143,8 @@ def deploy_on(
 
     if not isinstance(target, RuntimeTarget):
         return deploy(model, plan, example_input, calibration)
-    int8 = [n for n, c in plan.layers.items() if (c.weight_bits, c.act_bits) == INT8]
+    methods = ordered()
+    int8 = [n for n, c in plan.layers.items() if any(m.runtime_int8(c) for m in methods)]
     deployed = target.realize(bake(model), _as_tuple(example_input), calibration, int8)
     deployed.layers = _runtime_layer_kinds(plan)
     return deployed
@@ -150,11 +152,11 @@ def deploy_on(
 
 def _runtime_layer_kinds(plan: Plan) -> dict[str, str]:
     kinds = {}
+    methods = ordered()
     for name, cfg in plan.layers.items():
-        if (cfg.weight_bits, cfg.act_bits) == INT8:
-            kinds[name] = "int8 static"
-        elif cfg.weight_bits < 32:
-            kinds[name] = f"float ({cfg.weight_bits}-bit weights: size only)"
+        found = [k for m in methods if (k := m.runtime_kind(cfg)) is not None]
+        if found:
+            kinds[name] = ", ".join(found)
     return kinds
 
 

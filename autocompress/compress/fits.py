@@ -13,16 +13,16 @@ from typing import Any
 
 from torch import nn
 
-from autocompress.compress.factorize import unsupported_reason
-from autocompress.compress.sparsify import pattern_refusal
+from autocompress.compress.method import owner
 
 
 def refusal(module: nn.Module, setting: str, value: Any) -> str | None:
     """Why the dense layer `module` cannot take `setting = value`, in words; None when it can.
 
-    Settings without a per-layer limit here (channel keep ratios, bit-widths, sparsity
-    amounts) are always accepted; what a plan still cannot apply after pruning has changed
-    a layer's shape is reported when the plan is applied (`errors.PlanWarning`).
+    The method that owns the setting decides (`Method.refusal`); settings without a
+    per-layer limit (channel keep ratios, bit-widths, sparsity amounts) are always accepted;
+    what a plan still cannot apply after pruning has changed a layer's shape is reported when
+    the plan is applied (`errors.PlanWarning`).
 
     Args:
         module: the layer, as in the dense model.
@@ -32,8 +32,4 @@ def refusal(module: nn.Module, setting: str, value: Any) -> str | None:
     Returns:
         A short reason, or None.
     """
-    if setting == "rank_ratio" and value < 1.0 and not isinstance(module, nn.LSTM):
-        return unsupported_reason(module, value)
-    if setting == "sparsity_pattern" and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
-        return pattern_refusal(module.weight, value)
-    return None
+    return owner(setting).refusal(module, setting, value)

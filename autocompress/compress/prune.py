@@ -12,7 +12,9 @@ count is updated afterwards. FFN width is the group of the intermediate projecti
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from statistics import mean
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,8 +26,59 @@ from autocompress.compress.coupling import (
     features,
     output_layers,
 )
-from autocompress.config import Plan
+from autocompress.compress.method import Applying, KernelEffect, Method, Offers, Values, register
+from autocompress.config import LayerConfig, Plan, Setting, number
 from autocompress.errors import PlanError
+
+
+def _check_keep(value: Any) -> str | None:
+    if not 0.0 < number("keep_ratio", value) <= 1.0:
+        return f"keep_ratio must be in (0, 1], got {value}"
+    return None
+
+
+@register
+class Prune(Method):
+    """Structured channel pruning. Knob `keep_ratio`: the fraction of output channels kept,
+    in (0, 1]; 1.0 = off. Decided once per coupling group (layers pruned together)."""
+
+    name = "prune"
+    stage = 10
+    warm_start = 0
+    settings = (
+        Setting("keep_ratio", 1.0, _check_keep, levels=(0.75, 0.5, 0.25),
+                layer_types=frozenset({"Conv1d", "Conv2d", "Linear", "LSTM"}), per_group=True),
+    )  # fmt: skip
+    fastest: ClassVar[dict[str, Any]] = {"keep_ratio": min}
+    smallest: ClassVar[dict[str, Any]] = {"keep_ratio": min}
+
+    def apply(self, model: nn.Module, plan: Plan, context: Applying) -> None:
+        """Remove the planned channels (`prune_channels`)."""
+        prune_channels(model, plan, context.inputs)
+
+    def kernel_effect(self, cfg: LayerConfig) -> KernelEffect:
+        """Fewer output channels."""
+        return KernelEffect(keep_ratio=cfg.keep_ratio)
+
+    def uniform_levels(self, offers: Offers) -> list[dict[str, Any]]:
+        """Every other keep ratio in [0.3, 1) that every coupling group offers."""
+        ratios = [r for r in offers.shared.get("keep_ratio", []) if 0.3 <= r < 1.0]
+        return [{"keep_ratio": r} for r in sorted(ratios, reverse=True)[::2]]
+
+    def sweep_levels(self, offers: Offers) -> list[tuple[str, dict[str, Any]]]:
+        """Every keep ratio below 1 that every coupling group offers."""
+        keeps = sorted((r for r in offers.shared.get("keep_ratio", []) if r < 1.0), reverse=True)
+        return [(f"keep {r:g}", {"keep_ratio": r}) for r in keeps]
+
+    def paired_levels(self, offers: Offers, *, every: bool) -> list[tuple[str, dict[str, Any]]]:
+        """Each keep ratio in [0.3, 1) (every one below 1 for the sweep)."""
+        levels = self.sweep_levels(offers)
+        return levels if every else [(k, v) for k, v in levels if v["keep_ratio"] >= 0.3]
+
+    def summary(self, configs: Sequence[Values]) -> list[str]:
+        """'keep 0.62 x9': the mean keep ratio over the layers pruned."""
+        keeps = [c["keep_ratio"] for c in configs if "keep_ratio" in c]
+        return [f"keep {mean(keeps):.2f} x{len(keeps)}"] if keeps else []
 
 
 def kept_channels(channels: int, keep_ratio: float, round_to: int | None = None) -> int:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from autocompress.compress._swap import QUANTIZABLE, leaves
+from autocompress.compress.method import ordered
 from autocompress.compress.quantize import quantized_weight_bytes
 from autocompress.compress.sparsify import sparse_weight_bytes, weight_bytes_by_format
 from autocompress.config import Plan
@@ -52,9 +53,11 @@ def weight_storage_bytes(weight: Tensor, bits: int, *, zero_points: bool = True)
 def compressed_size_bytes(model: nn.Module, plan: Plan) -> int:
     """Bytes of `model` (a baked model: plain layers, zeros in place) stored the compact way.
 
-    The fp32 bytes of every planned weight are replaced by its compact encoding at the plan's
-    bits; the rest (biases, BatchNorm, unplanned layers, container overhead) counts as
-    `torch.save(state_dict)` writes it.
+    The fp32 bytes of every planned weight are replaced by its compact encoding: that of the
+    latest method in `apply`'s order that stores it differently (`Method.stored_bytes`: int8
+    values in their smallest sparse form, a sparse weight in CSR, ...); the rest (biases,
+    BatchNorm, unplanned layers, container overhead) counts as `torch.save(state_dict)`
+    writes it.
 
     Args:
         model: the baked compressed model (see `apply.bake`).
@@ -64,12 +67,17 @@ def compressed_size_bytes(model: nn.Module, plan: Plan) -> int:
         The byte count.
     """
     total = size_bytes(model)
+    methods = [m for m in reversed(ordered())]
     for name, config in plan.layers.items():
-        if config.weight_bits == 32 and config.sparsity == 0.0:
+        storing = [m for m in methods if m.active(config)]
+        if not storing:
             continue
         for _, layer in leaves(model, name, QUANTIZABLE):
             weight = layer.weight.detach()
             table = isinstance(layer, nn.Embedding)
-            total += weight_storage_bytes(weight, config.weight_bits, zero_points=not table)
-            total -= weight.numel() * weight.element_size()
+            for method in storing:
+                stored = method.stored_bytes(weight, config, table=table)
+                if stored is not None:
+                    total += stored - weight.numel() * weight.element_size()
+                    break
     return total

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from autocompress.compress._swap import leaves
+from autocompress.compress._swap import bake_weight, leaves
 from autocompress.errors import PlanWarning
 from autocompress.hardware.timing import measure_latency
 
@@ -177,25 +177,7 @@ def bake(model: nn.Module) -> None:
     """
     for module in model.modules():
         if _existing_mask(module) is not None:
-            _remove_weight_parametrization(module)
-
-
-def _remove_weight_parametrization(module: nn.Module) -> None:
-    """`remove_parametrizations(leave_parametrized=True)` without touching the shared class.
-
-    `copy.deepcopy` keeps a parametrized module's generated class, and torch's removal deletes
-    the `weight` property from that class: baking a copy would break the original. So the
-    module is switched back to its plain class and given the effective weight directly.
-    """
-    if set(module.parametrizations) != {"weight"}:  # other tensors parametrized: torch's way
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-        return
-    with torch.no_grad():
-        effective = module.weight.detach().clone()
-    requires_grad = module.parametrizations["weight"].original.requires_grad
-    del module._modules["parametrizations"]
-    module.__class__ = module.__class__.__bases__[0]
-    module.weight = nn.Parameter(effective, requires_grad=requires_grad)
+            bake_weight(module)
 
 
 def weight_bytes_by_format(weight: Tensor, *, bits: int = 32) -> dict[str, int]:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from autocompress.config import LayerConfig
+from autocompress.compress.method import Method, kernel_effect, ordered
+from autocompress.config import LayerConfig, repair
 from autocompress.hardware.targets import Target
-from autocompress.latency.kernel import FP32, Kernel, LayerShape
+from autocompress.latency.kernel import FP32, Kernel
 from autocompress.latency.kernels import timed_kernel
 from autocompress.latency.shapes import ModelShapes
 from autocompress.space.spec import Knob
@@ -29,19 +30,25 @@ def lut_grid(
 ) -> dict[tuple[str, str], tuple[list[int], list[int]]]:
     """The channel counts to time for every geometry and number format the space can produce.
 
-    Every combination of a layer's input keep ratio, output keep ratio, rank and bit-widths
-    is listed, and every head count an attention core can keep (in fp32); each
-    (geometry, format)'s axes are then cut to the smallest, middle and largest value seen.
+    Every combination of a layer's input keep ratio, output keep ratio, rank and number format
+    is listed (each layer's configs drawn from the space's choices and read through the
+    methods' kernel effects, `compress.method.kernel_effect`), and every head count an
+    attention core can keep (in fp32); each (geometry, format)'s axes are then cut to the
+    smallest, middle and largest value seen.
 
     Returns:
         ``{(geometry, compute): (cin values, cout values)}``.
     """
-    choices: dict[tuple[str, str], list[Any]] = {}
+    choices: dict[str, dict[str, list[Any]]] = {}
     for knob in knobs:
         for layer in knob.layers:
-            choices[(layer, knob.setting)] = list(knob.choices)
+            choices.setdefault(layer, {})[knob.setting] = list(knob.choices)
+    configs = {name: _configs(c) for name, c in choices.items()}
     # A group is named after its first member (which may be a layer that is no kernel).
-    keeps = {g: choices.get((g, "keep_ratio"), [1.0]) for g in shapes.group_channels}
+    keeps = {
+        g: sorted({kernel_effect(c).keep_ratio for c in configs.get(g, [LayerConfig()])})
+        for g in shapes.group_channels
+    }
     kernels: list[Kernel] = []
     for index, layer in enumerate(shapes.layers):
         outs, ins = [layer.out_features], [layer.in_features]
@@ -50,10 +57,16 @@ def lut_grid(
         if layer.in_group is not None:
             kept_in = _counts(shapes, layer.in_group, keeps[layer.in_group], round_to)
             ins = [shapes.fan_in(layer, kept) for kept in kept_in]
-        computes = _computes(shapes, layer, choices)
+        own = configs.get(layer.name, [LayerConfig()])
+        ranks = sorted({kernel_effect(c).rank_ratio for c in own}, reverse=True)
+        computes = {FP32}
+        if shapes.runtime == "pytorch":
+            # a runtime's int8 kernels are not timed alone (its fp32 tables and the
+            # whole-plan calibration cover them)
+            computes |= {shapes.compute_of(layer, c) for c in own}
         forms = (False, True) if shapes.unrollable(layer) else (False,)  # an LSTM: both
         for cin, cout, rank, compute, unrolled in itertools.product(
-            ins, outs, choices.get((layer.name, "rank_ratio"), [1.0]), computes, forms
+            ins, outs, ranks, sorted(computes), forms
         ):
             kernels += shapes.layer_kernels(index, cin, cout, rank, compute, unrolled=unrolled)
     for index, attention in enumerate(shapes.attention):
@@ -67,22 +80,22 @@ def lut_grid(
     return {key: (_three(cins), _three(couts)) for key, (cins, couts) in seen.items()}
 
 
-def _computes(
-    shapes: ModelShapes, layer: LayerShape, choices: dict[tuple[str, str], list[Any]]
-) -> set[str]:
-    """The number formats a layer can deploy in under the space's bit-width choices, and that
-    have kernel tables: a runtime's int8 kernels are not timed alone (its fp32 tables and the
-    whole-plan calibration cover them)."""
-    found = {FP32}
-    if shapes.runtime != "pytorch":
-        return found
-    for weight_bits in choices.get((layer.name, "weight_bits"), [32]):
-        for act_bits in choices.get((layer.name, "act_bits"), [32]):
-            if act_bits == 8 and weight_bits != 8:
-                continue  # not a valid plan; the decoder maps it to float activations
-            cfg = LayerConfig(weight_bits=weight_bits, act_bits=act_bits)
-            found.add(shapes.compute_of(layer, cfg))
-    return found
+def _configs(choices: Mapping[str, Sequence[Any]]) -> list[LayerConfig]:
+    """Every config a layer can take under the space's choices of the knobs that change
+    kernels (those of methods with a kernel effect); impossible combinations are mapped to
+    the nearest valid ones, as the sampler does."""
+    kernel_knobs = {s.name for m in ordered() if _changes_kernels(m) for s in m.settings}
+    names = [n for n in choices if n in kernel_knobs]
+    found: dict[LayerConfig, None] = {}
+    for values in itertools.product(*(choices[n] for n in names)):
+        found[LayerConfig(**repair(dict(zip(names, values, strict=True))))] = None
+    return list(found) or [LayerConfig()]
+
+
+def _changes_kernels(method: Method) -> bool:
+    """Whether a method declares any effect on a layer's kernels."""
+    kind = type(method)
+    return kind.kernel_effect is not Method.kernel_effect or kind.unrolls is not Method.unrolls
 
 
 def _counts(

@@ -25,6 +25,7 @@ from torch import nn
 
 from autocompress.compress.coupling import features
 from autocompress.compress.factorize import smaller_rank
+from autocompress.compress.method import kernel_effect
 from autocompress.compress.prune import kept_channels
 from autocompress.config import LayerConfig, Plan
 from autocompress.errors import AutocompressError
@@ -220,7 +221,9 @@ class ModelShapes:
         layers = [kernel for _, kernels in self._layer_kernels(plan) for kernel in kernels]
         cores = []
         for index, shape in enumerate(self.attention):
-            keep = 1.0 if shape.group is None else plan.config(shape.group).keep_ratio
+            keep = (
+                1.0 if shape.group is None else kernel_effect(plan.config(shape.group)).keep_ratio
+            )
             cores.append(self.attention_kernel(index, self.heads_kept(index, keep, plan.round_to)))
         return layers + cores
 
@@ -241,7 +244,7 @@ class ModelShapes:
         """Each layer's config in the plan and the kernels it deploys as, in module order."""
         # A group is named after its first member, whose keep ratio is the group's.
         kept = {
-            group: self.kept(group, plan.config(group).keep_ratio, plan.round_to)
+            group: self.kept(group, kernel_effect(plan.config(group)).keep_ratio, plan.round_to)
             for group in self.group_channels
         }
         found = []
@@ -252,7 +255,7 @@ class ModelShapes:
                 cin = self.fan_in(layer, kept[layer.in_group])
             cfg = plan.config(layer.name)
             calls = self.layer_kernels(
-                index, cin, cout, cfg.rank_ratio, self.compute_of(layer, cfg),
+                index, cin, cout, kernel_effect(cfg).rank_ratio, self.compute_of(layer, cfg),
                 unrolled=self.unrolled(layer, cfg),
             )  # fmt: skip
             found.append((cfg, calls))
@@ -274,7 +277,7 @@ class ModelShapes:
         return sum(
             k.cin * (k.out_elems // k.cout)
             for cfg, kernels in self._layer_kernels(plan)
-            if cfg.act_bits == 32
+            if kernel_effect(cfg).bits[1] == 32
             for k in kernels
             if k.compute == INT8
         )
@@ -289,8 +292,8 @@ class ModelShapes:
 
     def unrolled(self, layer: LayerShape, cfg: LayerConfig) -> bool:
         """Whether the plan deploys an LSTM layer unrolled into Linears (as `compress.apply`
-        does for a low rank or fewer bits) instead of as one `nn.LSTM` call."""
-        return self.unrollable(layer) and (cfg.rank_ratio < 1.0 or cfg.weight_bits < 32)
+        does for a low rank or fewer bits: `Method.unrolls`) instead of as one `nn.LSTM` call."""
+        return self.unrollable(layer) and kernel_effect(cfg).unrolls
 
     def keeps_recurrence(self, plan: Plan) -> bool:
         """Whether the plan deploys an LSTM layer whole, as one `nn.LSTM` call (one fused
@@ -323,7 +326,7 @@ class ModelShapes:
             layers = writers + self._readers[group]
             formats = {self.compute_of(x, plan.config(x.name)) == INT8 for x in layers}
             if writers and len(formats) > 1:
-                kept = self.kept(group, plan.config(group).keep_ratio, plan.round_to)
+                kept = self.kept(group, kernel_effect(plan.config(group)).keep_ratio, plan.round_to)
                 total += kept * max(x.out_size for x in writers)
         return total
 
@@ -340,19 +343,21 @@ class ModelShapes:
 
     def compute_of(self, layer: LayerShape, cfg: LayerConfig) -> str:
         """The format a layer computes in once deployed (mirrors `quantize_real.realize`, or
-        `runtime_targets`: in a runtime only (8, 8) layers run in int8): INT8, BF16 or FP32."""
+        `runtime_targets`: in a runtime only (8, 8) layers run in int8): INT8, BF16 or FP32,
+        from the (weight, activation) bits the methods give its kernels (`KernelEffect`)."""
         kind = layer.geometry["type"]
+        bits = kernel_effect(cfg).bits
         if kind == "LSTM":  # unrolled, its Linears deploy like any; whole, it stays fp32
             if not self.unrolled(layer, cfg):
                 return FP32
             kind = "Linear"
         if self.runtime != "pytorch":
-            return INT8 if (cfg.weight_bits, cfg.act_bits) == (8, 8) else FP32
-        if (cfg.weight_bits, cfg.act_bits) == (8, 8) and kind != "Conv1d":
+            return INT8 if bits == (8, 8) else FP32
+        if bits == (8, 8) and kind != "Conv1d":
             return INT8
-        if (cfg.weight_bits, cfg.act_bits) == (8, 32) and kind == "Linear":
+        if bits == (8, 32) and kind == "Linear":
             return INT8
-        if cfg.weight_bits == 16 and self.bf16_compute:
+        if bits[0] == 16 and self.bf16_compute:
             return BF16
         return FP32
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import fields
 from typing import Any
 
 import optuna
 
-from autocompress.config import Budget, LayerConfig
+from autocompress.config import Budget, settings
 from autocompress.optimize.pareto import alternatives, baseline_row, dominates, pareto_front
 from autocompress.optimize.record import StudyRecord, measured_ms, read, violations
 from autocompress.optimize.study import DEFAULT_STORAGE
@@ -254,11 +253,10 @@ def _heatmaps(study: optuna.Study, front: list[dict[str, Any]]) -> dict[str, Any
         layers.update(t.user_attrs.get("plan", {}).get("layers", {}))
     names = sorted(layers, key=_natural_key)
     knobs = sorted({k for c in front for cfg in c["plan"]["layers"].values() for k in cfg})
-    identity = LayerConfig()
-    known = {f.name for f in fields(identity)}
+    known = settings()
     grids = {}
     for knob in knobs:
-        default = getattr(identity, knob) if knob in known else None
+        default = known[knob].default if knob in known else None
         grids[knob] = {
             "identity": default,
             "values": [

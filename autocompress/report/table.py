@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from statistics import mean
 from typing import Any
 
 from rich.table import Table
+
+from autocompress.compress.method import ordered
 
 Candidate = dict[str, Any]
 
@@ -20,24 +21,13 @@ _CAPTION = (
 
 
 def plan_summary(plan: dict[str, Any]) -> str:
-    """E.g. 'keep 0.62 x9, rank x2, int8 x4': what each method does, to how many layers."""
+    """E.g. 'keep 0.62 x9, rank x2, int8 x4': what each method does, to how many layers
+    (`Method.summary`, in `apply`'s order)."""
     layers = plan.get("layers", {})
     if not layers:
         return "dense"
     configs = list(layers.values())
-    keeps = [c["keep_ratio"] for c in configs if "keep_ratio" in c]
-    parts = [f"keep {mean(keeps):.2f} x{len(keeps)}"] if keeps else []
-    for label, hit in (
-        ("rank", lambda c: "rank_ratio" in c),
-        ("sparse", lambda c: c.get("sparsity", 0) > 0),
-        ("int8", lambda c: c.get("weight_bits") == 8),
-        ("bf16", lambda c: c.get("weight_bits") == 16),
-        ("int4", lambda c: c.get("weight_bits") == 4),
-    ):
-        count = sum(1 for c in configs if hit(c))
-        if count:
-            parts.append(f"{label} x{count}")
-    return ", ".join(parts)
+    return ", ".join(part for method in ordered() for part in method.summary(configs))
 
 
 def front_table(

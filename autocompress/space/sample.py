@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import optuna
 
-from autocompress.config import LayerConfig, Plan
+from autocompress.config import LayerConfig, Plan, repair
 from autocompress.space.spec import Knob
 
 
@@ -39,12 +39,8 @@ def plan_from_trial(
 
 
 def valid_settings(settings: dict[str, object]) -> dict[str, object]:
-    """Map impossible combinations to the nearest valid ones (in place; returned too).
-
-    int8 activations without int8 weights stay float; 2:4 sparsity zeroes exactly half.
+    """Map impossible combinations to the nearest valid ones (in place; returned too), as the
+    method that owns the knobs says (`Method.repair`): int8 activations without int8 weights
+    stay float; 2:4 sparsity zeroes exactly half.
     """
-    if settings.get("act_bits") == 8 and settings.get("weight_bits", 32) != 8:
-        settings["act_bits"] = 32
-    if settings.get("sparsity_pattern") == "2:4" and settings.get("sparsity", 0.0):
-        settings["sparsity"] = 0.5
-    return settings
+    return repair(settings)

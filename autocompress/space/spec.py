@@ -15,34 +15,29 @@ A space file reads::
         act_bits: [32, 8]
         tie: true               # one decision for every matched layer (not one per layer)
 
-Knobs are the fields of `LayerConfig`; adding a knob there makes it usable here.
+Knobs are those the registered compression methods declare (`compress.METHODS`); a method
+added there is usable here.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from autocompress.compress.fits import refusal
-from autocompress.config import METHOD_KNOBS, LayerConfig
+from autocompress.compress.method import METHODS, ordered
+from autocompress.config import check_setting, default_of, settings
 from autocompress.errors import AutocompressError, SpaceError
 from autocompress.space.discover import LAYER_TYPES, LayerInfo
 
 SPACE_VERSION = 1
-KNOBS = tuple(f.name for f in fields(LayerConfig))
+KNOBS = tuple(settings())
 _PACKAGED = Path(__file__).resolve().parent.parent / "search_spaces"
-# Layer types that only some knobs apply to: an embedding table is looked up, not multiplied,
-# so only its storage bits can change (pruning, ranks, sparsity and int8 inputs do not apply);
-# an LSTM computes int8 with dynamic activations only and has no sparse form.
-TYPE_KNOBS = {
-    "Embedding": frozenset({"weight_bits"}),
-    "LSTM": frozenset({"keep_ratio", "rank_ratio", "weight_bits"}),
-}
 
 
 @dataclass(frozen=True)
@@ -102,9 +97,11 @@ class SearchSpace:
         for rule in self.rules:
             if rule.matches(layer):
                 result.update(rule.choices)
-        only = TYPE_KNOBS.get(layer.type)
-        if only is not None:
-            result = {k: v for k, v in result.items() if k in only}
+        # Each knob applies to the layer types its method declares: an embedding table is
+        # looked up, not multiplied, so only its storage bits can change; an LSTM computes
+        # int8 with dynamic activations only and has no sparse form.
+        known = settings()
+        result = {k: v for k, v in result.items() if layer.type in known[k].layer_types}
         if module is not None:
             result = {k: _fitting(module, k, v) for k, v in result.items()}
         return result
@@ -118,14 +115,15 @@ class SearchSpace:
     ) -> list[Knob]:
         """Resolve the space on a model's layers into the decisions a sampler makes.
 
-        Channel keep ratios are decided once per coupling group (the intersection of its
-        members' choices); every other knob once per layer. A knob whose single choice is the
+        Knobs decided per coupling group (channel keep ratios: `Setting.per_group`) are decided
+        once per group (the intersection of its members' choices); every other knob once per
+        layer. A knob whose single choice is the
         default (leave the layer as it is) is left out; one whose single choice is not (e.g.
         `weight_bits: [8]`) stays as a one-choice knob, so every plan applies it.
 
         Args:
             layers: from `discover(model, inputs)`.
-            methods: only the knobs of these methods (`METHOD_KNOBS` keys); None for all.
+            methods: only the knobs of these methods (`compress.METHODS` names); None for all.
             model: the dense model `layers` were found in; when given, each layer offers only
                 the levels it can take (no rank that saves no weights, no 2:4 on an input
                 width that is not a multiple of 4; `compress.fits`).
@@ -146,12 +144,14 @@ class SearchSpace:
         per_layer = {
             layer.name: self.choices_for(layer, modules.get(layer.name)) for layer in layers
         }
+        grouped = [s.name for s in settings().values() if s.per_group]
         knobs = []
-        if "keep_ratio" in allowed:
-            knobs += self._group_knobs(layers, per_layer)
+        for setting in grouped:
+            if setting in allowed:
+                knobs += self._group_knobs(layers, per_layer, setting)
         for layer in layers:
             for setting, choices in per_layer[layer.name].items():
-                if setting != "keep_ratio" and setting in allowed and _decides(setting, choices):
+                if setting not in grouped and setting in allowed and _decides(setting, choices):
                     knobs.append(Knob(f"{setting}:{layer.name}", setting, choices, (layer.name,)))
         for index, rule in enumerate(self.rules):
             if rule.tie:
@@ -159,7 +159,10 @@ class SearchSpace:
         return knobs
 
     def _group_knobs(
-        self, layers: Sequence[LayerInfo], per_layer: Mapping[str, Mapping[str, tuple[Any, ...]]]
+        self,
+        layers: Sequence[LayerInfo],
+        per_layer: Mapping[str, Mapping[str, tuple[Any, ...]]],
+        setting: str,
     ) -> list[Knob]:
         groups: dict[str, list[str]] = {}
         for layer in layers:
@@ -167,19 +170,18 @@ class SearchSpace:
                 groups.setdefault(layer.group, []).append(layer.name)
         knobs = []
         for group, members in groups.items():
-            shared = list(per_layer[members[0]].get("keep_ratio", (1.0,)))
+            default = (default_of(setting),)
+            shared = list(per_layer[members[0]].get(setting, default))
             for member in members[1:]:
-                allowed = set(per_layer[member].get("keep_ratio", (1.0,)))
+                allowed = set(per_layer[member].get(setting, default))
                 shared = [c for c in shared if c in allowed]
             if not shared:
                 raise SpaceError(
                     f"{self.source}: layers {', '.join(members)} must be pruned together "
-                    "but their keep_ratio choices have nothing in common; give them a shared value"
+                    f"but their {setting} choices have nothing in common; give them a shared value"
                 )
-            if _decides("keep_ratio", shared):
-                knobs.append(
-                    Knob(f"keep_ratio:{group}", "keep_ratio", tuple(shared), tuple(members))
-                )
+            if _decides(setting, shared):
+                knobs.append(Knob(f"{setting}:{group}", setting, tuple(shared), tuple(members)))
         return knobs
 
 
@@ -217,16 +219,16 @@ def _tie(knobs: list[Knob], rule: Rule, index: int, layers: Mapping[str, LayerIn
 def _fitting(module: nn.Module, setting: str, choices: tuple[Any, ...]) -> tuple[Any, ...]:
     """The choices `module` can take; the identity value when it can take none of them."""
     kept = tuple(c for c in choices if refusal(module, setting, c) is None)
-    return kept or (getattr(LayerConfig(), setting),)
+    return kept or (default_of(setting),)
 
 
 def _decides(setting: str, choices: Sequence[Any]) -> bool:
     """True when a knob changes some plan: several choices, or one that is not the default."""
-    return len(choices) > 1 or choices[0] != getattr(LayerConfig(), setting)
+    return len(choices) > 1 or choices[0] != default_of(setting)
 
 
 def settings_for_methods(methods: Sequence[str] | None) -> set[str]:
-    """The LayerConfig settings the named methods own (all of them for None).
+    """The LayerConfig knobs the named methods own (all of them for None).
 
     Raises:
         SpaceError: an unknown method name, or none at all (`--methods ''`).
@@ -235,16 +237,21 @@ def settings_for_methods(methods: Sequence[str] | None) -> set[str]:
         return set(KNOBS)
     if not any(m.strip() for m in methods):
         raise SpaceError(
-            f"--methods names no method; give some of {','.join(METHOD_KNOBS)}, or leave it out "
+            f"--methods names no method; give some of {','.join(_methods())}, or leave it out "
             "for all of them"
         )
-    unknown = sorted(set(methods) - set(METHOD_KNOBS))
+    unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SpaceError(
             f"unknown method {_excerpt(unknown[0])} in --methods; "
-            f"choose from: {', '.join(METHOD_KNOBS)}"
+            f"choose from: {', '.join(_methods())}"
         )
-    return {knob for m in methods for knob in METHOD_KNOBS[m]}
+    return {s.name for m in methods for s in METHODS.get(m).settings}
+
+
+def _methods() -> list[str]:
+    """The method names in `apply`'s order (prune, lowrank, sparse, quant, ...)."""
+    return [m.name for m in ordered()]
 
 
 def _excerpt(value: Any, limit: int = 60) -> str:
@@ -259,10 +266,10 @@ def _choices(value: Any, knob: str, where: str) -> tuple[Any, ...]:
             f"{where}.{knob}: expected a non-empty list of choices, got {_excerpt(value)}"
         )
     for choice in value:
-        # act_bits 8 is only valid beside weight_bits 8; check each choice in a valid context
-        context = {"weight_bits": 8} if knob == "act_bits" else {}
+        # each choice alone: rules between knobs (act_bits 8 needs weight_bits 8) are kept
+        # when a plan is drawn (`space.sample.valid_settings`)
         try:
-            LayerConfig(**{knob: choice, **context})
+            check_setting(knob, choice)
         except (AutocompressError, TypeError) as exc:
             raise SpaceError(f"{where}.{knob}: bad choice {_excerpt(choice)}: {exc}") from None
     return tuple(dict.fromkeys(value))

@@ -11,18 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from autocompress.config import METHOD_KNOBS
+from autocompress.compress.method import METHODS, Method, Offers, ordered
+from autocompress.config import settings
 from autocompress.space.spec import Knob
 
 # The value of each knob that leaves a layer as it is.
-IDENTITY: dict[str, Any] = {
-    "keep_ratio": 1.0,
-    "rank_ratio": 1.0,
-    "sparsity": 0.0,
-    "sparsity_pattern": "unstructured",
-    "weight_bits": 32,
-    "act_bits": 32,
-}
+IDENTITY: dict[str, Any] = {name: s.default for name, s in settings().items()}
 
 
 def _shared(knobs: Sequence[Knob], setting: str) -> list[Any]:
@@ -36,32 +30,37 @@ def _offered(knobs: Sequence[Knob], setting: str) -> list[Any]:
     return sorted({c for k in knobs if k.setting == setting for c in k.choices})
 
 
+def _offers(knobs: Sequence[Knob]) -> Offers:
+    """What the space offers per knob, as the methods read it."""
+    names = {k.setting for k in knobs}
+    return Offers(
+        offered={s: _offered(knobs, s) for s in names},
+        shared={s: _shared(knobs, s) for s in names},
+    )
+
+
+def _warm_order() -> list[Method]:
+    """The registered methods in the order warm starts try them (pruning, int8, sparsity,
+    low rank, then methods added since)."""
+    return sorted(ordered(), key=lambda m: m.warm_start)
+
+
 def uniform_levels(knobs: Sequence[Knob], method: str) -> list[dict[str, Any]]:
-    """The uniform settings worth trying for one method, mildest first.
+    """The uniform settings worth trying for one method, mildest first
+    (`Method.uniform_levels`).
 
     Args:
         knobs: the space's knobs for the model.
-        method: "prune", "quant", "lowrank" or "sparse".
+        method: a registered method's name ("prune", "quant", "lowrank", "sparse", ...).
 
     Returns:
         One `{setting: value}` per level: keep ratios (every other one in [0.3, 1) that every
         coupling group offers), int8 weights and activations, the mildest rank ratio below 1,
-        the mildest sparsity above 0 (each where a layer offers it).
+        the mildest sparsity above 0 (each where a layer offers it), and so on.
     """
-    if method == "prune":
-        ratios = [r for r in _shared(knobs, "keep_ratio") if 0.3 <= r < 1.0]
-        return [{"keep_ratio": r} for r in sorted(ratios, reverse=True)[::2]]
-    if method == "quant":
-        if 8 not in _offered(knobs, "weight_bits"):
-            return []
-        return [{"weight_bits": 8, "act_bits": 8}]
-    if method == "lowrank":
-        ranks = [r for r in _offered(knobs, "rank_ratio") if r < 1.0]
-        return [{"rank_ratio": max(ranks)}] if ranks else []
-    if method == "sparse":
-        amounts = [s for s in _offered(knobs, "sparsity") if s > 0.0]
-        return [{"sparsity": min(amounts), "sparsity_pattern": "unstructured"}] if amounts else []
-    raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHOD_KNOBS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS.names()}")
+    return METHODS.get(method).uniform_levels(_offers(knobs))
 
 
 def uniform_params(knobs: Sequence[Knob], settings: dict[str, Any]) -> dict[str, Any]:
@@ -111,14 +110,15 @@ def uniform_plans(knobs: Sequence[Knob]) -> list[dict[str, Any]]:
     Returns:
         Distinct parameter sets that each compress something, in the order to try them.
     """
-    methods = ("prune", "quant", "sparse", "lowrank")
+    offers, methods = _offers(knobs), _warm_order()
     # First the mildest plan: it compresses where a knob offers no "as it is" choice (a
     # transformer space's int8-only projections: then it is plain int8 everywhere).
     levels: list[dict[str, Any]] = [{}]
-    levels += [level for method in methods for level in uniform_levels(knobs, method)]
-    if quant := uniform_levels(knobs, "quant"):
-        keeps = sorted((r for r in _shared(knobs, "keep_ratio") if 0.3 <= r < 1.0), reverse=True)
-        levels += [{"keep_ratio": r, **quant[0]} for r in keeps]
+    levels += [level for method in methods for level in method.uniform_levels(offers)]
+    for fast in methods:
+        if fast.fast_level and (own := fast.uniform_levels(offers)):
+            paired = [lv for m in methods for _, lv in m.paired_levels(offers, every=False)]
+            levels += [{**level, **own[0]} for level in paired]
     plans: list[dict[str, Any]] = []
     for level in levels:
         params = uniform_params(knobs, level)
@@ -135,9 +135,10 @@ def _compresses(knobs: Sequence[Knob], params: dict[str, Any]) -> bool:
 def uniform_sweep(knobs: Sequence[Knob]) -> list[tuple[str, dict[str, Any]]]:
     """Every uniform setting the space offers, each once: the baselines a search must beat.
 
-    Unlike `uniform_plans` (a few warm starts), this is every keep ratio every coupling group
-    offers, each weight bit-width below 32 (8 with int8 activations), each rank ratio below 1,
-    each sparsity above 0 with each pattern, then each keep ratio with int8.
+    Unlike `uniform_plans` (a few warm starts), this is every level of each method
+    (`Method.sweep_levels`, in warm-start order: every keep ratio every coupling group offers,
+    each weight bit-width below 32 (8 with int8 activations), each sparsity above 0 with each
+    pattern, each rank ratio below 1, ...), then each keep ratio with int8.
 
     Args:
         knobs: the space's knobs for the model.
@@ -146,25 +147,12 @@ def uniform_sweep(knobs: Sequence[Knob]) -> list[tuple[str, dict[str, Any]]]:
         `(label, params)` pairs, mildest first within each method; plans that compress
         nothing or repeat an earlier one are left out.
     """
-    levels: list[tuple[str, dict[str, Any]]] = []
-    keeps = sorted((r for r in _shared(knobs, "keep_ratio") if r < 1.0), reverse=True)
-    levels += [(f"keep {r:g}", {"keep_ratio": r}) for r in keeps]
-    for bits in sorted((b for b in _offered(knobs, "weight_bits") if b < 32), reverse=True):
-        act = 8 if bits == 8 and 8 in _offered(knobs, "act_bits") else 32
-        levels.append((f"w{bits}a{act}", {"weight_bits": bits, "act_bits": act}))
-    ranks = sorted((r for r in _offered(knobs, "rank_ratio") if r < 1.0), reverse=True)
-    levels += [(f"rank {r:g}", {"rank_ratio": r}) for r in ranks]
-    for amount in sorted(s for s in _offered(knobs, "sparsity") if s > 0.0):
-        for pattern in _offered(knobs, "sparsity_pattern") or ["unstructured"]:
-            if pattern == "2:4" and amount != 0.5:
-                continue  # 2:4 always zeroes half the weights
-            label = f"sparse {amount:g} {pattern}"
-            levels.append((label, {"sparsity": amount, "sparsity_pattern": pattern}))
-    if 8 in _offered(knobs, "weight_bits"):
-        levels += [
-            (f"keep {r:g} + w8a8", {"keep_ratio": r, "weight_bits": 8, "act_bits": 8})
-            for r in keeps
-        ]
+    offers, methods = _offers(knobs), _warm_order()
+    levels = [level for method in methods for level in method.sweep_levels(offers)]
+    for fast in methods:
+        if fast.fast_level and (own := fast.uniform_levels(offers)):
+            paired = [lv for m in methods for lv in m.paired_levels(offers, every=True)]
+            levels += [(f"{label} + {fast.fast_label}", {**lv, **own[0]}) for label, lv in paired]
     sweep: list[tuple[str, dict[str, Any]]] = []
     for label, level in levels:
         params = uniform_params(knobs, level)

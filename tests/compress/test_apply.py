@@ -9,9 +9,9 @@ import torch
 
 from autocompress import LayerConfig, Plan, apply
 from autocompress.compress.apply import bake, deploy
+from autocompress.compress.quant import WEIGHT_BITS
 from autocompress.compress.quantize import FakeQuantLayer, quantized_weight_bytes
 from autocompress.compress.size import compressed_size_bytes, size_bytes, weight_storage_bytes
-from autocompress.config import WEIGHT_BITS
 from tests.conftest import TINY_GROUPS, TinyResNet
 
 JOINT = Plan(

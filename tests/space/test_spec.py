@@ -44,7 +44,7 @@ def test_default_space_loads_with_keep_ratio_choices() -> None:
 def test_default_space_resolves_on_the_tiny_resnet(tiny_layers: list[LayerInfo]) -> None:
     space = load_space("default")
     knobs = space.knobs(tiny_layers)
-    assert {s for k in knobs for s in [k.setting]} == set(LayerConfig.__dataclass_fields__)
+    assert {s for k in knobs for s in [k.setting]} == set(LayerConfig().values)
     pruning = [k for k in knobs if k.setting == "keep_ratio"]
     assert {k.param: list(k.layers) for k in pruning} == {
         f"keep_ratio:{group}": members for group, members in TINY_GROUPS.items()
