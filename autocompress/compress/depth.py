@@ -96,7 +96,16 @@ def _is_identity_when_zeroed_trivially(module: nn.Module) -> bool:
     return not any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear) for m in module.modules())
 
 
+class DroppedBlock(nn.Module):
+    """What a dropped block becomes: its input, unchanged. Extra arguments a model passes its
+    blocks (EfficientNet's `drop_connect_rate`) are taken and ignored."""
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        """Return `x`."""
+        return x
+
+
 def drop_blocks(model: nn.Module, names: Iterable[str]) -> None:
-    """Replace each named block with `nn.Identity` (in place)."""
+    """Replace each named block with a `DroppedBlock` (in place)."""
     for name in names:
-        swap_module(model, name, nn.Identity())
+        swap_module(model, name, DroppedBlock())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autocompress.compress.depth import drop_blocks, residual_blocks
+from autocompress.compress.depth import DroppedBlock, drop_blocks, residual_blocks
 from tests.conftest import TinyResNet
 
 
@@ -68,7 +68,7 @@ def test_dropping_a_block_removes_its_layers_and_keeps_the_output_shape(
         torch.flatten(tiny_resnet.pool(tiny_resnet.layer2(tiny_resnet.stem(tiny_input))), 1)
     )
     drop_blocks(tiny_resnet, ["layer1"])
-    assert isinstance(tiny_resnet.layer1, nn.Identity)
+    assert isinstance(tiny_resnet.layer1, DroppedBlock)
     assert not any(n.startswith("layer1.") for n, _ in tiny_resnet.named_modules())
     out = tiny_resnet(tiny_input)
     assert out.shape == (1, 10) and torch.equal(out, expected)
