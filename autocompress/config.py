@@ -37,7 +37,9 @@ class Setting:
         levels: the values besides the default worth offering (what the packaged spaces
             choose from; the contract test applies each).
         layer_types: the layer types (`space.discover.layer_type`) a search space offers it on.
-        per_group: decided once per coupling group (channel pruning), not once per layer.
+        decided_per: what one decision of it covers: "layer"; "group", a coupling group
+            (layers whose output channels are pruned together); or "block", the layers of one
+            residual block (`space.discover.LayerInfo.block`).
     """
 
     name: str
@@ -45,7 +47,7 @@ class Setting:
     check: Check
     levels: tuple[Any, ...] = ()
     layer_types: frozenset[str] = frozenset({"Conv1d", "Conv2d", "Linear"})
-    per_group: bool = False
+    decided_per: str = "layer"
 
 
 # The knobs of every registered method, in `compress.apply`'s order, and the methods' rules
@@ -150,28 +152,21 @@ class LayerConfig:
     """How one layer is compressed: one value per knob of the registered methods
     (`compress.METHODS`); a knob not given keeps its default, which leaves the layer as it is.
 
-    `LayerConfig(keep_ratio=0.5, weight_bits=8)`, or positionally in the knobs' order
-    (`keep_ratio`, `rank_ratio`, `sparsity`, `sparsity_pattern`, `weight_bits`, `act_bits`,
-    then the knobs of methods added later); read as `cfg.keep_ratio` or `cfg["keep_ratio"]`.
+    `LayerConfig(keep_ratio=0.5, weight_bits=8)` (knobs by name only: a method added at an
+    earlier stage would shift positions); read as `cfg.keep_ratio` or `cfg["keep_ratio"]`.
     Each knob is documented by the method that owns it (`compress/prune.py`, ...). Immutable
     and hashable; equal when every knob is equal.
 
     Raises:
-        TypeError: an unknown knob name, or too many positional values.
+        TypeError: an unknown knob name.
         PlanError: a value its knob does not allow, or values that cannot go together.
     """
 
     __slots__ = ("_values",)
     _values: Mapping[str, Any]
 
-    def __init__(self, *args: Any, **values: Any) -> None:
+    def __init__(self, **values: Any) -> None:
         known = settings()
-        if len(args) > len(known):
-            raise TypeError(f"LayerConfig takes at most {len(known)} positional values")
-        for name, value in zip(known, args, strict=False):
-            if name in values:
-                raise TypeError(f"LayerConfig got two values for {name!r}")
-            values[name] = value
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise TypeError(f"LayerConfig got an unknown knob {unknown[0]!r}")

@@ -19,12 +19,19 @@ def _plan_dict(**overrides: object) -> dict[str, object]:
 @pytest.mark.parametrize("round_to", [None, 8])
 def test_plan_json_round_trip(round_to: int | None) -> None:
     plan = Plan(
-        layers={"layer2.conv1": LayerConfig(0.25), "stem.0": LayerConfig(0.5)}, round_to=round_to
+        layers={
+            "layer2.conv1": LayerConfig(keep_ratio=0.25),
+            "stem.0": LayerConfig(keep_ratio=0.5),
+        },
+        round_to=round_to,
     )
     again = Plan.from_json(plan.to_json())
     assert again == plan
     assert again.round_to == round_to
-    assert dict(again.layers) == {"layer2.conv1": LayerConfig(0.25), "stem.0": LayerConfig(0.5)}
+    assert dict(again.layers) == {
+        "layer2.conv1": LayerConfig(keep_ratio=0.25),
+        "stem.0": LayerConfig(keep_ratio=0.5),
+    }
     assert json.loads(plan.to_json()) == {
         "version": PLAN_VERSION,
         "round_to": round_to,
@@ -33,12 +40,18 @@ def test_plan_json_round_trip(round_to: int | None) -> None:
 
 
 def test_plan_drops_identity_configs() -> None:
-    plan = Plan(layers={"a": LayerConfig(1.0), "b": LayerConfig(0.5), "c": LayerConfig()})
+    plan = Plan(
+        layers={
+            "a": LayerConfig(keep_ratio=1.0),
+            "b": LayerConfig(keep_ratio=0.5),
+            "c": LayerConfig(),
+        }
+    )
     assert list(plan.layers) == ["b"]
     assert plan.config("a") == LayerConfig()
     assert plan.config("not-named") == LayerConfig()
     assert json.loads(plan.to_json())["layers"] == {"b": {"keep_ratio": 0.5}}
-    assert Plan(layers={"a": LayerConfig(1.0)}).is_identity
+    assert Plan(layers={"a": LayerConfig(keep_ratio=1.0)}).is_identity
     assert Plan.from_json(Plan().to_json()) == Plan()
 
 
@@ -48,9 +61,9 @@ def test_plan_from_dict_reads_an_identity_layer_as_empty() -> None:
 
 
 def test_plan_layers_are_read_only() -> None:
-    plan = Plan(layers={"a": LayerConfig(0.5)})
+    plan = Plan(layers={"a": LayerConfig(keep_ratio=0.5)})
     with pytest.raises(TypeError):
-        plan.layers["b"] = LayerConfig(0.5)  # type: ignore[index]
+        plan.layers["b"] = LayerConfig(keep_ratio=0.5)  # type: ignore[index]
 
 
 def test_plan_from_dict_rejects_an_unknown_top_level_key() -> None:

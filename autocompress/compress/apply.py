@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from autocompress.compress.lstm import unroll
-from autocompress.compress.method import Applying, ordered
+from autocompress.compress.method import Applying, ordered, present
 from autocompress.config import Plan
 from autocompress.errors import PlanWarning
 
@@ -52,6 +52,7 @@ def apply(
     target = model if inplace else copy.deepcopy(model)
     context = Applying(_as_tuple(example_input))
     methods = ordered()
+    had = {name for name, _ in target.named_modules()}
     unrolled = False
     for method in methods:
         if method.stage > UNROLL_AFTER and not unrolled:
@@ -59,7 +60,7 @@ def apply(
             changed = [n for n, c in plan.layers.items() if any(m.unrolls(c) for m in methods)]
             context.unrolled = unroll(target, changed)
             unrolled = True
-        method.apply(target, plan, context)
+        method.apply(target, present(plan, target, had=had), context)
     return target
 
 
@@ -105,6 +106,7 @@ def deploy(
         it otherwise.
     """
     deployed: Any = bake(model)
+    plan = present(plan, deployed)
     for method in ordered():
         deployed = method.deploy(
             deployed, plan, _as_tuple(example_input), calibration, compile=compile
@@ -144,8 +146,10 @@ def deploy_on(
     if not isinstance(target, RuntimeTarget):
         return deploy(model, plan, example_input, calibration)
     methods = ordered()
+    baked = bake(model)
+    plan = present(plan, baked)
     int8 = [n for n, c in plan.layers.items() if any(m.runtime_int8(c) for m in methods)]
-    deployed = target.realize(bake(model), _as_tuple(example_input), calibration, int8)
+    deployed = target.realize(baked, _as_tuple(example_input), calibration, int8)
     deployed.layers = _runtime_layer_kinds(plan)
     return deployed
 

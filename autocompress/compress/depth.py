@@ -16,12 +16,22 @@ a projection (a strided or widening 1x1 conv) fail the check and are never dropp
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from autocompress.compress._swap import swap_module
+from autocompress.compress._swap import COMPRESSIBLE, swap_module
+from autocompress.compress.method import (
+    Applying,
+    KernelEffect,
+    Method,
+    Offers,
+    Values,
+    register,
+)
+from autocompress.config import LayerConfig, Plan, Setting
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -109,3 +119,59 @@ def drop_blocks(model: nn.Module, names: Iterable[str]) -> None:
     """Replace each named block with a `DroppedBlock` (in place)."""
     for name in names:
         swap_module(model, name, DroppedBlock())
+
+
+def _check_drop(value: Any) -> str | None:
+    if not isinstance(value, bool):
+        return f"drop_block must be true or false, got {value!r}"
+    return None
+
+
+@register
+class Depth(Method):
+    """Depth pruning. Knob `drop_block`: true drops the layer's residual block whole (decided
+    once per block: every layer of it carries the same value); false = off."""
+
+    name = "depth"
+    stage = 5  # first: the later stages see the blocks that remain
+    warm_start = 5
+    settings = (Setting("drop_block", False, _check_drop, levels=(True,), decided_per="block"),)
+    fastest: ClassVar[dict[str, Any]] = {"drop_block": max}
+    smallest: ClassVar[dict[str, Any]] = {"drop_block": max}
+
+    def apply(self, model: nn.Module, plan: Plan, context: Applying) -> None:
+        """Drop each residual block whose every Conv/Linear layer the plan drops."""
+        dropping = {n for n, c in plan.layers.items() if c.drop_block}
+        if not dropping:
+            return
+        blocks = []
+        for block in residual_blocks(model, context.inputs):
+            layers = [
+                f"{block}.{n}"
+                for n, m in model.get_submodule(block).named_modules()
+                if isinstance(m, COMPRESSIBLE)
+            ]
+            if layers and all(name in dropping for name in layers):
+                blocks.append(block)
+        drop_blocks(model, blocks)
+
+    def kernel_effect(self, cfg: LayerConfig) -> KernelEffect:
+        """A dropped layer runs no kernel."""
+        return KernelEffect(removed=bool(cfg.drop_block))
+
+    def runtime_kind(self, cfg: LayerConfig) -> str | None:
+        """A dropped layer is not in the graph."""
+        return "dropped (its residual block)" if cfg.drop_block else None
+
+    def uniform_levels(self, offers: Offers) -> list[dict[str, Any]]:
+        """Every residual block dropped, where the space offers it."""
+        return [{"drop_block": True}] if True in offers.shared.get("drop_block", []) else []
+
+    def sweep_levels(self, offers: Offers) -> list[tuple[str, dict[str, Any]]]:
+        """Every residual block dropped."""
+        return [("drop blocks", level) for level in self.uniform_levels(offers)]
+
+    def summary(self, configs: Sequence[Values]) -> list[str]:
+        """'dropped x8': the layers whose blocks are dropped."""
+        count = sum(1 for c in configs if c.get("drop_block", False))
+        return [f"dropped x{count}"] if count else []

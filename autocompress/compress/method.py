@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -36,12 +36,14 @@ class KernelEffect:
         rank_ratio: rank kept by a low-rank split into two kernels; 1.0 keeps one kernel.
         bits: (weight, activation) bits of the kernel's number format; (32, 32) is float.
         unrolls: an LSTM layer runs as plain Linear layers in a step loop.
+        removed: the layer is gone from the deployed model (its residual block was dropped).
     """
 
     keep_ratio: float = 1.0
     rank_ratio: float = 1.0
     bits: tuple[int, int] = (32, 32)
     unrolls: bool = False
+    removed: bool = False
 
 
 @dataclass
@@ -217,14 +219,36 @@ def ordered() -> list[Method]:
 def kernel_effect(cfg: LayerConfig) -> KernelEffect:
     """What `cfg` does to a layer's kernels, every method together: channels kept multiply,
     the lowest rank and the first non-float number format win, any method may unroll."""
-    keep, rank, bits, unrolls = 1.0, 1.0, (32, 32), False
+    keep, rank, bits, unrolls, removed = 1.0, 1.0, (32, 32), False, False
     for method in ordered():
         effect = method.kernel_effect(cfg)
         keep *= effect.keep_ratio
         rank = min(rank, effect.rank_ratio)
         bits = effect.bits if bits == (32, 32) else bits
         unrolls = unrolls or effect.unrolls or method.unrolls(cfg)
-    return KernelEffect(keep, rank, bits, unrolls)
+        removed = removed or effect.removed
+    return KernelEffect(keep, rank, bits, unrolls, removed)
+
+
+def present(plan: Plan, model: nn.Module, *, had: Collection[str] | None = None) -> Plan:
+    """The plan without the layers a method removed from `model` (depth pruning drops whole
+    blocks): the later stages have nothing to do on them.
+
+    Args:
+        plan: the plan.
+        model: the model as the stages so far left it.
+        had: the layers the model had before any stage; None trusts that every layer the plan
+            names existed (a plan already applied to this model). A layer the plan names that
+            the model never had is kept, for the stage that reads it to refuse.
+
+    Returns:
+        The plan, or a copy without the removed layers.
+    """
+    names = {name for name, _ in model.named_modules()}
+    gone = {n for n in plan.layers if n not in names and (had is None or n in had)}
+    if not gone:
+        return plan
+    return Plan({n: c for n, c in plan.layers.items() if n not in gone}, round_to=plan.round_to)
 
 
 def owner(setting: str) -> Method:

@@ -47,7 +47,7 @@ class Prune(Method):
     warm_start = 0
     settings = (
         Setting("keep_ratio", 1.0, _check_keep, levels=(0.75, 0.5, 0.25),
-                layer_types=frozenset({"Conv1d", "Conv2d", "Linear", "LSTM"}), per_group=True),
+                layer_types=frozenset({"Conv1d", "Conv2d", "Linear", "LSTM"}), decided_per="group"),
     )  # fmt: skip
     fastest: ClassVar[dict[str, Any]] = {"keep_ratio": min}
     smallest: ClassVar[dict[str, Any]] = {"keep_ratio": min}

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from autocompress.compress._swap import QUANTIZABLE, leaves
-from autocompress.compress.method import ordered
+from autocompress.compress.method import ordered, present
 from autocompress.compress.quantize import quantized_weight_bytes
 from autocompress.compress.sparsify import sparse_weight_bytes, weight_bytes_by_format
 from autocompress.config import Plan
@@ -68,7 +68,7 @@ def compressed_size_bytes(model: nn.Module, plan: Plan) -> int:
     """
     total = size_bytes(model)
     methods = [m for m in reversed(ordered())]
-    for name, config in plan.layers.items():
+    for name, config in present(plan, model).layers.items():
         storing = [m for m in methods if m.active(config)]
         if not storing:
             continue

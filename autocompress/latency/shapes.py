@@ -254,6 +254,9 @@ class ModelShapes:
             if layer.in_group is not None:
                 cin = self.fan_in(layer, kept[layer.in_group])
             cfg = plan.config(layer.name)
+            if kernel_effect(cfg).removed:  # its block was dropped: no kernel runs
+                found.append((cfg, ()))
+                continue
             calls = self.layer_kernels(
                 index, cin, cout, kernel_effect(cfg).rank_ratio, self.compute_of(layer, cfg),
                 unrolled=self.unrolled(layer, cfg),

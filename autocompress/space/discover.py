@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from autocompress.compress.coupling import PRUNABLE, coupling_groups, dependency_graph, features
+from autocompress.compress.depth import residual_blocks
 
 # Embedding tables are listed too: a plan may quantize them (their only knob, see spec.py).
 _TABLES = (nn.Embedding,)
@@ -40,6 +41,8 @@ class LayerInfo:
         group: name of its coupling group (layers whose output channels must be pruned together,
             e.g. the convolutions feeding one residual add), or None when its outputs cannot be
             pruned (the model's output layer).
+        block: the residual block it belongs to (`compress.depth.residual_blocks`: a block
+            that can be dropped whole), or None.
     """
 
     name: str
@@ -48,6 +51,7 @@ class LayerInfo:
     out_features: int
     params: int
     group: str | None
+    block: str | None = None
 
     @property
     def prunable(self) -> bool:
@@ -75,6 +79,7 @@ def discover(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[LayerIn
         group_of = {
             member: name for name, members in coupling_groups(model, graph) for member in members
         }
+        blocks = residual_blocks(model, inputs)
     finally:
         model.train(was_training)
     layers = []
@@ -90,6 +95,7 @@ def discover(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[LayerIn
                     out_features=fan_out,
                     params=sum(p.numel() for p in module.parameters(recurse=False)),
                     group=group_of.get(name),
+                    block=next((b for b in blocks if name.startswith(b + ".")), None),
                 )
             )
     return layers

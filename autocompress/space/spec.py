@@ -115,9 +115,9 @@ class SearchSpace:
     ) -> list[Knob]:
         """Resolve the space on a model's layers into the decisions a sampler makes.
 
-        Knobs decided per coupling group (channel keep ratios: `Setting.per_group`) are decided
-        once per group (the intersection of its members' choices); every other knob once per
-        layer. A knob whose single choice is the
+        Knobs decided per coupling group (channel keep ratios) or per residual block (dropping
+        it) are decided once per group or block (`Setting.decided_per`; the intersection of its
+        members' choices); every other knob once per layer. A knob whose single choice is the
         default (leave the layer as it is) is left out; one whose single choice is not (e.g.
         `weight_bits: [8]`) stays as a one-choice knob, so every plan applies it.
 
@@ -144,11 +144,11 @@ class SearchSpace:
         per_layer = {
             layer.name: self.choices_for(layer, modules.get(layer.name)) for layer in layers
         }
-        grouped = [s.name for s in settings().values() if s.per_group]
+        grouped = {s.name: s.decided_per for s in settings().values() if s.decided_per != "layer"}
         knobs = []
-        for setting in grouped:
+        for setting, unit in grouped.items():
             if setting in allowed:
-                knobs += self._group_knobs(layers, per_layer, setting)
+                knobs += self._group_knobs(layers, per_layer, setting, unit)
         for layer in layers:
             for setting, choices in per_layer[layer.name].items():
                 if setting not in grouped and setting in allowed and _decides(setting, choices):
@@ -163,11 +163,13 @@ class SearchSpace:
         layers: Sequence[LayerInfo],
         per_layer: Mapping[str, Mapping[str, tuple[Any, ...]]],
         setting: str,
+        unit: str,
     ) -> list[Knob]:
         groups: dict[str, list[str]] = {}
         for layer in layers:
-            if layer.group is not None:
-                groups.setdefault(layer.group, []).append(layer.name)
+            key = layer.group if unit == "group" else layer.block
+            if key is not None:
+                groups.setdefault(key, []).append(layer.name)
         knobs = []
         for group, members in groups.items():
             default = (default_of(setting),)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from autocompress.compress.depth import DroppedBlock, drop_blocks, residual_blocks
+from autocompress.config import LayerConfig, Plan
 from tests.conftest import TinyResNet
 
 
@@ -83,3 +84,65 @@ def test_finding_blocks_leaves_the_model_and_its_mode_unchanged(
     assert tiny_resnet.training
     after = tiny_resnet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_space_offers_one_drop_decision_per_block_covering_its_layers(
+    tiny_resnet: TinyResNet, tiny_input: torch.Tensor
+) -> None:
+    from autocompress.space.discover import discover
+    from autocompress.space.spec import load_space
+
+    layers = discover(tiny_resnet, (tiny_input,))
+    assert {x.name: x.block for x in layers if x.block} == {
+        "layer1.conv1": "layer1",
+        "layer1.conv2": "layer1",
+    }
+    knobs = [k for k in load_space("runtime").knobs(layers) if k.setting == "drop_block"]
+    assert [(k.param, k.layers, k.choices) for k in knobs] == [
+        ("drop_block:layer1", ("layer1.conv1", "layer1.conv2"), (False, True))
+    ]
+
+
+def test_a_plan_drops_a_block_only_when_it_drops_every_layer_of_it(
+    tiny_resnet: TinyResNet, tiny_input: torch.Tensor
+) -> None:
+    from autocompress.compress.apply import apply
+
+    half = Plan(layers={"layer1.conv1": LayerConfig(drop_block=True)})
+    assert isinstance(apply(tiny_resnet, half, tiny_input).layer1, type(tiny_resnet.layer1))
+    whole = {n: LayerConfig(drop_block=True) for n in ("layer1.conv1", "layer1.conv2")}
+    assert isinstance(apply(tiny_resnet, Plan(layers=whole), tiny_input).layer1, DroppedBlock)
+
+
+def test_dropped_layers_leave_the_later_stages_the_size_and_the_latency_model(
+    tiny_resnet: TinyResNet, tiny_input: torch.Tensor
+) -> None:
+    """Pruned and int8 everywhere, block dropped: the later stages skip the dropped layers,
+    the size counts none of their weights and the latency model times none of their kernels."""
+    from autocompress.compress.apply import apply, bake, deploy
+    from autocompress.compress.size import compressed_size_bytes
+    from autocompress.latency.shapes import ModelShapes
+    from autocompress.space.discover import discover
+
+    everywhere = dict(keep_ratio=0.5, weight_bits=8, act_bits=8)
+    layers = {n: dict(everywhere) for n in ("stem.0", "layer1.conv1", "layer1.conv2")}
+    layers["layer1.conv1"].pop("keep_ratio")  # its own group, left whole
+    kept = Plan(layers={n: LayerConfig(**c) for n, c in layers.items()})
+    dropped = Plan(
+        layers={n: LayerConfig(**c, drop_block=n.startswith("layer1.")) for n, c in layers.items()}
+    )
+    built = apply(tiny_resnet, dropped, tiny_input)
+    assert isinstance(built.layer1, DroppedBlock)
+    assert built.stem[0].inner.out_channels == 8  # the stage after the drop pruned stem.0
+    out = deploy(built, dropped, tiny_input, [(tiny_input,)], compile=False)(tiny_input)
+    assert out.shape == (1, 10)
+
+    other = apply(tiny_resnet, kept, tiny_input)
+    gone = sum(p.numel() for p in other.layer1.parameters())
+    assert compressed_size_bytes(bake(built), dropped) < compressed_size_bytes(bake(other), kept)
+    assert gone > 0
+
+    shapes = ModelShapes.from_model(
+        tiny_resnet, (tiny_input,), discover(tiny_resnet, (tiny_input,))
+    )
+    assert len(shapes.kernels(dropped)) == len(shapes.kernels(kept)) - 2

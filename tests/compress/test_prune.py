@@ -20,7 +20,7 @@ from tests.conftest import TINY_GROUPS, TinyResNet
 def _group_plan(ratios: dict[str, float], round_to: int | None = None) -> Plan:
     """A plan giving every member of each named TinyResNet group the group's ratio."""
     return Plan(
-        layers={m: LayerConfig(r) for g, r in ratios.items() for m in TINY_GROUPS[g]},
+        layers={m: LayerConfig(keep_ratio=r) for g, r in ratios.items() for m in TINY_GROUPS[g]},
         round_to=round_to,
     )
 
@@ -45,7 +45,7 @@ def test_empty_plan_leaves_outputs_exactly_equal(
     before = _state(tiny_resnet)
     with torch.no_grad():
         expected = tiny_resnet(batch)
-    for plan in (Plan(), Plan(layers={"stem.0": LayerConfig(1.0)}), Plan(round_to=8)):
+    for plan in (Plan(), Plan(layers={"stem.0": LayerConfig(keep_ratio=1.0)}), Plan(round_to=8)):
         compressed = apply(tiny_resnet, plan, tiny_input)
         assert compressed is not tiny_resnet
         with torch.no_grad():
@@ -172,27 +172,32 @@ def test_pruning_the_output_layer_is_an_error(
     tiny_resnet: TinyResNet, tiny_input: torch.Tensor
 ) -> None:
     with pytest.raises(PlanError, match=r"layer 'fc' produces the model's output"):
-        apply(tiny_resnet, Plan(layers={"fc": LayerConfig(0.5)}), tiny_input)
+        apply(tiny_resnet, Plan(layers={"fc": LayerConfig(keep_ratio=0.5)}), tiny_input)
 
 
 def test_a_missing_layer_is_an_error(tiny_resnet: TinyResNet, tiny_input: torch.Tensor) -> None:
     with pytest.raises(
         PlanError, match=r"plan names layer 'layer9\.conv1', which this model does not have"
     ):
-        apply(tiny_resnet, Plan(layers={"layer9.conv1": LayerConfig(0.5)}), tiny_input)
+        apply(tiny_resnet, Plan(layers={"layer9.conv1": LayerConfig(keep_ratio=0.5)}), tiny_input)
 
 
 def test_a_layer_without_output_channels_is_an_error(
     tiny_resnet: TinyResNet, tiny_input: torch.Tensor
 ) -> None:
     with pytest.raises(PlanError, match=r"layer 'stem\.1' has no prunable output channels"):
-        apply(tiny_resnet, Plan(layers={"stem.1": LayerConfig(0.5)}), tiny_input)
+        apply(tiny_resnet, Plan(layers={"stem.1": LayerConfig(keep_ratio=0.5)}), tiny_input)
 
 
 def test_group_members_with_different_ratios_is_an_error(
     tiny_resnet: TinyResNet, tiny_input: torch.Tensor
 ) -> None:
-    plan = Plan(layers={"layer2.conv2": LayerConfig(0.5), "layer2.downsample.0": LayerConfig(0.25)})
+    plan = Plan(
+        layers={
+            "layer2.conv2": LayerConfig(keep_ratio=0.5),
+            "layer2.downsample.0": LayerConfig(keep_ratio=0.25),
+        }
+    )
     with pytest.raises(
         PlanError,
         match=r"layers layer2\.conv2, layer2\.downsample\.0 are pruned together .* "
@@ -205,7 +210,7 @@ def test_group_member_left_out_of_the_plan_is_an_error(
     tiny_resnet: TinyResNet, tiny_input: torch.Tensor
 ) -> None:
     with pytest.raises(PlanError, match=r"pruned together"):
-        apply(tiny_resnet, Plan(layers={"stem.0": LayerConfig(0.5)}), tiny_input)
+        apply(tiny_resnet, Plan(layers={"stem.0": LayerConfig(keep_ratio=0.5)}), tiny_input)
 
 
 def test_errors_are_raised_before_the_model_is_touched(
@@ -213,7 +218,7 @@ def test_errors_are_raised_before_the_model_is_touched(
 ) -> None:
     before = _state(tiny_resnet)
     with pytest.raises(PlanError):
-        prune_channels(tiny_resnet, Plan(layers={"fc": LayerConfig(0.5)}), (tiny_input,))
+        prune_channels(tiny_resnet, Plan(layers={"fc": LayerConfig(keep_ratio=0.5)}), (tiny_input,))
     assert _same_state(tiny_resnet.state_dict(), before)
 
 
@@ -233,5 +238,5 @@ def test_a_plan_error_leaves_the_training_mode_as_it_was(
 ) -> None:
     tiny_resnet.train()
     with pytest.raises(PlanError):
-        prune_channels(tiny_resnet, Plan(layers={"fc": LayerConfig(0.5)}), (tiny_input,))
+        prune_channels(tiny_resnet, Plan(layers={"fc": LayerConfig(keep_ratio=0.5)}), (tiny_input,))
     assert tiny_resnet.training

@@ -58,7 +58,7 @@ def _task(**overrides: object) -> Task:
 def _pruned(dense: TinyResNet) -> nn.Module:
     plan = Plan(
         layers={
-            m: LayerConfig(0.5)
+            m: LayerConfig(keep_ratio=0.5)
             for g in ("stem.0", "layer1.conv1", "layer2.conv1", "layer2.conv2")
             for m in TINY_GROUPS[g]
         }
@@ -293,14 +293,14 @@ def _closeness_to(reference: nn.Module) -> Callable[[nn.Module, object], float]:
 
 # One plan per method family, and all of them at once, on the tiny ResNet.
 _METHOD_PLANS = {
-    "prune": {"layer1.conv1": LayerConfig(0.5)},
+    "prune": {"layer1.conv1": LayerConfig(keep_ratio=0.5)},
     "lowrank": {"layer2.conv1": LayerConfig(rank_ratio=0.25)},
     "sparse": {"layer2.conv2": LayerConfig(sparsity=0.5)},
     "quant": {"layer1.conv1": LayerConfig(weight_bits=8, act_bits=8)},
     "int4": {"layer2.conv1": LayerConfig(weight_bits=4)},
 }
 _METHOD_PLANS["all"] = {k: v for plan in _METHOD_PLANS.values() for k, v in plan.items()} | {
-    "layer1.conv1": LayerConfig(0.5, weight_bits=8, act_bits=8)
+    "layer1.conv1": LayerConfig(keep_ratio=0.5, weight_bits=8, act_bits=8)
 }
 
 

@@ -29,7 +29,7 @@ def _study(baseline: dict[str, Any] | None = BASELINE) -> optuna.Study:
 
 
 def _plan(keep_ratio: float) -> dict[str, Any]:
-    return Plan(layers={"stem.0": LayerConfig(keep_ratio)}).to_dict()
+    return Plan(layers={"stem.0": LayerConfig(keep_ratio=keep_ratio)}).to_dict()
 
 
 def _tell(

@@ -40,8 +40,8 @@ def test_a_plan_that_cannot_be_built_is_marked_and_the_front_is_still_measured()
         "baseline", {"accuracy": 0.99, "latency_ms": 1.0, "size_bytes": 2000, "params": 500}
     )
     # Most accurate and, on paper, fastest: but its plan names a layer the model lacks.
-    broken = _tell(study, 0.99, 0.5, Plan(layers={"no.such.layer": LayerConfig(0.5)}))
-    pruned = _tell(study, 0.98, 0.6, Plan(layers={"3": LayerConfig(0.5)}))
+    broken = _tell(study, 0.99, 0.5, Plan(layers={"no.such.layer": LayerConfig(keep_ratio=0.5)}))
+    pruned = _tell(study, 0.98, 0.6, Plan(layers={"3": LayerConfig(keep_ratio=0.5)}))
     assert [c["trial"] for c in pareto_front(study)] == [broken]
 
     assert verify_front(study, ctx, show_progress=False) == 2

@@ -32,11 +32,11 @@ def test_fixed_trial_gives_the_expected_plan(knobs: list[Knob]) -> None:
     plan = plan_from_trial(trial, knobs, round_to=8)
     assert plan == Plan(
         layers={
-            "stem.0": LayerConfig(0.5),
-            "layer1.conv2": LayerConfig(0.5),
-            "layer2.conv1": LayerConfig(0.25),
-            "layer2.conv2": LayerConfig(0.75),
-            "layer2.downsample.0": LayerConfig(0.75),
+            "stem.0": LayerConfig(keep_ratio=0.5),
+            "layer1.conv2": LayerConfig(keep_ratio=0.5),
+            "layer2.conv1": LayerConfig(keep_ratio=0.25),
+            "layer2.conv2": LayerConfig(keep_ratio=0.75),
+            "layer2.downsample.0": LayerConfig(keep_ratio=0.75),
         },
         round_to=8,
     )

@@ -70,7 +70,7 @@ def test_default_space_resolves_on_the_tiny_resnet(tiny_layers: list[LayerInfo])
         (_space(defaults=[0.5, 1.0]), r"defaults must be a mapping"),
         (
             _space(defaults={"keep_ratios": [0.5]}),
-            r"defaults: unknown key 'keep_ratios'; knobs are: keep_ratio",
+            r"defaults: unknown key 'keep_ratios'; knobs are: drop_block, keep_ratio, rank_ratio",
         ),
         (_space(defaults={"keep_ratio": []}), r"defaults\.keep_ratio: expected a non-empty list"),
         (_space(defaults={"keep_ratio": 0.5}), r"defaults\.keep_ratio: expected a non-empty list"),
