@@ -249,6 +249,18 @@ def _budget_lines(fig: Figure, data: Data) -> None:
             )
 
 
+def _grid_layout(fig: Figure, *, rows: int, across: str) -> None:
+    """A layers-down heatmap's layout: a row per layer, categories across titled `across`."""
+    fig.update_layout(
+        template=TEMPLATE,
+        font=FONT,
+        height=max(260, 80 + 22 * rows),
+        margin={"l": 10, "r": 10, "t": 40, "b": 40},
+        xaxis={"title": across, "type": "category", "side": "bottom"},
+        yaxis={"autorange": "reversed", "type": "category", "automargin": True},
+    )
+
+
 def plan_heatmaps(data: Data) -> list[tuple[str, Figure]]:
     """One heatmap per knob the front's plans set: layers down, front candidates across.
 
@@ -285,14 +297,7 @@ def plan_heatmaps(data: Data) -> list[tuple[str, Figure]]:
                 ygap=1,
             )
         )
-        fig.update_layout(
-            template=TEMPLATE,
-            font=FONT,
-            height=max(260, 80 + 22 * len(layers)),
-            margin={"l": 10, "r": 10, "t": 40, "b": 40},
-            xaxis={"title": "front candidate (trial)", "type": "category", "side": "bottom"},
-            yaxis={"autorange": "reversed", "type": "category", "automargin": True},
-        )
+        _grid_layout(fig, rows=len(layers), across="front candidate (trial)")
         figures.append((knob, fig))
     return figures
 
@@ -333,12 +338,5 @@ def sensitivity_heatmap(data: Data) -> Figure | None:
             ygap=1,
         )
     )
-    fig.update_layout(
-        template=TEMPLATE,
-        font=FONT,
-        height=max(260, 80 + 22 * len(rows)),
-        margin={"l": 10, "r": 10, "t": 40, "b": 40},
-        xaxis={"title": "level (that change alone)", "type": "category", "side": "bottom"},
-        yaxis={"autorange": "reversed", "type": "category", "automargin": True},
-    )
+    _grid_layout(fig, rows=len(rows), across="level (that change alone)")
     return fig
