@@ -36,32 +36,39 @@ from autocompress.config import LayerConfig, Plan, Setting
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
 
-def _capture_inputs(
+def _capture(
     model: nn.Module, example_input: Inputs
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Every submodule's single tensor input and output on `example_input` (first call)."""
+    """Each submodule's single tensor input (copied before its forward, which may change it in
+    place) and output, on its first call with `example_input`."""
+    inputs: dict[str, torch.Tensor] = {}
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = []
     for name, module in model.named_modules():
-        if not name or not any(True for _ in module.parameters()):
+        if not name or _has_no_kernel(module):
             continue
 
-        def hook(mod: nn.Module, args: tuple, out: object, name: str = name) -> None:
-            if name in seen or len(args) != 1:
-                return
-            (x,) = args
-            if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
-                seen[name] = (x.detach().clone(), out.detach())
+        def before(mod: nn.Module, args: tuple, name: str = name) -> None:
+            if name not in inputs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+                inputs[name] = args[0].detach().clone()
 
-        hooks.append(module.register_forward_hook(hook))
+        def after(mod: nn.Module, args: tuple, out: object, name: str = name) -> None:
+            if name in inputs and name not in seen and isinstance(out, torch.Tensor):
+                seen[name] = (inputs[name], out.detach())
+
+        hooks += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     try:
         with torch.no_grad():
-            inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-            model(*inputs)
+            model(*(example_input if isinstance(example_input, tuple) else (example_input,)))
     finally:
         for h in hooks:
             h.remove()
     return seen
+
+
+def _has_no_kernel(module: nn.Module) -> bool:
+    """No Conv/Linear inside (BatchNorm alone, an activation): nothing to drop."""
+    return not any(isinstance(m, COMPRESSIBLE) for m in module.modules())
 
 
 def _is_identity_when_zeroed(module: nn.Module, x: torch.Tensor) -> bool:
@@ -74,7 +81,7 @@ def _is_identity_when_zeroed(module: nn.Module, x: torch.Tensor) -> bool:
 
 
 def residual_blocks(model: nn.Module, example_input: Inputs) -> list[str]:
-    """The residual blocks of `model` that can be dropped, innermost first found, in order.
+    """The residual blocks of `model` that can be dropped, in module order.
 
     Args:
         model: the model (not modified; run once in eval mode on `example_input`).
@@ -87,23 +94,18 @@ def residual_blocks(model: nn.Module, example_input: Inputs) -> list[str]:
     was_training = model.training
     model.eval()
     try:
-        captured = _capture_inputs(model, example_input)
+        captured = _capture(model, example_input)
     finally:
         model.train(was_training)
     found = [
         name
-        for name, (x, out) in captured.items()
-        if out.shape == x.shape
-        and _is_identity_when_zeroed(model.get_submodule(name), x)
-        and not _is_identity_when_zeroed_trivially(model.get_submodule(name))
+        for name, module in model.named_modules()
+        if name in captured
+        and captured[name][1].shape == captured[name][0].shape
+        and _is_identity_when_zeroed(module, captured[name][0])
     ]
     # Keep the innermost: drop a container only by dropping its blocks.
     return [n for n in found if not any(o.startswith(n + ".") for o in found)]
-
-
-def _is_identity_when_zeroed_trivially(module: nn.Module) -> bool:
-    """A module with no kernel of its own (BatchNorm alone, a norm layer) is not a block."""
-    return not any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear) for m in module.modules())
 
 
 class DroppedBlock(nn.Module):

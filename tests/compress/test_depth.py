@@ -146,3 +146,13 @@ def test_dropped_layers_leave_the_later_stages_the_size_and_the_latency_model(
         tiny_resnet, (tiny_input,), discover(tiny_resnet, (tiny_input,))
     )
     assert len(shapes.kernels(dropped)) == len(shapes.kernels(kept)) - 2
+
+
+def test_a_block_that_changes_its_input_in_place_is_judged_on_the_input_it_was_given() -> None:
+    class InPlace(_Shortcut):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu_(x)  # clobbers the caller's tensor: relu(x) + f(x) is not x + f(x)
+            return x + self.conv(x)
+
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), InPlace())
+    assert residual_blocks(model, torch.randn(1, 1, 8, 8)) == []
