@@ -156,3 +156,21 @@ def test_a_block_that_changes_its_input_in_place_is_judged_on_the_input_it_was_g
 
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), InPlace())
     assert residual_blocks(model, torch.randn(1, 1, 8, 8)) == []
+
+
+def test_a_module_that_cannot_run_on_its_input_alone_is_not_a_block() -> None:
+    class NeedsMask(_Shortcut):
+        def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+            if mask is None:
+                raise ValueError("called without its mask")
+            return x + self.conv(x) * mask
+
+    class Caller(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.block = nn.Conv2d(1, 16, 3, padding=1), NeedsMask()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.block(self.stem(x), mask=torch.ones(1))
+
+    assert residual_blocks(Caller(), torch.randn(1, 1, 8, 8)) == []
