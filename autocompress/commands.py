@@ -55,11 +55,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from autocompress.optimize.early_stop import describe_stopped
     from autocompress.optimize.failures import describe_failures, failed_trials
     from autocompress.optimize.pareto import alternatives, baseline_row, pareto_front
+    from autocompress.optimize.record import read
     from autocompress.optimize.study import load_study
     from autocompress.report.table import front_table
 
     study = load_study(args.study, args.storage)
-    front = pareto_front(study)
+    record = read(study)
+    front = pareto_front(study, record)
     failures = describe_failures(failed_trials(study)) + describe_stopped(study)
     failures += [
         f"#{c['trial']} is on the front but could not be built to measure it: {c['verify_error']}"
@@ -72,12 +74,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
         for line in failures:
             print(line, file=sys.stderr)
         return 0
-    baseline = baseline_row(study)
+    baseline = baseline_row(study, record)
     if baseline is None:
         print(f"study {args.study!r} has no finished trial yet", file=sys.stderr)
     else:
         title = f"Pareto front of study {args.study}"
-        table = front_table(baseline, front, title=title, alternatives=alternatives(study))
+        table = front_table(baseline, front, title=title, alternatives=alternatives(study, record))
         _console().print(table)
     for line in failures:
         print(line)

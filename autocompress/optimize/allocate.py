@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -38,6 +38,9 @@ from autocompress.latency.predictor import LatencyPredictor
 from autocompress.space.spec import Knob
 from autocompress.space.uniform import uniform_params
 from autocompress.task import Task
+
+if TYPE_CHECKING:
+    from autocompress.evaluate.sensitivity import Sensitivity
 
 # The cost of a move measured at zero or below (noise): tiny, so that free time
 # is taken first, but positive, so that ratios stay finite and ordered by the time saved.
@@ -255,7 +258,7 @@ def allocation_seeds(
     round_to: int | None,
     points: int = 10,
     show_progress: bool = False,
-) -> tuple[list[Allocation], Path]:
+) -> tuple[list[Allocation], Sensitivity, Path]:
     """The allocated plans a new study starts from, beside the uniform warm starts.
 
     Args:
@@ -270,7 +273,7 @@ def allocation_seeds(
         show_progress: draw a progress bar while the sensitivity is measured.
 
     Returns:
-        (the allocations, the sensitivity file they were allocated from).
+        (the allocations, the sensitivity they were allocated from, its cache file).
     """
     from optuna.trial import FixedTrial
 
@@ -288,4 +291,4 @@ def allocation_seeds(
         except ValueError:  # a regime the profile has no plan of: never a step
             return math.inf
 
-    return allocate(knobs, measured.cost, predict_ms, points=points), path
+    return allocate(knobs, measured.cost, predict_ms, points=points), measured, path

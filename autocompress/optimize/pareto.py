@@ -145,9 +145,10 @@ def pareto_front(study: optuna.Study, record: StudyRecord | None = None) -> list
     return unique
 
 
-def baseline_row(study: optuna.Study) -> Candidate | None:
-    """The dense model as a row of the same shape as a candidate (trial None)."""
-    b = read(study).baseline
+def baseline_row(study: optuna.Study, record: StudyRecord | None = None) -> Candidate | None:
+    """The dense model as a row of the same shape as a candidate (trial None); `record`: the
+    study's, when the caller has read it already."""
+    b = (record or read(study)).baseline
     if b is None:
         return None
     return {
@@ -174,6 +175,7 @@ def baseline_row(study: optuna.Study) -> Candidate | None:
     }
 
 
-def alternatives(study: optuna.Study) -> list[dict[str, Any]]:
-    """The study's plain alternatives (label, latency_ms, ratio, accuracy; or label, error)."""
-    return list(read(study).alternatives)
+def alternatives(study: optuna.Study, record: StudyRecord | None = None) -> list[dict[str, Any]]:
+    """The study's plain alternatives (label, latency_ms, ratio, accuracy; or label, error);
+    `record`: the study's, when the caller has read it already."""
+    return list((record or read(study)).alternatives)

@@ -320,17 +320,18 @@ def search(
         )
     if not worker:
         verify_front(the_study, ctx, show_progress=show_progress)
+    final = record.read(the_study)
     return SearchResult(
         study=study_name,
         storage=storage or "sqlite:///reports/autocompress.db",
-        front=pareto_front(the_study),
-        baseline=baseline_row(the_study) or {},
+        front=pareto_front(the_study, final),
+        baseline=baseline_row(the_study, final) or {},
         budget=budget,
         trials_run=run,
         trials_failed=failed,
         trials_stopped=stopped,
         notes=notes,
-        alternatives=alternatives_of(the_study),
+        alternatives=alternatives_of(the_study, final),
     )
 
 
@@ -342,9 +343,7 @@ def _seed_allocations(
     from autocompress.optimize.allocate import allocation_seeds
 
     assert ctx.predictor is not None
-    from autocompress.evaluate.sensitivity import Sensitivity
-
-    seeds, path = allocation_seeds(
+    seeds, measured, path = allocation_seeds(
         ctx.dense,
         ctx.task,
         ctx.knobs,
@@ -354,7 +353,6 @@ def _seed_allocations(
         round_to=ctx.round_to,
         show_progress=show_progress,
     )
-    measured = Sensitivity.from_json(path.read_text(encoding="utf-8"))
     record.write_sensitivity(
         study,
         metric_name=measured.metric_name,

@@ -131,11 +131,12 @@ def _trial_rows(
     """Every COMPLETE trial with the flags the front plot greys by."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     over = {t.number: violations(t, record) for t in done}
-    pool = [_figures(t, record) for t in ([t for t in done if not over[t.number]] or done)]
+    figures = {t.number: _figures(t, record) for t in done}
+    pool = [figures[t.number] for t in ([t for t in done if not over[t.number]] or done)]
     on_front = {c["trial"] for c in front}
     rows = []
     for t in done:
-        accuracy, latency_ms, size = _figures(t, record)
+        accuracy, latency_ms, size = figures[t.number]
         is_feasible = not over[t.number]
         dominated = any(dominates(p, (accuracy, latency_ms, size)) for p in pool)
         if t.number in on_front:
@@ -355,8 +356,8 @@ def report_data(study: optuna.Study, *, storage_url: str | None = None) -> dict[
     ]
     return {
         "meta": _meta(study, record),
-        "baseline": baseline_row(study),
-        "alternatives": alternatives(study),
+        "baseline": baseline_row(study, record),
+        "alternatives": alternatives(study, record),
         "budget": {
             "latency_ms": budget.latency_ms,
             "size_bytes": budget.size_bytes,
