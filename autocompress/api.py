@@ -24,13 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def _with_report(search: Callable[P, SearchResult]) -> Callable[P, SearchResult]:
-    """`search`, whose result (unless it ran as a worker) comes with the study's report."""
+    """`search`, whose result comes with the study's report."""
 
     @functools.wraps(search)
     def search_and_report(*args: P.args, **kwargs: P.kwargs) -> SearchResult:
         result = search(*args, **kwargs)
-        if kwargs.get("worker"):  # the parent process writes it
-            return result
         storage = kwargs.get("storage")
         assert storage is None or isinstance(storage, str)
         return replace(result, report=_report(result.study, storage))

@@ -9,6 +9,9 @@ uniformly to every eligible layer found by `discover`:
   warning; the warnings are suppressed here and counted in the "skipped" column);
 - sparse: 50% and 90% unstructured, 2:4;
 - quant: (8, 8) static int8, (16, 32) bf16, (4, 32) int4 weights;
+- share: 256, 64 and 16 shared values per layer (k-means codebook);
+- gradual: keep 0.5 and 0.25 with the channels removed along the first half (or 3/4) of the
+  fine-tune instead of before it (compare with the prune rows at the same keep ratio);
 
 plus the dense model. Per row:
 
@@ -68,6 +71,13 @@ METHODS: list[tuple[str, str, LayerConfig]] = [
     ("quant", "int8 w8a8", LayerConfig(weight_bits=8, act_bits=8)),
     ("quant", "bf16 w16a32", LayerConfig(weight_bits=16)),
     ("quant", "int4 w4a32", LayerConfig(weight_bits=4)),
+    ("share", "256 values", LayerConfig(share_values=256)),
+    ("share", "64 values", LayerConfig(share_values=64)),
+    ("share", "16 values", LayerConfig(share_values=16)),
+    # gradual pruning: the same widths as the prune rows, removed along the fine-tune
+    ("gradual", "keep 0.5, ramp 0.5", LayerConfig(keep_ratio=0.5, prune_ramp=0.5)),
+    ("gradual", "keep 0.5, ramp 0.75", LayerConfig(keep_ratio=0.5, prune_ramp=0.75)),
+    ("gradual", "keep 0.25, ramp 0.5", LayerConfig(keep_ratio=0.25, prune_ramp=0.5)),
 ]
 
 
@@ -105,7 +115,7 @@ def _caller(model: object, inputs: tuple[torch.Tensor, ...]):
 
 
 def _plan(layers, method: str, config: LayerConfig) -> Plan:
-    if method == "prune":
+    if method in ("prune", "gradual"):
         eligible = [info.name for info in layers if info.prunable]
     else:
         eligible = [info.name for info in layers]

@@ -1,5 +1,5 @@
 """The one module-swap helper every transform uses, name resolution for planned layers, and
-baking a parametrized weight."""
+baking a parametrized module."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 # Layers whose weights a plan may quantize: embedding tables too (token lookups, no kernel).
@@ -44,20 +43,22 @@ def leaves(
             yield f"{name}.{sub}", child
 
 
-def bake_weight(module: nn.Module) -> None:
-    """Make a parametrized `weight` a plain Parameter holding its effective value, in place:
-    `remove_parametrizations(leave_parametrized=True)` without touching the shared class.
+def bake_parametrized(module: nn.Module) -> None:
+    """Make every parametrized tensor of `module` (a sparsity mask on its weight, gradual
+    pruning's channel mask on its weight and bias) a plain Parameter holding its effective
+    value, in place: `remove_parametrizations(leave_parametrized=True)` for each, without
+    touching the shared class.
 
     `copy.deepcopy` keeps a parametrized module's generated class, and torch's removal deletes
-    the `weight` property from that class: baking a copy would break the original. So the
-    module is switched back to its plain class and given the effective weight directly.
+    the tensor's property from that class: baking a copy would break the original. So the
+    module is switched back to its plain class and given the effective tensors directly.
     """
-    if set(module.parametrizations) != {"weight"}:  # other tensors parametrized: torch's way
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-        return
     with torch.no_grad():
-        effective = module.weight.detach().clone()
-    requires_grad = module.parametrizations["weight"].original.requires_grad
+        effective = {
+            name: (getattr(module, name).detach().clone(), plist.original.requires_grad)
+            for name, plist in module.parametrizations.items()
+        }
     del module._modules["parametrizations"]
     module.__class__ = module.__class__.__bases__[0]
-    module.weight = nn.Parameter(effective, requires_grad=requires_grad)
+    for name, (value, requires_grad) in effective.items():
+        setattr(module, name, nn.Parameter(value, requires_grad=requires_grad))

@@ -93,3 +93,26 @@ def coupling_groups(model: nn.Module, graph: Any) -> list[tuple[str, list[str]]]
         if members:
             groups.append((members[0], members))
     return sorted(groups, key=lambda g: order[g[0]])
+
+
+def out_channel_fn(module: nn.Module, graph: Any) -> Any:
+    """torch-pruning's function that removes `module`'s output channels."""
+    import torch_pruning as tp
+
+    if isinstance(module, nn.LSTM):  # the graph's own (customized) LSTM pruner
+        return graph.get_pruner_of_module(module).prune_out_channels
+    if isinstance(module, nn.Linear):
+        return tp.prune_linear_out_channels
+    assert isinstance(module, PRUNABLE)
+    return tp.prune_conv_out_channels
+
+
+def group_importance(graph: Any, leader: nn.Module, channels: int) -> torch.Tensor:
+    """Each of `leader`'s output channels' importance: the L2 magnitude over its whole
+    coupling group (torch-pruning's `GroupMagnitudeImportance`)."""
+    import torch_pruning as tp
+
+    group = graph.get_pruning_group(
+        leader, out_channel_fn(leader, graph), idxs=list(range(channels))
+    )
+    return tp.importance.GroupMagnitudeImportance(p=2)(group)

@@ -75,6 +75,43 @@ class Offers:
 Pick = Callable[[Sequence[Any]], Any]
 
 
+class Schedule(ABC):
+    """A training-time form that changes over the fine-tune (gradual pruning's masks): the
+    fine-tune calls `begin` before its first step, `advance` after each, `finish` at the end.
+    A method attaches it to the model it applies to (`attach_schedule`)."""
+
+    @abstractmethod
+    def begin(self, steps: int) -> None:
+        """A fine-tune of `steps` steps begins."""
+
+    @abstractmethod
+    def advance(self, step: int) -> None:
+        """Fine-tune step `step` (from 1) is done."""
+
+    @abstractmethod
+    def finish(self) -> None:
+        """The fine-tune ended (or there is none): reach the plan's final form."""
+
+
+_SCHEDULES = "_autocompress_schedules"  # a plain attribute: copied with the model, not saved
+
+
+def attach_schedule(model: nn.Module, schedule: Schedule) -> None:
+    """Attach a schedule to `model` (a deep copy of the model copies it)."""
+    model.__dict__.setdefault(_SCHEDULES, []).append(schedule)
+
+
+def schedules(model: nn.Module) -> list[Schedule]:
+    """The schedules attached to `model`."""
+    return list(model.__dict__.get(_SCHEDULES, []))
+
+
+def detach_schedules(model: nn.Module, done: Collection[Schedule]) -> None:
+    """Detach schedules whose training-time form was baked away."""
+    kept = [s for s in schedules(model) if all(s is not d for d in done)]
+    model.__dict__[_SCHEDULES] = kept
+
+
 class Method(ABC):
     """A compression method. Only `apply` is required; everything else defaults to "this
     method does not do that" (no kernel change, no storage change, no uniform level).

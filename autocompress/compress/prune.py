@@ -12,6 +12,7 @@ count is updated afterwards. FFN width is the group of the intermediate projecti
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from statistics import mean
 from typing import Any, ClassVar
@@ -24,11 +25,14 @@ from autocompress.compress.coupling import (
     coupling_groups,
     dependency_graph,
     features,
+    group_importance,
+    out_channel_fn,
     output_layers,
 )
+from autocompress.compress.gradual import Ramp, bake_ramps, check_ramp, ramp_channels, why_not_ramp
 from autocompress.compress.method import Applying, KernelEffect, Method, Offers, Values, register
 from autocompress.config import LayerConfig, Plan, Setting, number
-from autocompress.errors import PlanError
+from autocompress.errors import PlanError, PlanWarning
 
 
 def _check_keep(value: Any) -> str | None:
@@ -39,8 +43,10 @@ def _check_keep(value: Any) -> str | None:
 
 @register
 class Prune(Method):
-    """Structured channel pruning. Knob `keep_ratio`: the fraction of output channels kept,
-    in (0, 1]; 1.0 = off. Decided once per coupling group (layers pruned together)."""
+    """Structured channel pruning. Knobs, each decided once per coupling group (layers pruned
+    together): `keep_ratio`, the fraction of output channels kept, in (0, 1], 1.0 = off; and
+    `prune_ramp`, the fraction of the fine-tune over which they go (`compress/gradual.py`),
+    in [0, 1), 0 = all before it."""
 
     name = "prune"
     stage = 10
@@ -48,13 +54,38 @@ class Prune(Method):
     settings = (
         Setting("keep_ratio", 1.0, _check_keep, levels=(0.75, 0.5, 0.25),
                 layer_types=frozenset({"Conv1d", "Conv2d", "Linear", "LSTM"}), decided_per="group"),
+        Setting("prune_ramp", 0.0, check_ramp, levels=(0.5, 0.75),
+                layer_types=frozenset({"Conv1d", "Conv2d", "Linear"}), decided_per="group"),
     )  # fmt: skip
     fastest: ClassVar[dict[str, Any]] = {"keep_ratio": min}
     smallest: ClassVar[dict[str, Any]] = {"keep_ratio": min}
 
+    def rule(self, values: Values) -> str | None:
+        """A ramped layer is neither factorized nor shared (both replace the masked weight)."""
+        if values["prune_ramp"] > 0 and (values["rank_ratio"] < 1 or values["share_values"]):
+            return "prune_ramp needs rank_ratio 1 and share_values 0 (both replace the weight)"
+        return None
+
+    def repair(self, values: dict[str, Any]) -> None:
+        """No ramp where nothing is pruned, or where the layer is factorized or shared."""
+        if (
+            values.get("keep_ratio", 1.0) >= 1.0
+            or values.get("rank_ratio", 1.0) < 1.0
+            or values.get("share_values", 0)
+        ):
+            values.pop("prune_ramp", None)
+
+    def active(self, cfg: LayerConfig) -> bool:
+        """On where channels are pruned (a ramp alone prunes nothing)."""
+        return cfg.keep_ratio < 1.0
+
     def apply(self, model: nn.Module, plan: Plan, context: Applying) -> None:
-        """Remove the planned channels (`prune_channels`)."""
+        """Remove the planned channels, or mask them for a ramp (`prune_channels`)."""
         prune_channels(model, plan, context.inputs)
+
+    def bake(self, model: nn.Module) -> None:
+        """The channels still masked (gradual pruning) removed for real."""
+        bake_ramps(model)
 
     def kernel_effect(self, cfg: LayerConfig) -> KernelEffect:
         """Fewer output channels."""
@@ -76,9 +107,12 @@ class Prune(Method):
         return levels if every else [(k, v) for k, v in levels if v["keep_ratio"] >= 0.3]
 
     def summary(self, configs: Sequence[Values]) -> list[str]:
-        """'keep 0.62 x9': the mean keep ratio over the layers pruned."""
+        """'keep 0.62 x9': the mean keep ratio over the layers pruned; 'gradual x3': those
+        pruned along a ramp."""
         keeps = [c["keep_ratio"] for c in configs if "keep_ratio" in c]
-        return [f"keep {mean(keeps):.2f} x{len(keeps)}"] if keeps else []
+        ramps = sum(1 for c in configs if c.get("prune_ramp", 0) and "keep_ratio" in c)
+        parts = [f"keep {mean(keeps):.2f} x{len(keeps)}"] if keeps else []
+        return parts + ([f"gradual x{ramps}"] if ramps else [])
 
 
 def kept_channels(channels: int, keep_ratio: float, round_to: int | None = None) -> int:
@@ -143,13 +177,18 @@ def group_multiples(model: nn.Module, groups: list[tuple[str, list[str]]]) -> di
 def prune_channels(model: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...]) -> nn.Module:
     """Remove output channels in place so every coupling group keeps its planned ratio.
 
+    A group with a `prune_ramp` is masked at its final width instead, to be pruned
+    gradually by the fine-tune (`compress/gradual.py`); one whose mask could not be exact is
+    pruned at once, with a plan note.
+
     Args:
         model: the model to prune (modified in place).
-        plan: per-layer `keep_ratio`; all layers of one coupling group must agree.
+        plan: per-layer `keep_ratio` and `prune_ramp`; all layers of one coupling group must
+            agree.
         inputs: an example input, to trace the dependency graph.
 
     Returns:
-        The same model object, physically smaller.
+        The same model object, physically smaller (or masked, for the ramped groups).
 
     Raises:
         PlanError: a layer in the plan does not exist, cannot be pruned (the output layer),
@@ -167,23 +206,40 @@ def prune_channels(model: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...
     try:
         graph = dependency_graph(model, inputs)
         multiples = group_multiples(model, coupling_groups(model, graph))
-        for leader_name, keep_ratio in _group_ratios(model, graph, wanted):
+        ramps = []
+        factorized = [modules[n] for n, c in plan.layers.items() if c.rank_ratio < 1.0]
+        for leader_name, keep_ratio, ramp in group_ratios(model, graph, wanted, plan):
             leader = modules[leader_name]
             channels = features(leader)[1]
             unit = multiples.get(leader_name, 1)
             kept = kept_channels(channels, keep_ratio, multiples.get(leader_name, plan.round_to))
+            if kept < channels and ramp != 0:
+                why = "its layers disagree on prune_ramp" if ramp < 0 else None
+                why = why or ("it is pruned in whole heads" if unit > 1 else None)
+                why = why or why_not_ramp(graph, leader, channels, reshaped=factorized)
+                if why is None:
+                    ramps.append(Ramp(leader_name, channels - kept, ramp))
+                    continue
+                warnings.warn(
+                    f"group {leader_name!r} pruned at once, not gradually: {why}",
+                    PlanWarning,
+                    stacklevel=2,
+                )
             if kept < channels:
                 _drop_least_important(graph, leader, channels, channels - kept, unit=unit)
         _update_head_counts(model)
+        ramp_channels(model, ramps, inputs)  # after every removal: masks block resizing
     finally:
         model.train(was_training)
     return model
 
 
-def _group_ratios(
-    model: nn.Module, graph: Any, wanted: dict[str, float]
-) -> list[tuple[str, float]]:
-    """(group leader, keep ratio) for every group the plan prunes, after checking the plan.
+def group_ratios(
+    model: nn.Module, graph: Any, wanted: dict[str, float], plan: Plan
+) -> list[tuple[str, float, float]]:
+    """(group leader, keep ratio, ramp) for every group the plan prunes, after checking the
+    plan (`wanted`: layer -> keep ratio below 1); the ramp is -1 where the group's layers
+    disagree on it.
 
     A layer the plan does not name keeps 1.0, so a plan that names only some members of a
     group disagrees with itself and is refused rather than silently pruning the others.
@@ -211,7 +267,9 @@ def _group_ratios(
                 f"layers {', '.join(members)} are pruned together and need one keep_ratio, "
                 f"but the plan gives {given}"
             )
-        per_group.append((leader, ratios.pop()))
+        # A ramp needs every member (a factorized member has none): else -1, pruned at once.
+        ramps = {plan.config(m).prune_ramp for m in members}
+        per_group.append((leader, ratios.pop(), ramps.pop() if len(ramps) == 1 else -1.0))
     return per_group
 
 
@@ -220,13 +278,10 @@ def _drop_least_important(
 ) -> None:
     """Remove the `count` of `channels` output channels of `leader`'s group with the lowest
     L2 importance, in blocks of `unit` consecutive channels (whole attention heads)."""
-    import torch_pruning as tp
 
-    prune_fn = _out_channel_fn(leader, graph)
+    prune_fn = out_channel_fn(leader, graph)
     with torch.no_grad():
-        scores = tp.importance.GroupMagnitudeImportance(p=2)(
-            graph.get_pruning_group(leader, prune_fn, idxs=list(range(channels)))
-        )
+        scores = group_importance(graph, leader, channels)
         blocks = scores.reshape(channels // unit, unit).sum(dim=1)
         dropped = torch.argsort(blocks)[: count // unit].tolist()
         drop = sorted(b * unit + i for b in dropped for i in range(unit))
@@ -240,17 +295,6 @@ def _update_head_counts(model: nn.Module) -> None:
         attention.num_attention_heads = width // head_size
         if hasattr(attention, "all_head_size"):
             attention.all_head_size = width
-
-
-def _out_channel_fn(module: nn.Module, graph: Any):
-    import torch_pruning as tp
-
-    if isinstance(module, nn.LSTM):  # the graph's own (customized) LSTM pruner
-        return graph.get_pruner_of_module(module).prune_out_channels
-    if isinstance(module, nn.Linear):
-        return tp.prune_linear_out_channels
-    assert isinstance(module, PRUNABLE)
-    return tp.prune_conv_out_channels
 
 
 def channel_counts(model: nn.Module) -> dict[str, int]:

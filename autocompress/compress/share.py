@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from autocompress.compress._swap import bake_weight, leaves
+from autocompress.compress._swap import bake_parametrized, leaves
 from autocompress.compress.method import Applying, Method, Offers, Values, register
 from autocompress.config import LayerConfig, Plan, Setting
 
@@ -135,7 +135,7 @@ class Share(Method):
             if parametrize.is_parametrized(module, "weight") and any(
                 isinstance(p, SharedWeight) for p in module.parametrizations.weight
             ):
-                bake_weight(module)
+                bake_parametrized(module)
 
     def refusal(self, module: nn.Module, setting: str, value: Any) -> str | None:
         """No sharing that stores more bytes than the float weight (a tiny layer)."""

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from autocompress.compress._swap import bake_weight, leaves
+from autocompress.compress._swap import bake_parametrized, leaves
 from autocompress.errors import PlanWarning
 from autocompress.hardware.timing import measure_latency
 
@@ -177,7 +177,7 @@ def bake(model: nn.Module) -> None:
     """
     for module in model.modules():
         if _existing_mask(module) is not None:
-            bake_weight(module)
+            bake_parametrized(module)
 
 
 def weight_bytes_by_format(weight: Tensor, *, bits: int = 32) -> dict[str, int]:

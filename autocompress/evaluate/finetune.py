@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from autocompress.compress.method import schedules
 from autocompress.errors import AutocompressError
 from autocompress.task import Task
 
@@ -165,7 +166,9 @@ def finetune(
     """Train `student` for `steps` batches of `task.train`, distilling from `teacher`.
 
     BatchNorm is recalibrated before (pruning leaves stale statistics) and after. The
-    validation split is never touched.
+    validation split is never touched. The student's schedules (`compress.method.Schedule`,
+    gradual pruning's masks) begin with the first step, advance after each and finish after
+    the last; with 0 steps they stay as applied (their final form).
 
     Args:
         student: the compressed model (trained in place).
@@ -197,7 +200,10 @@ def finetune(
         student.eval()
         with torch.no_grad():
             before = (float(task.metric(student, check)), copy.deepcopy(student.state_dict()))
+    ramps = schedules(student)
     if steps > 0:
+        for schedule in ramps:
+            schedule.begin(steps)
         if teacher_outputs is None:
             teacher_outputs = TeacherOutputs(teacher, max_bytes=0)
         elif teacher_outputs.teacher is not teacher:
@@ -206,7 +212,7 @@ def finetune(
         if lr is None:
             lr = task.finetune_lr if task.finetune_lr is not None else DEFAULT_LR
         optimizer = torch.optim.Adam(student.parameters(), lr=lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         batches = itertools.cycle(task.train)
         for step in range(1, steps + 1):
             x, y = next(batches)
@@ -222,9 +228,13 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            lr_schedule.step()
+            for schedule in ramps:
+                schedule.advance(step)
             if on_step is not None:
                 on_step(step, loss_value)
+        for schedule in ramps:
+            schedule.finish()
         recalibrate_batchnorm(student, task.train)
     student.eval()
     kept = True

@@ -1,12 +1,11 @@
-"""The search behind `autocompress.search()`: run (or continue) a study and return its Pareto
-front (`autocompress.api` adds the HTML report)."""
+"""The search behind `autocompress.search()`: prepare (or continue) a study, run its trials,
+verify its front, and return it (`autocompress.api` adds the HTML report)."""
 
 from __future__ import annotations
 
-import math
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from autocompress.optimize.objectives import (
     SearchContext,
     measure_baseline,
 )
+from autocompress.optimize.options import DEFAULT_MODEL, SearchOptions
 from autocompress.optimize.pareto import Candidate, baseline_row, pareto_front
 from autocompress.optimize.pareto import alternatives as alternatives_of
 from autocompress.optimize.reach import reachability_notes
@@ -42,14 +42,12 @@ from autocompress.optimize.study import (
 )
 from autocompress.optimize.trial_loop import failure_reason, run_trials
 from autocompress.optimize.verify import verify_front
-from autocompress.optimize.workers import check_picklable, run_workers, split_trials
+from autocompress.optimize.workers import check_picklable, run_workers
 from autocompress.resolve import check_task_fits, model_label, resolve_model, resolve_task
 from autocompress.space.discover import discover
 from autocompress.space.spec import SearchSpace, load_space, settings_for_methods
 from autocompress.space.uniform import uniform_plans
 from autocompress.task import Task
-
-DEFAULT_MODEL = "digits-resnet"
 
 
 @dataclass(frozen=True)
@@ -118,7 +116,6 @@ def search(
     show_progress: bool = True,
     workers: int = 1,
     heartbeat_s: int | None = DEFAULT_HEARTBEAT_S,
-    worker: bool = False,
     alternatives: bool = True,
     early_stop: bool = False,
     warm_start: bool = True,
@@ -158,8 +155,6 @@ def search(
             workers on other machines are more searches on the same study and storage.
         heartbeat_s: seconds between a running trial's heartbeats; a trial silent for twice
             as long (its worker was killed) is failed and queued again. None: no heartbeats.
-        worker: this call is one of `workers` processes: no notes, no report (the parent
-            process prints and writes them).
         alternatives: measure the target's plain alternatives (the dense model in the
             target's runtime at fp32 and int8) beside the front; False skips them.
         early_stop: stop a trial's fine-tune at its rung (a quarter of its steps) when even
@@ -177,67 +172,93 @@ def search(
         `autocompress.search` adds the path of the study's HTML report (None where it could
         not be written).
     """
+    options = SearchOptions(
+        model=model, task=task, target=target, threads=threads, budget=budget, space=space,
+        methods=methods, trials=trials, timeout_s=timeout_s, sampler=sampler,
+        finetune_steps=finetune_steps, seed=seed, study=study, storage=storage,
+        batch_size=batch_size, train_threads=train_threads, latency=latency,
+        show_progress=show_progress, workers=workers, heartbeat_s=heartbeat_s,
+        alternatives=alternatives, early_stop=early_stop, warm_start=warm_start,
+        allocate=allocate,
+    )  # fmt: skip
+    prepared = prepare(options)
+    counts = run(prepared)
+    verify_front(prepared.study, prepared.ctx, show_progress=options.show_progress)
+    return result(prepared, counts)
+
+
+@dataclass
+class Prepared:
+    """A study ready for its trials: the options, the open study, what trials are scored with
+    (`SearchContext`), the budget, and the notes to print."""
+
+    options: SearchOptions
+    name: str
+    storage: Any
+    study: optuna.Study
+    ctx: SearchContext
+    budget: Budget
+    notes: list[str]
+
+
+def prepare(options: SearchOptions, *, worker: bool = False) -> Prepared:
+    """Check the options, load the model, open (or continue) the study, and make everything
+    its trials need: the dense baseline, the latency predictor (profiled when not cached), the
+    plain alternatives and the warm starts.
+
+    Args:
+        options: the search's options.
+        worker: one of `--workers`' processes: the parent measured the alternatives, seeded
+            the study and prints the notes, so this one does none of that.
+
+    Returns:
+        The prepared search.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar says what matters
-    if trials < 1:
-        raise UserInputError(f"--trials must be at least 1, got {trials}")
-    if finetune_steps < 0:
-        raise UserInputError(f"--finetune-steps must be 0 or more, got {finetune_steps}")
-    if train_threads is not None and train_threads < 1:
-        raise UserInputError(f"--train-threads must be at least 1, got {train_threads}")
-    if latency not in ("predicted", "measured"):
-        raise UserInputError(f"--latency must be predicted or measured, got {latency!r}")
-    if batch_size < 1:  # checked again where the batch is built; here before any model loads
-        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
-    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
-        raise UserInputError(f"--timeout must be a positive number of seconds, got {timeout_s}")
-    if not 0 <= seed < 2**32:
-        raise UserInputError(f"--seed must be in 0 .. {2**32 - 1}, got {seed}")
-    if heartbeat_s is not None and heartbeat_s < 1:
-        raise UserInputError(f"--heartbeat must be at least 1 second, got {heartbeat_s}")
-    split_trials(trials, workers)  # validates --workers before anything is loaded
-    if sampler not in ("nsga2", "tpe", "random"):
-        make_sampler(sampler, seed=seed, population_size=2)  # raises the listing error
+    o = options
+    o.check()
     # Bad space files and methods fail before a storage (a new database) is opened.
-    hw = resolve_target(target, threads=threads)
-    the_space = space if isinstance(space, SearchSpace) else load_space(space or hw.space)
-    settings_for_methods(methods)
-    study_name = study or f"{model_label(model)}-{hw.name}"
+    hw = resolve_target(o.target, threads=o.threads)
+    the_space = o.space if isinstance(o.space, SearchSpace) else load_space(o.space or hw.space)
+    settings_for_methods(o.methods)
+    study_name = o.study or f"{model_label(o.model)}-{hw.name}"
     identity = {
-        "model": model_label(model),
+        "model": model_label(o.model),
         "target": hw.name,
-        "threads": threads,
-        "batch_size": batch_size,
+        "threads": o.threads,
+        "batch_size": o.batch_size,
     }
     # A study that exists is checked before any model is loaded; a new SQLite database is
     # created only once the model, task and space are known to be good.
     storage_obj = None
-    if storage_exists(storage):
-        storage_obj = resolve_storage(storage, heartbeat_s=heartbeat_s)
+    if storage_exists(o.storage):
+        storage_obj = resolve_storage(o.storage, heartbeat_s=o.heartbeat_s)
         check_identity(study_name, storage_obj, identity)
-    resolved = resolve_model(model)
-    the_task = resolve_task(task, resolved)
+    resolved = resolve_model(o.model)
+    the_task = resolve_task(o.task, resolved)
     check_task_fits(resolved.name, resolved.model, the_task)
     dense = resolved.model.eval()
     layers = discover(dense, the_task.inputs())
-    knobs = the_space.knobs(layers, methods=methods, model=dense)
+    knobs = the_space.knobs(layers, methods=o.methods, model=dense)
     hw.check_bits({c for k in knobs if k.setting == "weight_bits" for c in k.choices})
     if not knobs:
         raise UserInputError(
             f"search space {the_space.source} leaves nothing to search on {resolved.name}; "
             "give some layers more than one choice"
         )
-    latency_inputs = batch_inputs(the_task, batch_size)
+    latency_inputs = batch_inputs(the_task, o.batch_size)
 
     identity["task"] = the_task.name
     if storage_obj is None:
-        storage_obj = resolve_storage(storage, heartbeat_s=heartbeat_s)
+        storage_obj = resolve_storage(o.storage, heartbeat_s=o.heartbeat_s)
     the_study = open_study(study_name, storage_obj, identity=identity)
     existing = len(the_study.trials)
     the_study.sampler = make_sampler(
-        sampler, seed=(seed + existing) % 2**32, population_size=max(8, min(50, trials // 3))
+        o.sampler, seed=(o.seed + existing) % 2**32, population_size=max(8, min(50, o.trials // 3))
     )
     baseline = _baseline(the_study, dense, the_task, hw, latency_inputs)
     notes = []
+    budget = o.budget
     if budget is None:
         budget = Budget(latency_ms=round(baseline.latency_ms / 2, 3))
         notes.append(f"no budget given: using half the dense latency, {budget.latency_ms:g} ms")
@@ -247,7 +268,7 @@ def search(
         space={"source": the_space.source, "knobs": len(knobs)},
         versions=_library_versions(),
         metric_name=the_task.metric_name,
-        finetune_steps=finetune_steps,
+        finetune_steps=o.finetune_steps,
     )
     ctx = SearchContext(
         dense=dense,
@@ -256,82 +277,109 @@ def search(
         budget=budget,
         knobs=knobs,
         round_to=the_space.round_to,
-        finetune_steps=finetune_steps,
-        train_threads=train_threads,
+        finetune_steps=o.finetune_steps,
+        train_threads=o.train_threads,
         latency_inputs=latency_inputs,
         baseline=baseline,
-        early_stop=early_stop,
+        early_stop=o.early_stop,
         # the slice sensitivity measures on: a fine-tune is kept only if it does not score lower
         check_batches=training_slice(the_task, SENSITIVITY_BATCHES),
     )
-    if early_stop and not worker:
-        rungs = ", ".join(map(str, rung_steps(finetune_steps))) or "none (too few steps)"
+    if o.early_stop and not worker:
+        rungs = ", ".join(map(str, rung_steps(o.finetune_steps))) or "none (too few steps)"
         notes.append(
-            f"early stopping: fine-tunes are scored at steps {rungs} of {finetune_steps} and "
+            f"early stopping: fine-tunes are scored at steps {rungs} of {o.finetune_steps} and "
             "stopped there when dominated beyond hope"
         )
-    if latency == "predicted":  # profiled here once; worker processes find it in the cache
+    if o.latency == "predicted":  # profiled here once; worker processes find it in the cache
         ctx.predictor, path = predictor_for(
             dense,
             the_task,
             hw,
-            model=model_label(model),
+            model=model_label(o.model),
             layers=layers,
             knobs=knobs,
             round_to=the_space.round_to,
             inputs=latency_inputs,
-            show_progress=show_progress,
+            show_progress=o.show_progress,
         )
         notes.append(f"latency predicted from the profile {path}; the front is measured after")
-    if not worker:  # the parent process already measured and printed these
-        notes += _reachability(ctx)
-    if not worker and alternatives:
+    prepared = Prepared(o, study_name, storage_obj, the_study, ctx, budget, notes)
+    if not worker:
+        _seed(prepared, existing=existing)
+    return prepared
+
+
+def _seed(prepared: Prepared, *, existing: int) -> None:
+    """What only the first process does: the reachability notes, the plain alternatives and,
+    in a new study, the warm starts (uniform plans, then allocated ones)."""
+    o, ctx, the_study, notes = prepared.options, prepared.ctx, prepared.study, prepared.notes
+    notes += _reachability(ctx)
+    if o.alternatives:
         measured = measure_alternatives(
-            hw, dense, the_task, latency_inputs, dense_ms=baseline.latency_ms
+            ctx.target, ctx.dense, ctx.task, ctx.latency_inputs, dense_ms=ctx.baseline.latency_ms
         )
         record.write_alternatives(the_study, measured)
-        notes += [_alternative_note(a, baseline.latency_ms) for a in measured]
-    if existing == 0 and warm_start:
-        uniform = uniform_plans(knobs)[:trials]
+        notes += [_alternative_note(a, ctx.baseline.latency_ms) for a in measured]
+    if existing == 0 and o.warm_start:
+        uniform = uniform_plans(ctx.knobs)[: o.trials]
         for params in uniform:
             # skip_if_exists: workers on several machines may start a new study at once
             the_study.enqueue_trial(
                 params, user_attrs={"warm_start": "uniform"}, skip_if_exists=True
             )
-        room = trials - len(uniform)  # no plan is left queued for a later run
-        if allocate and ctx.predictor is not None and room > 0:
-            notes.append(_seed_allocations(the_study, ctx, model_label(model), show_progress, room))
+        room = o.trials - len(uniform)  # no plan is left queued for a later run
+        if o.allocate and ctx.predictor is not None and room > 0:
+            label = model_label(o.model)
+            notes.append(_seed_allocations(the_study, ctx, label, o.show_progress, room))
 
-    if workers > 1:
-        check_picklable(model=model, task=task, space=space)
-        child = dict(
-            model=model, task=task, target=target, threads=threads, budget=budget, space=space,
-            methods=methods, timeout_s=timeout_s, sampler=sampler, finetune_steps=finetune_steps,
-            study=study_name, storage=storage, batch_size=batch_size, show_progress=False,
-            heartbeat_s=heartbeat_s, latency=latency, worker=True, early_stop=early_stop,
+
+def run(prepared: Prepared, *, worker: bool = False) -> tuple[int, int, int]:
+    """Run this call's trials: here, or in `--workers` processes that share the study.
+
+    Args:
+        prepared: from `prepare`.
+        worker: this is one of those processes (no progress notes of its own).
+
+    Returns:
+        Trials run, failed and stopped early.
+    """
+    o = prepared.options
+    if o.workers > 1 and not worker:
+        check_picklable(model=o.model, task=o.task, space=o.space)
+        child = replace(o, study=prepared.name, budget=prepared.budget, show_progress=False)
+        return run_workers(
+            work, child, study=prepared.study, workers=o.workers, trials=o.trials,
+            seed=o.seed, train_threads=o.train_threads, show_progress=o.show_progress,
+            notes=prepared.notes,
         )  # fmt: skip
-        run, failed, stopped = run_workers(
-            search, child, study=the_study, workers=workers, trials=trials, seed=seed,
-            train_threads=train_threads, show_progress=show_progress, notes=notes,
-        )  # fmt: skip
-    else:
-        run, failed, stopped = run_trials(
-            the_study, storage_obj, ctx, trials, timeout_s, show_progress, [] if worker else notes
-        )
-    if not worker:
-        verify_front(the_study, ctx, show_progress=show_progress)
-    final = record.read(the_study)
+    notes = [] if worker else prepared.notes
+    return run_trials(
+        prepared.study, prepared.storage, prepared.ctx, o.trials, o.timeout_s, o.show_progress,
+        notes,
+    )  # fmt: skip
+
+
+def work(options: SearchOptions) -> tuple[int, int, int]:
+    """One of `--workers`' processes: prepare quietly, then run its share of the trials."""
+    return run(prepare(options, worker=True), worker=True)
+
+
+def result(prepared: Prepared, counts: tuple[int, int, int]) -> SearchResult:
+    """The study's front over all its trials (after the verify step), and this run's counts."""
+    final = record.read(prepared.study)
+    run_, failed, stopped = counts
     return SearchResult(
-        study=study_name,
-        storage=storage or "sqlite:///reports/autocompress.db",
-        front=pareto_front(the_study, final),
-        baseline=baseline_row(the_study, final) or {},
-        budget=budget,
-        trials_run=run,
+        study=prepared.name,
+        storage=prepared.options.storage or "sqlite:///reports/autocompress.db",
+        front=pareto_front(prepared.study, final),
+        baseline=baseline_row(prepared.study, final) or {},
+        budget=prepared.budget,
+        trials_run=run_,
         trials_failed=failed,
         trials_stopped=stopped,
-        notes=notes,
-        alternatives=alternatives_of(the_study, final),
+        notes=prepared.notes,
+        alternatives=alternatives_of(prepared.study, final),
     )
 
 

@@ -9,6 +9,7 @@ Workers on other machines are just more `autocompress search` processes on the s
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import queue
 import time
@@ -48,12 +49,10 @@ def check_picklable(**values: Any) -> None:
 
 
 def _worker_main(
-    target: Callable[..., Any], kwargs: dict[str, Any], index: int, results: Any
+    target: Callable[[Any], tuple[int, int, int]], options: Any, index: int, results: Any
 ) -> None:
     try:
-        result = target(**kwargs)
-        outcome = (result.trials_run, result.trials_failed, result.trials_stopped)
-        results.put((index, *outcome, None))
+        results.put((index, *target(options), None))
     except KeyboardInterrupt:
         results.put((index, 0, 0, 0, "interrupted"))
     except BaseException as exc:
@@ -62,8 +61,8 @@ def _worker_main(
 
 
 def run_workers(
-    target: Callable[..., Any],
-    kwargs: dict[str, Any],
+    target: Callable[[Any], tuple[int, int, int]],
+    options: Any,
     *,
     study: optuna.Study,
     workers: int,
@@ -73,11 +72,12 @@ def run_workers(
     show_progress: bool,
     notes: list[str],
 ) -> tuple[int, int, int]:
-    """Run `target(**kwargs)` (one search) in each of `workers` spawned processes.
+    """Run `target(options)` (one search's trials, returning how many ran, failed and were
+    stopped) in each of `workers` spawned processes.
 
-    Each gets its share of `trials`, its own sampler seed and, unless told otherwise, one
-    training thread (the workers already share the cores). The parent draws the progress of
-    all of them from the storage.
+    Each gets the options (a dataclass) with its share of `trials`, its own sampler seed and,
+    unless told otherwise, one training thread (the workers already share the cores). The
+    parent draws the progress of all of them from the storage.
 
     Returns:
         Trials run, failed and stopped early, over all workers.
@@ -92,12 +92,12 @@ def run_workers(
     results = context.Queue()
     processes = []
     for index, share in enumerate(split_trials(trials, workers)):
-        child = {
-            **kwargs,
-            "trials": share,
-            "seed": (seed + SEED_STRIDE * (index + 1)) % 2**32,  # samplers take 32 bits
-            "train_threads": train_threads or 1,
-        }
+        child = dataclasses.replace(
+            options,
+            trials=share,
+            seed=(seed + SEED_STRIDE * (index + 1)) % 2**32,  # samplers take 32 bits
+            train_threads=train_threads or 1,
+        )
         process = context.Process(
             target=_worker_main,
             args=(target, child, index, results),

@@ -58,7 +58,11 @@ def test_default_space_resolves_on_the_tiny_resnet(tiny_layers: list[LayerInfo])
         "act_bits": (32, 8),
     }
     pruned = space.knobs(tiny_layers, methods=["prune"])
-    assert {k.setting for k in pruned} == {"keep_ratio"}
+    assert {k.setting for k in pruned} == {"keep_ratio", "prune_ramp"}
+    ramps = [k for k in pruned if k.setting == "prune_ramp"]  # decided with the keep ratio
+    assert {k.param: list(k.layers) for k in ramps} == {
+        f"prune_ramp:{group}": members for group, members in TINY_GROUPS.items()
+    }
 
 
 @pytest.mark.parametrize(
@@ -70,7 +74,7 @@ def test_default_space_resolves_on_the_tiny_resnet(tiny_layers: list[LayerInfo])
         (_space(defaults=[0.5, 1.0]), r"defaults must be a mapping"),
         (
             _space(defaults={"keep_ratios": [0.5]}),
-            r"defaults: unknown key 'keep_ratios'; knobs are: drop_block, keep_ratio, rank_ratio",
+            r"defaults: unknown key 'keep_ratios'; knobs are: drop_block, keep_ratio, prune_ramp,",
         ),
         (_space(defaults={"keep_ratio": []}), r"defaults\.keep_ratio: expected a non-empty list"),
         (_space(defaults={"keep_ratio": 0.5}), r"defaults\.keep_ratio: expected a non-empty list"),
