@@ -66,16 +66,46 @@ def resolve_storage(
             f"cannot open storage {shown_url(url)!r}: {first}; check the URL and that the "
             "database is reachable"
         ) from None
+    if not read_only:
+        _check_writable(storage, url)
     if url.startswith("sqlite") and not read_only:
         serialize_sqlite_transactions(storage.engine)
     return storage
+
+
+def _check_writable(storage: optuna.storages.RDBStorage, url: str) -> None:
+    """Refuse a database this process cannot write (a read-only file, even to root, opened
+    with `?mode=ro`; a read-only database role) before a search writes anything: an update
+    that matches no row, rolled back.
+
+    Raises:
+        UserInputError: the database refuses writes.
+    """
+    import sqlalchemy
+
+    try:
+        with storage.engine.connect() as connection, connection.begin() as transaction:
+            connection.execute(
+                sqlalchemy.text("UPDATE studies SET study_name = study_name WHERE 1 = 0")
+            )
+            transaction.rollback()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        cause = str(getattr(exc, "orig", exc)).strip().splitlines()
+        raise UserInputError(
+            f"storage {shown_url(url)!r} cannot be written ({cause[0] if cause else 'refused'});"
+            " a search writes its trials there: give --storage a database you can write (show "
+            "and report can read this one)"
+        ) from None
 
 
 def _sqlite_path(url: str) -> Path | None:
     """The database file of a `sqlite:///` URL; None for any other storage."""
     if not url.startswith("sqlite:///"):
         return None
-    return Path(url.removeprefix("sqlite:///")).expanduser()
+    raw = url.removeprefix("sqlite:///")
+    if raw.startswith("file:"):  # SQLite's URI form (sqlite:///file:x.db?mode=ro&uri=true)
+        raw = raw.removeprefix("file:").split("?", 1)[0]
+    return Path(raw).expanduser()
 
 
 def storage_exists(url: str | None) -> bool:

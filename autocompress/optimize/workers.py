@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import queue
 import time
 from collections.abc import Callable
@@ -25,10 +26,24 @@ from autocompress.optimize.record import violations
 SEED_STRIDE = 100_003  # workers' sampler seeds lie this far apart, so they propose different plans
 
 
+def max_workers() -> int:
+    """The most local workers: one per core (at least two); each fine-tunes on its own."""
+    return max(2, os.cpu_count() or 1)
+
+
 def split_trials(trials: int, workers: int) -> list[int]:
-    """Trials per worker, summing to `trials`; a worker with none is not started."""
+    """Trials per worker, summing to `trials`; a worker with none is not started.
+
+    Raises:
+        UserInputError: fewer than one worker, or more than `max_workers`.
+    """
     if workers < 1:
         raise UserInputError(f"--workers must be at least 1, got {workers}")
+    if workers > max_workers():
+        raise UserInputError(
+            f"--workers must be at most {max_workers()} (one per core here), got {workers}; "
+            "more searches on other machines can share the study (same --storage and --study)"
+        )
     started = min(workers, trials)  # never a list as long as an absurd --workers
     base, extra = divmod(trials, started)
     return [base + (1 if i < extra else 0) for i in range(started)]

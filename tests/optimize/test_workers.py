@@ -20,6 +20,7 @@ import optuna
 import pytest
 
 from autocompress.cli import main
+from autocompress.errors import UserInputError
 from autocompress.optimize.workers import split_trials
 from tests.conftest import time_quickly
 
@@ -231,6 +232,15 @@ def test_ctrl_c_records_the_trial_and_prints_the_resume_command(tmp_path: Path) 
     assert study.trials[running.number].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
 
 
-def test_split_trials_never_lists_more_workers_than_trials() -> None:
+def test_split_trials_never_lists_more_workers_than_trials_or_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert split_trials(7, 3) == [3, 2, 2]
-    assert split_trials(3, 100_000_000) == [1, 1, 1]  # instantly, not a 1 GB list
+    assert split_trials(3, 8) == [1, 1, 1]
+    with pytest.raises(
+        UserInputError, match=r"--workers must be at most 8 \(one per core here\), got 9"
+    ):
+        split_trials(3, 9)
+    with pytest.raises(UserInputError, match="got 100000000"):
+        split_trials(3, 100_000_000)  # instantly, without a list as long
