@@ -34,6 +34,9 @@ from torch import nn
 
 from autocompress.cache import cache_dir, write_atomic
 from autocompress.compress.apply import apply, plan_notes
+from autocompress.compress.method import owner
+from autocompress.config import LayerConfig
+from autocompress.errors import PlanError
 from autocompress.evaluate.finetune import recalibrate_batchnorm
 from autocompress.latency.profile import Bar, space_key
 from autocompress.space.sample import plan_from_trial
@@ -112,7 +115,8 @@ def single_changes(knobs: Sequence[Knob]) -> list[tuple[Knob, Any, dict[str, Any
     Returns:
         ``(knob, level, params)``: every other knob at its identity (or mildest) value, the
         level's partner set where it has one; levels that leave the model as it is (the
-        identity, or a partner no knob of those layers offers) are left out.
+        identity, a level its method ignores alone, or a partner no knob of those layers
+        offers) are left out.
     """
     base = uniform_params(knobs, {})
     by_layers: dict[tuple[str, ...], dict[str, Knob]] = {}
@@ -125,6 +129,8 @@ def single_changes(knobs: Sequence[Knob]) -> list[tuple[Knob, Any, dict[str, Any
                 continue
             params = dict(base, **{knob.param: value})
             partner = _PARTNERS.get((knob.setting, value))
+            if partner is None and not _changes_alone(knob.setting, value):
+                continue  # a ramp with nothing pruned: the model as it is
             if partner is not None:
                 other = by_layers.get(knob.layers, {}).get(partner[0])
                 if other is None or partner[1] not in other.choices:
@@ -132,6 +138,14 @@ def single_changes(knobs: Sequence[Knob]) -> list[tuple[Knob, Any, dict[str, Any
                 params[other.param] = partner[1]
             changes.append((knob, value, params))
     return changes
+
+
+def _changes_alone(setting: str, value: Any) -> bool:
+    """Whether a layer with only `setting = value` is changed (its method is on)."""
+    try:
+        return owner(setting).active(LayerConfig(**{setting: value}))
+    except PlanError:  # a level that needs another knob's level beside it
+        return True
 
 
 def training_slice(task: Task, batches: int) -> list[Any]:

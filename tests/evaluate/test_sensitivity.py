@@ -25,6 +25,7 @@ SPACE = {
     "version": 1,
     "defaults": {
         "keep_ratio": [1.0, 0.75, 0.25],
+        "prune_ramp": [0.0, 0.5],  # alone it changes nothing: not measured
         "weight_bits": [32, 8],
         "act_bits": [32, 8],
         "sparsity": [0.0, 0.5],
@@ -41,8 +42,9 @@ def test_single_changes_skip_the_identity_and_bring_their_partner(
     changes = single_changes(knobs)
     # keep 0.75 and 0.25 per group, weight_bits 8, act_bits 8 and sparsity 0.5 per layer, and
     # 2:4 where a layer offers it (the stem's 9 inputs per output do not).
-    per_knob = {"keep_ratio": 2, "weight_bits": 1, "act_bits": 1, "sparsity": 1}
+    per_knob = {"keep_ratio": 2, "prune_ramp": 0, "weight_bits": 1, "act_bits": 1, "sparsity": 1}
     per_knob["sparsity_pattern"] = 1
+    assert any(k.setting == "prune_ramp" for k in knobs)
     assert len(changes) == sum(per_knob[k.setting] for k in knobs)
     for knob, value, params in changes:
         assert value != IDENTITY[knob.setting] and params[knob.param] == value
