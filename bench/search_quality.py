@@ -34,8 +34,9 @@ Per (model, config), from the COMPLETE trials of each study:
 Latency is predicted everywhere, by one predictor per model (the cached profile of the full
 default space), also for the single-method runs, whose searches used their own space's
 profile: every configuration is judged by the same predictor. The fronts are not measured
-after each search (search() runs as a worker here: no verify step, no plain alternatives, no
-HTML report), to save time; `bench/predictor.py` reports how well predictions match.
+after each search (each study is `prepare`d and `run` without the verify step, the plain
+alternatives or the HTML report), to save time; `bench/predictor.py` reports how well
+predictions match.
 Accuracy: the task's metric on the validation split after the fine-tune. Size: exact bytes.
 
 Usage: python bench/search_quality.py [--models NAME ...] [--configs joint,joint-es,...]
@@ -187,7 +188,8 @@ def _queue_uniform(job: Job) -> int:
 def run_job(job: Job) -> tuple[Job, float, str | None]:
     """Fill one study (in a worker process); returns the job, its wall seconds and any error."""
     from autocompress.config import Budget
-    from autocompress.optimize.run import search
+    from autocompress.optimize.options import SearchOptions
+    from autocompress.optimize.run import prepare, run
 
     _quiet()
     started = time.monotonic()
@@ -198,16 +200,17 @@ def run_job(job: Job) -> tuple[Job, float, str | None]:
             trials = _queue_uniform(job)
             options = {"sampler": "random"}  # the queued levels come first, nothing else runs
         if trials > 0:
-            # worker=True: search() leaves out what a parent process does (plain alternatives,
-            # the verify step, the HTML report); the bench compares predicted figures only.
-            search(
-                job.model, study=study_name(job.model, job.config, job.seed, job.target),
+            # prepare -> run without the verify step (nor the plain alternatives, nor the
+            # HTML report): the bench compares predicted figures only.
+            prepared = prepare(SearchOptions(
+                model=job.model, study=study_name(job.model, job.config, job.seed, job.target),
                 target=job.target,
                 storage=job.storage, trials=trials, seed=job.seed or 0,
                 budget=Budget(max_drop=job.floor_drop), finetune_steps=job.finetune_steps,
-                train_threads=1, latency="predicted", show_progress=False, worker=True,
+                train_threads=1, latency="predicted", show_progress=False, alternatives=False,
                 **options,
-            )  # fmt: skip
+            ))  # fmt: skip
+            run(prepared)
     except Exception as exc:  # one failed study must not lose the others' hours
         return job, time.monotonic() - started, f"{type(exc).__name__}: {exc}"
     wall = time.monotonic() - started
