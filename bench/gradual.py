@@ -8,7 +8,7 @@ widths (checked), so their latency and size are equal; the table gives the accur
 validation split (never seen by the fine-tune), per seed of the data order and their mean.
 
 Usage: python bench/gradual.py [--models digits-resnet effnet-fmnist] [--steps 60 200]
-       [--seeds 0 1] [--out reports/benchmarks/gradual.md]
+       [--seeds 0 1] [--keeps 0.5 ...] [--out reports/benchmarks/gradual.md]
 Takes about 2 minutes on digits-resnet and 25 on effnet-fmnist (2 cores); run it alone.
 """
 
@@ -37,15 +37,18 @@ RAMPS = (0.0, 0.5, 0.75)
 REPORT = Path(__file__).resolve().parent.parent / "reports" / "benchmarks" / "gradual.md"
 
 
-def one_model(name: str, steps_list: list[int], seeds: list[int]) -> list[dict]:
-    """Accuracy after each (keep, steps, ramp, seed) fine-tune of `name`."""
+def one_model(
+    name: str, steps_list: list[int], seeds: list[int], keeps: list[float] | None = None
+) -> list[dict]:
+    """Accuracy after each (keep, steps, ramp, seed) fine-tune of `name` (keep ratios:
+    `keeps`, or the model's own in `KEEPS`)."""
     task = load_task(name)
     dense = load_model(name, task=task).eval()
     inputs = task.inputs()
     prunable = [info.name for info in discover(dense, inputs) if info.prunable]
     dense_acc = float(task.metric(dense, task.val))
     rows = []
-    for keep in KEEPS[name]:
+    for keep in keeps or KEEPS[name]:
         widths = None
         for steps in steps_list:
             for ramp in RAMPS:
@@ -114,6 +117,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(KEEPS), choices=list(KEEPS))
     parser.add_argument("--steps", nargs="+", type=int, default=[60, 200])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--keeps", nargs="+", type=float, help="keep ratios (default: KEEPS)")
     parser.add_argument("--out", type=Path, default=REPORT)
     args = parser.parse_args()
     command = ("python bench/gradual.py " + " ".join(sys.argv[1:])).strip()
@@ -122,7 +126,7 @@ def main() -> None:
         raw.exists()
     ) else []  # fmt: skip
     for name in args.models:
-        mine = one_model(name, args.steps, args.seeds)
+        mine = one_model(name, args.steps, args.seeds, args.keeps)
         rows += [{**r, "command": command, "date": str(datetime.date.today())} for r in mine]
         args.out.write_text(render(rows))  # what is measured so far
         raw.write_text(json.dumps(rows, indent=1))
