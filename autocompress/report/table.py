@@ -62,7 +62,9 @@ def front_table(
         ("plan", "left"),
         ("from", "left"),
     ]:
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        # On a narrow terminal (or a pipe) the plan wraps; the figures keep their width.
+        wraps = name in ("plan", "from")
+        table.add_column(name, justify=justify, no_wrap=not wraps)  # type: ignore[arg-type]
     base_ms, base_size, base_acc = (
         baseline["latency_ms"],
         baseline["size_bytes"],
