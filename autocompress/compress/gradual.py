@@ -234,18 +234,19 @@ def why_not_ramp(
     return None
 
 
-def ramp_channels(model: nn.Module, ramps: list[Ramp], inputs: tuple[torch.Tensor, ...]) -> None:
+def ramp_channels(
+    model: nn.Module, ramps: list[Ramp], inputs: tuple[torch.Tensor, ...], graph: Any
+) -> None:
     """Mask each group at its final width, in place, and attach its schedule to `model`
     (the fine-tune moves the masks along the ramp; `bake_ramps` removes the channels).
 
     Args:
         model: the model (its other groups already pruned).
         ramps: the groups to prune gradually (`why_not_ramp` found nothing against them).
-        inputs: the example inputs.
+        inputs: the example inputs (baking traces the pruned model on them).
+        graph: the model's dependency graph, as the one-shot removals left it (torch-pruning
+            keeps it up to date as it prunes).
     """
-    if not ramps:
-        return
-    graph = dependency_graph(model, inputs)
     for ramp in ramps:
         leader = model.get_submodule(ramp.leader)
         mask = ChannelMask(features(leader)[1])

@@ -228,7 +228,7 @@ def prune_channels(model: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...
             if kept < channels:
                 _drop_least_important(graph, leader, channels, channels - kept, unit=unit)
         _update_head_counts(model)
-        ramp_channels(model, ramps, inputs)  # after every removal: masks block resizing
+        ramp_channels(model, ramps, inputs, graph)  # after every removal: masks block resizing
     finally:
         model.train(was_training)
     return model

@@ -190,14 +190,13 @@ def search(
 @dataclass
 class Prepared:
     """A study ready for its trials: the options, the open study, what trials are scored with
-    (`SearchContext`), the budget, and the notes to print."""
+    (`SearchContext`, which holds the budget), and the notes to print."""
 
     options: SearchOptions
     name: str
     storage: Any
     study: optuna.Study
     ctx: SearchContext
-    budget: Budget
     notes: list[str]
 
 
@@ -304,7 +303,7 @@ def prepare(options: SearchOptions, *, worker: bool = False) -> Prepared:
             show_progress=o.show_progress,
         )
         notes.append(f"latency predicted from the profile {path}; the front is measured after")
-    prepared = Prepared(o, study_name, storage_obj, the_study, ctx, budget, notes)
+    prepared = Prepared(o, study_name, storage_obj, the_study, ctx, notes)
     if not worker:
         _seed(prepared, existing=existing)
     return prepared
@@ -347,7 +346,7 @@ def run(prepared: Prepared, *, worker: bool = False) -> tuple[int, int, int]:
     o = prepared.options
     if o.workers > 1 and not worker:
         check_picklable(model=o.model, task=o.task, space=o.space)
-        child = replace(o, study=prepared.name, budget=prepared.budget, show_progress=False)
+        child = replace(o, study=prepared.name, budget=prepared.ctx.budget, show_progress=False)
         return run_workers(
             work, child, study=prepared.study, workers=o.workers, trials=o.trials,
             seed=o.seed, train_threads=o.train_threads, show_progress=o.show_progress,
@@ -374,7 +373,7 @@ def result(prepared: Prepared, counts: tuple[int, int, int]) -> SearchResult:
         storage=prepared.options.storage or "sqlite:///reports/autocompress.db",
         front=pareto_front(prepared.study, final),
         baseline=baseline_row(prepared.study, final) or {},
-        budget=prepared.budget,
+        budget=prepared.ctx.budget,
         trials_run=run_,
         trials_failed=failed,
         trials_stopped=stopped,
