@@ -152,3 +152,31 @@ def test_openvino_keeps_float_layers_out_of_int8_and_matches_pytorch() -> None:
     assert "float32" in str(float_model.compiled.get_property("INFERENCE_PRECISION_HINT"))
     with torch.no_grad():
         assert torch.allclose(float_model(batch), ref, atol=1e-4, rtol=1e-4)
+
+
+class _TokenClassifier(nn.Module):
+    """Token ids and an attention mask in, class logits out (masked mean of embeddings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).float()
+        pooled = (self.embed(ids) * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.head(pooled)
+
+
+@pytest.mark.parametrize("name", ["cpu:onnxruntime", "cpu:openvino"])
+def test_a_runtime_model_takes_batches_shorter_than_it_was_exported_at(name: str) -> None:
+    """A text model's graph is exported at a fixed length; validation batches are padded to
+    their own longest sequence, so a runtime model pads them (mask 0: the same text)."""
+    if name == "cpu:openvino":
+        pytest.importorskip("openvino")
+    model = _TokenClassifier().eval()
+    example = (torch.randint(1, 50, (1, 12)), torch.ones(1, 12, dtype=torch.long))
+    loaded = resolve_target(name).load(model, example)
+    short = (torch.randint(1, 50, (4, 7)), torch.ones(4, 7, dtype=torch.long))
+    with torch.no_grad():
+        assert torch.allclose(loaded(*short), model(*short), atol=1e-5)

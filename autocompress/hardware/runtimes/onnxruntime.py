@@ -50,12 +50,16 @@ class OrtModel(RuntimeModel):
         options.log_severity_level = 3
         self.session = ort.InferenceSession(self.model_bytes, options, providers=[provider])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        # Static sizes of each input (None where dynamic): a text model exported at 64 tokens
+        # is fed validation batches padded to their own longest sequence.
+        self.input_shapes = [
+            [d if isinstance(d, int) else None for d in i.shape] for i in self.session.get_inputs()
+        ]
 
     def _feed(self, inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
-        return {
-            n: t.detach().cpu().contiguous().numpy()
-            for n, t in zip(self.input_names, inputs, strict=True)
-        }
+        arrays = [t.detach().cpu().contiguous().numpy() for t in inputs]
+        fitted = fit_to_shapes(arrays, self.input_shapes)
+        return dict(zip(self.input_names, fitted, strict=True))
 
     def timer(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
         """`session.run` on `inputs` converted once; see `RuntimeModel.timer`."""

@@ -49,23 +49,36 @@ class OvModel(RuntimeModel):
         self.model = model
         self.compiled = ov.Core().compile_model(model, "CPU", _config(threads))
         self.request = self.compiled.create_infer_request()
+        self.input_shapes = _static_shapes(model)
+
+    def _feed(self, inputs: Sequence[torch.Tensor]) -> dict[int, np.ndarray]:
+        """Inputs as arrays fitted to the model's static sizes (see `task.fit_to_shapes`)."""
+        arrays = [t.detach().cpu().contiguous().numpy() for t in inputs]
+        return dict(enumerate(fit_to_shapes(arrays, self.input_shapes)))
 
     def timer(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
         """One synchronous inference on `inputs` converted once; see `RuntimeModel.timer`."""
-        feed = {i: t.detach().cpu().contiguous().numpy() for i, t in enumerate(inputs)}
+        feed = self._feed(inputs)
         request = self.request
         return lambda: request.infer(feed)
 
     def run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The first output on `inputs`."""
-        feed = {i: t.detach().cpu().contiguous().numpy() for i, t in enumerate(inputs)}
-        return torch.from_numpy(np.array(self.request.infer(feed)[0], copy=True))
+        return torch.from_numpy(np.array(self.request.infer(self._feed(inputs))[0], copy=True))
 
     def save(self, path: Path) -> None:
         """Write the IR (`path` is the .xml; the weights go beside it as .bin), fp32 weights."""
         import openvino as ov
 
         ov.save_model(self.model, str(path), compress_to_fp16=False)
+
+
+def _static_shapes(model: Any) -> list[list[int | None]]:
+    """Each input's dimensions of an `openvino.Model`, None where dynamic."""
+    return [
+        [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        for port in model.inputs
+    ]
 
 
 def convert(onnx_model: Any) -> Any:
@@ -105,10 +118,7 @@ def quantize(
         import nncf
 
     nncf.set_log_level(logging.ERROR)
-    shapes = [
-        [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-        for port in model.inputs
-    ]
+    shapes = _static_shapes(model)
     fitted = [fit_to_shapes([t.detach().cpu().numpy() for t in b], shapes) for b in calibration]
     batches = [tuple(arrays) if len(arrays) > 1 else arrays[0] for arrays in fitted]
     # NNCF draws progress bars on stdout with no switch to turn them off.
