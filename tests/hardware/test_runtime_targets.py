@@ -180,3 +180,15 @@ def test_a_runtime_model_takes_batches_shorter_than_it_was_exported_at(name: str
     short = (torch.randint(1, 50, (4, 7)), torch.ones(4, 7, dtype=torch.long))
     with torch.no_grad():
         assert torch.allclose(loaded(*short), model(*short), atol=1e-5)
+
+
+def test_onnxruntime_int8_of_a_classifier_head_builds_and_runs() -> None:
+    """ORT's quantizers rewrite a Gemm head's weight and re-infer shapes; the exported graph's
+    recorded shapes must not contradict them (minilm-sentiment's plain int8 failed so)."""
+    model = _TokenClassifier().eval()
+    example = (torch.randint(1, 50, (1, 12)), torch.ones(1, 12, dtype=torch.long))
+    target = resolve_target("cpu:onnxruntime")
+    int8 = target.alternatives(model, example, [example])["dense, ONNX Runtime int8"]()
+    batch = (torch.randint(1, 50, (4, 12)), torch.ones(4, 12, dtype=torch.long))
+    with torch.no_grad():
+        assert torch.allclose(int8(*batch), model(*batch), atol=0.05)

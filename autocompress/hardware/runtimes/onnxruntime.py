@@ -102,8 +102,7 @@ def quantize(
         quantize_static,
     )
 
-    source = onnx.ModelProto()
-    source.CopyFrom(model)  # the caller's graph (often cached) stays as it was
+    source = _for_quantizer(model)
     names = [i.name for i in model.graph.input]
     shapes = [
         [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
@@ -142,6 +141,20 @@ def quantize(
         return onnx.load(str(out))
 
 
+def _for_quantizer(model: Any) -> Any:
+    """A copy of the graph (the caller's, often cached, stays as it was) without its recorded
+    intermediate shapes: ORT's quantizers rewrite weights (a classifier head's Gemm weight
+    becomes a transposed MatMul weight of the same name) and then re-infer shapes, which fails
+    on the stale record ("Inferred shape and existing shape differ", minilm-sentiment's
+    3 x 384 head). Shape inference fills them in again."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.value_info[:]
+    return copy
+
+
 def has_convolutions(model: Any) -> bool:
     """True when the ONNX graph has a Conv or ConvTranspose node."""
     return any(node.op_type in ("Conv", "ConvTranspose") for node in model.graph.node)
@@ -165,7 +178,7 @@ def quantize_dynamic(model: Any) -> Any:
 
     with tempfile.TemporaryDirectory(prefix="autocompress-ort-") as tmp:
         source, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(model, str(source))
+        onnx.save(_for_quantizer(model), str(source))
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # its optional pre-processing hint, as in `quantize`
         try:
