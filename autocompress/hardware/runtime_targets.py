@@ -232,12 +232,8 @@ class OrtCpuTarget(RuntimeTarget):
         The whole-model int8 (`int8_nodes` None) of a graph without convolutions is ORT's
         dynamic quantization instead, the standard for transformers.
         """
-        from autocompress.hardware.runtimes.onnx_graph import int8_region
-        from autocompress.hardware.runtimes.onnxruntime import (
-            has_convolutions,
-            quantize,
-            quantize_dynamic,
-        )
+        from autocompress.hardware.runtimes.onnx_graph import has_convolutions, int8_region
+        from autocompress.hardware.runtimes.onnxruntime import quantize, quantize_dynamic
 
         if int8_nodes is None and not has_convolutions(graph):
             quantized = quantize_dynamic(graph)
@@ -307,8 +303,9 @@ class OpenVinoCpuTarget(RuntimeTarget):
         calibration: Iterable[tuple[torch.Tensor, ...]],
         int8_nodes: list[str] | None,
     ) -> RuntimeModel:
-        """NNCF int8 with every weight node but `int8_nodes` in the ignored scope."""
-        from autocompress.hardware.runtimes.onnx_graph import WEIGHT_OPS
+        """NNCF int8 with every weight node but `int8_nodes` in the ignored scope; a graph
+        without convolutions in NNCF's transformer mode."""
+        from autocompress.hardware.runtimes.onnx_graph import WEIGHT_OPS, has_convolutions
         from autocompress.hardware.runtimes.openvino import OvModel, convert, ov_names, quantize
 
         keep = [] if int8_nodes is None else int8_nodes
@@ -318,7 +315,12 @@ class OpenVinoCpuTarget(RuntimeTarget):
             if n.op_type in WEIGHT_OPS and int8_nodes is not None and n.name not in keep
         ]
         float_model = convert(graph)
-        quantized = quantize(float_model, calibration, keep_float=ov_names(float_model, floats))
+        quantized = quantize(
+            float_model,
+            calibration,
+            keep_float=ov_names(float_model, floats),
+            transformer=not has_convolutions(graph),
+        )
         model = OvModel(quantized, threads=self.threads)
         model.int8_nodes = list(keep)
         return model

@@ -192,3 +192,44 @@ def test_onnxruntime_int8_of_a_classifier_head_builds_and_runs() -> None:
     batch = (torch.randint(1, 50, (4, 12)), torch.ones(4, 12, dtype=torch.long))
     with torch.no_grad():
         assert torch.allclose(int8(*batch), model(*batch), atol=0.05)
+
+
+class _TinyBertClassifier(nn.Module):
+    """A one-layer BERT encoder (random weights) with a class head on the first token."""
+
+    def __init__(self) -> None:
+        from transformers import BertConfig, BertModel
+
+        super().__init__()
+        config = BertConfig(
+            vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=32, max_position_embeddings=16,
+        )  # fmt: skip
+        self.encoder = BertModel(config)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.head(hidden[:, 0])
+
+
+def test_openvino_quantizes_a_transformer_in_nncfs_transformer_mode(monkeypatch) -> None:
+    """A graph without convolutions gets NNCF's transformer mode (its default mode failed on
+    minilm-sentiment's token embedding with a KeyError); the int8 model stays close."""
+    pytest.importorskip("openvino")
+    import nncf
+
+    modes = []
+    quantize = nncf.quantize
+    monkeypatch.setattr(
+        nncf, "quantize", lambda *a, **k: modes.append(k.get("model_type")) or quantize(*a, **k)
+    )
+    torch.manual_seed(0)
+    model = _TinyBertClassifier().eval()
+    example = (torch.randint(1, 50, (1, 12)), torch.ones(1, 12, dtype=torch.long))
+    int8 = resolve_target("cpu:openvino").alternatives(model, example, [example])[
+        "dense, OpenVINO int8"
+    ]()
+    assert modes == [nncf.ModelType.TRANSFORMER]
+    with torch.no_grad():
+        assert torch.allclose(int8(*example), model(*example), atol=0.02)

@@ -201,6 +201,12 @@ def int8_region(model: Any, seeds: Sequence[str]) -> list[str]:
     return [n.name for n in model.graph.node if n.name in region]
 
 
+def has_convolutions(model: Any) -> bool:
+    """True when the ONNX graph has a Conv or ConvTranspose node; a graph without is quantized
+    as a transformer (ORT's dynamic int8, NNCF's transformer mode)."""
+    return any(node.op_type in ("Conv", "ConvTranspose") for node in model.graph.node)
+
+
 def weight_node_count(model: Any) -> int:
     """How many weight nodes (Conv, Gemm, MatMul) a graph has."""
     return sum(1 for n in model.graph.node if n.op_type in WEIGHT_OPS)

@@ -155,11 +155,6 @@ def _for_quantizer(model: Any) -> Any:
     return copy
 
 
-def has_convolutions(model: Any) -> bool:
-    """True when the ONNX graph has a Conv or ConvTranspose node."""
-    return any(node.op_type in ("Conv", "ConvTranspose") for node in model.graph.node)
-
-
 def quantize_dynamic(model: Any) -> Any:
     """ORT's dynamic int8 of every MatMul/Gemm: int8 weights, activations quantized per call.
 

@@ -103,6 +103,7 @@ def quantize(
     calibration: Iterable[tuple[torch.Tensor, ...]],
     *,
     keep_float: Sequence[str],
+    transformer: bool = False,
 ) -> Any:
     """NNCF's post-training int8 quantization, with some nodes kept in float.
 
@@ -110,6 +111,9 @@ def quantize(
         model: a float `openvino.Model` (not modified).
         calibration: input batches (argument tuples) for the activation ranges.
         keep_float: OpenVINO node names to leave out (NNCF's ignored scope).
+        transformer: quantize in NNCF's transformer mode (SmoothQuant, the attention's
+            matmuls kept apart); NNCF's default mode fails on minilm-sentiment's graph
+            (a KeyError on the token embedding).
 
     Returns:
         The quantized `openvino.Model`.
@@ -128,4 +132,5 @@ def quantize(
             nncf.Dataset(batches),
             subset_size=max(1, len(batches)),
             ignored_scope=nncf.IgnoredScope(names=list(keep_float), validate=False),
+            model_type=nncf.ModelType.TRANSFORMER if transformer else None,
         )
