@@ -193,7 +193,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(
             f"  {runtime['file']} checked in {runtime['runtime']}: "
             f"{name} {runtime['accuracy']:.4f}, {runtime['latency_ms']:.3f} ms "
-            f"({runtime['int8_nodes']} int8 layer nodes)"
+            f"({runtime['latency_vs_in_memory_ratio']:.2f}x the graph the search timed; "
+            f"{runtime['int8_nodes']} int8 layer nodes)"
         )
     onnx = m["onnx"]
     if onnx["written"]:

@@ -2,8 +2,9 @@
 
 Some packages log lines at import or export time that say nothing about the user's model:
 torchao cannot load its CUDA-only kernels on a CPU build ("Failed to load ..._C_mxfp8.so"),
-torch's pytree notes that torchao registers an enum the old way, and torch's ONNX exporter
-skips torchvision's ops when torchvision is not installed; deep-copying a traced graph
+torch's pytree notes that torchao registers an enum the old way, torch's ONNX exporter
+skips torchvision's ops when torchvision is not installed and its optimizer cannot fold some
+constants; deep-copying a traced graph
 warns that torch's own copy code uses a deprecated class. Each is dropped only around the
 call that raises it, by its logger and words, so every other line still reaches the user.
 """
@@ -68,9 +69,13 @@ def import_torchao() -> None:
 
 @contextlib.contextmanager
 def quiet_onnx_export() -> Iterator[None]:
-    """Inside the block, torch's ONNX exporter does not say it skips torchvision's ops."""
-    with dropped_logs(
-        "torch.onnx._internal.exporter._registration", "torchvision is not installed"
+    """Inside the block, torch's ONNX exporter does not say it skips torchvision's ops, and
+    its graph optimizer (onnxscript) does not say, once per node, that it could not fold a
+    constant: a transformer's attention-mask reshape, about 40 lines per export of
+    minilm-sentiment, and the node stays as it was."""
+    with (
+        dropped_logs("torch.onnx._internal.exporter._registration", "torchvision is not installed"),
+        dropped_logs("onnxscript.optimizer._constant_folding", "Evaluation failed"),
     ):
         yield
 

@@ -60,3 +60,19 @@ def test_a_search_of_every_method_prints_no_warning(
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert not [line for line in show.stderr.splitlines() if NOISE.search(line)]
+
+
+def test_onnx_export_drops_only_the_lines_it_names(caplog) -> None:
+    """minilm-sentiment's export logged ~40 "Evaluation failed" lines from onnxscript's
+    constant folding (an attention-mask reshape it leaves as it was); other lines still pass."""
+    import logging
+
+    from autocompress.quiet import quiet_onnx_export
+
+    folding = logging.getLogger("onnxscript.optimizer._constant_folding")
+    with caplog.at_level(logging.WARNING), quiet_onnx_export():
+        folding.warning("Evaluation failed: cannot reshape array of size 1 into shape (1,64)")
+        folding.warning("a line about the user's model")
+    assert [r.getMessage() for r in caplog.records] == ["a line about the user's model"]
+    folding.warning("Evaluation failed: outside the export")
+    assert len(caplog.records) == 2

@@ -58,3 +58,6 @@ def test_export_writes_the_runtime_artifact_and_checks_it_there(
     assert abs(runtime["accuracy"] - study_accuracy) <= 0.005
     # Latency in metrics.json is the runtime artifact's, against the dense model there.
     assert metrics["latency_ratio"] == runtime["latency_ratio"] > 0
+    # ...and against the in-memory graph the search timed, interleaved with it.
+    assert runtime["latency_vs_in_memory_ratio"] > 0
+    assert f"{runtime['latency_vs_in_memory_ratio']:.2f}x the graph the search timed" in stdout
