@@ -150,7 +150,14 @@ def deploy_on(
     plan = present(plan, baked)
     int8 = [n for n, c in plan.layers.items() if any(m.runtime_int8(c) for m in methods)]
     deployed = target.realize(baked, _as_tuple(example_input), calibration, int8)
-    deployed.layers = _runtime_layer_kinds(plan)
+    scheme = f"int8 {deployed.int8_scheme}"
+    deployed.layers = {
+        name: kind.replace(
+            "int8 static",
+            f"float (no {scheme} kernel)" if name in deployed.float_layers else scheme,
+        )
+        for name, kind in _runtime_layer_kinds(plan).items()
+    }
     return deployed
 
 

@@ -233,3 +233,27 @@ def test_openvino_quantizes_a_transformer_in_nncfs_transformer_mode(monkeypatch)
     assert modes == [nncf.ModelType.TRANSFORMER]
     with torch.no_grad():
         assert torch.allclose(int8(*example), model(*example), atol=0.02)
+
+
+def test_onnxruntime_runs_a_transformers_int8_layers_in_dynamic_int8() -> None:
+    """A graph without convolutions: the plan's int8 layers get ORT's dynamic int8 (as the
+    plain int8 model does), and only those layers."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = _TinyBertClassifier().eval()
+    example = (torch.randint(1, 50, (1, 12)), torch.ones(1, 12, dtype=torch.long))
+    layers = ["encoder.encoder.layer.0.intermediate.dense", "head"]
+    plan = Plan(layers={name: INT8_CFG for name in layers})
+    target = resolve_target("cpu:onnxruntime")
+    deployed = deploy_on(target, apply(model, plan, example), plan, example, [example])
+    graph = onnx.load_from_string(deployed.model_bytes)
+    kinds = [n.op_type for n in graph.graph.node]
+    # The MatMul layer runs in dynamic int8; the head (a Gemm: no dynamic kernel) in float.
+    assert kinds.count("DynamicQuantizeLinear") == 1 and "QuantizeLinear" not in kinds
+    assert deployed.layers == {
+        "encoder.encoder.layer.0.intermediate.dense": "int8 dynamic",
+        "head": "float (no int8 dynamic kernel)",
+    }
+    with torch.no_grad():
+        assert torch.allclose(deployed(*example), model(*example), atol=0.02)

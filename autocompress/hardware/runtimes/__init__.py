@@ -95,14 +95,20 @@ class RuntimeModel(nn.Module):
     Attributes:
         runtime: the runtime's name.
         int8_nodes: the graph nodes that run in int8 (empty for a float model).
+        int8_scheme: how they run in int8: "static" (calibrated activation ranges) or
+            "dynamic" (activations quantized per call: ONNX Runtime's transformers).
+        float_layers: the plan's int8 layers the runtime has no int8 kernel for here, which
+            run in float (a Gemm under ONNX Runtime's dynamic int8).
         layers: per plan layer, how it deploys ("int8", "float", "float (bf16: size only)").
     """
 
     runtime: str = ""
+    int8_scheme: str = "static"
 
     def __init__(self) -> None:
         super().__init__()
         self.int8_nodes: list[str] = []
+        self.float_layers: list[str] = []
         self.layers: dict[str, str] = {}
 
     def timer(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:

@@ -1,10 +1,10 @@
-"""ONNX Runtime: load a graph in a session with the target's threads; static int8 per layer.
+"""ONNX Runtime: load a graph in a session with the target's threads; int8 per layer.
 
 int8 is static QDQ with unsigned-int8 activations and signed per-channel int8 weights: measured
 on digits-resnet at 1 thread, that runs 0.14x of PyTorch eager at batch 1, while ORT's default
 signed activations fuse only 9 of 21 convolutions and run slower than fp32 (0.37x vs 0.31x),
 and dynamic quantization is 1.6-4x slower than eager for convolutions. A graph without
-convolutions (a transformer) gets ORT's dynamic quantization as its standard whole-model int8:
+convolutions (a transformer) gets ORT's dynamic quantization, whole-model or per layer:
 static QDQ of every node took all-MiniLM-L6-v2's cosine fidelity to 0.35.
 """
 
@@ -155,14 +155,15 @@ def _for_quantizer(model: Any) -> Any:
     return copy
 
 
-def quantize_dynamic(model: Any) -> Any:
-    """ORT's dynamic int8 of every MatMul/Gemm: int8 weights, activations quantized per call.
+def quantize_dynamic(model: Any, *, nodes: Sequence[str] | None = None) -> Any:
+    """ORT's dynamic int8 of MatMul/Gemm nodes: int8 weights, activations quantized per call.
 
     The standard post-training int8 of MatMul-heavy models (transformers); needs no
     calibration. Convolutions are slower this way than in fp32 here: use `quantize` for them.
 
     Args:
         model: a float `onnx.ModelProto` (not modified).
+        nodes: names of the nodes to quantize; None quantizes every one ORT can.
 
     Returns:
         The quantized `onnx.ModelProto`.
@@ -177,7 +178,12 @@ def quantize_dynamic(model: Any) -> Any:
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # its optional pre-processing hint, as in `quantize`
         try:
-            ort_quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8)
+            ort_quantize_dynamic(
+                str(source),
+                str(out),
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=None if nodes is None else list(nodes),
+            )
         finally:
             logging.disable(previous)
         return onnx.load(str(out))
