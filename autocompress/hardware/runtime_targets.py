@@ -6,9 +6,9 @@ the baked model and the plan's int8 layers): the baked model (pruned, factorized
 weights as zeros) is exported to ONNX; its (8, 8) layers then run in int8 (ONNX Runtime: static
 QDQ on those layers' nodes and the activations, pooling and residual adds between them, or,
 in a graph without convolutions (a transformer), ORT's dynamic int8 on those layers' MatMul
-and Gemm nodes, as its plain int8 model has; OpenVINO: NNCF with every other layer in its
-ignored scope); all other layers stay fp32. bf16,
-int4 and int8-weight-only layers have no faster kernel in these runtimes for an fp32 model:
+nodes, as its plain int8 model has (a Gemm has no dynamic kernel and stays fp32); OpenVINO:
+NNCF with every other layer in its ignored scope); all other layers stay fp32. bf16, int4 and
+int8-weight-only layers have no faster kernel in these runtimes for an fp32 model:
 they count as size only.
 """
 
@@ -235,7 +235,7 @@ class OrtCpuTarget(RuntimeTarget):
         """Static QDQ int8 on the nodes and the ops between them; see `RuntimeTarget`.
 
         A graph without convolutions (a transformer) gets ORT's dynamic quantization on the
-        nodes instead (on every MatMul and Gemm for the whole-model int8, `int8_nodes` None):
+        nodes instead (on every MatMul for the whole-model int8, `int8_nodes` None):
         the runtime's standard for transformers. In one minilm-sentiment search, a plan with
         37 layers in static QDQ int8 and none pruned ran 12.7 ms, the plain dynamic int8
         model 10.9 ms.

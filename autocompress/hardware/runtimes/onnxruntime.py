@@ -146,7 +146,7 @@ def _for_quantizer(model: Any) -> Any:
     intermediate shapes: ORT's quantizers rewrite weights (a classifier head's Gemm weight
     becomes a transposed MatMul weight of the same name) and then re-infer shapes, which fails
     on the stale record ("Inferred shape and existing shape differ", minilm-sentiment's
-    3 x 384 head). Shape inference fills them in again."""
+    2 x 384 head). Shape inference fills them in again."""
     import onnx
 
     copy = onnx.ModelProto()
@@ -156,7 +156,8 @@ def _for_quantizer(model: Any) -> Any:
 
 
 def quantize_dynamic(model: Any, *, nodes: Sequence[str] | None = None) -> Any:
-    """ORT's dynamic int8 of MatMul/Gemm nodes: int8 weights, activations quantized per call.
+    """ORT's dynamic int8 of MatMul nodes: int8 weights, activations quantized per call (it has
+    no dynamic kernel for Gemm, which stays fp32).
 
     The standard post-training int8 of MatMul-heavy models (transformers); needs no
     calibration. Convolutions are slower this way than in fp32 here: use `quantize` for them.
