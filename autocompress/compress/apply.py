@@ -150,24 +150,22 @@ def deploy_on(
     plan = present(plan, baked)
     int8 = [n for n, c in plan.layers.items() if any(m.runtime_int8(c) for m in methods)]
     deployed = target.realize(baked, _as_tuple(example_input), calibration, int8)
-    scheme = f"int8 {deployed.int8_scheme}"
-    deployed.layers = {
-        name: kind.replace(
-            "int8 static",
-            f"float (no {scheme} kernel)" if name in deployed.float_layers else scheme,
-        )
-        for name, kind in _runtime_layer_kinds(plan).items()
-    }
+    deployed.layers = _runtime_layer_kinds(plan, deployed)
     return deployed
 
 
-def _runtime_layer_kinds(plan: Plan) -> dict[str, str]:
+def _runtime_layer_kinds(plan: Plan, deployed: Any) -> dict[str, str]:
+    """Per plan layer, how it runs: the runtime names its int8 layers' scheme
+    (`RuntimeModel.int8_label`), each method the rest of what it does to the layer."""
     kinds = {}
     methods = ordered()
     for name, cfg in plan.layers.items():
-        found = [k for m in methods if (k := m.runtime_kind(cfg)) is not None]
-        if found:
-            kinds[name] = ", ".join(found)
+        found = [
+            deployed.int8_label(name) if m.runtime_int8(cfg) else m.runtime_kind(cfg)
+            for m in methods
+        ]
+        if any(found):
+            kinds[name] = ", ".join(k for k in found if k)
     return kinds
 
 

@@ -192,7 +192,8 @@ class Method(ABC):
         return False
 
     def runtime_kind(self, cfg: LayerConfig) -> str | None:
-        """How a runtime target runs the layer, in words, when this method decides it."""
+        """How a runtime target runs the layer, in words, when this method decides it; a layer
+        it runs in int8 (`runtime_int8`) is named by the runtime instead."""
         return None
 
     def refusal(self, module: nn.Module, setting: str, value: Any) -> str | None:

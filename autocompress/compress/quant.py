@@ -110,10 +110,9 @@ class Quant(Method):
         return (cfg.weight_bits, cfg.act_bits) == INT8
 
     def runtime_kind(self, cfg: LayerConfig) -> str | None:
-        """int8 static, or float with fewer-bit weights counted as size only."""
-        if (cfg.weight_bits, cfg.act_bits) == INT8:
-            return "int8 static"
-        if cfg.weight_bits < 32:
+        """Float with fewer-bit weights counted as size only (the runtime names its int8
+        layers' scheme itself)."""
+        if cfg.weight_bits < 32 and (cfg.weight_bits, cfg.act_bits) != INT8:
             return f"float ({cfg.weight_bits}-bit weights: size only)"
         return None
 

@@ -99,7 +99,8 @@ class RuntimeModel(nn.Module):
             "dynamic" (activations quantized per call: ONNX Runtime's transformers).
         float_layers: the plan's int8 layers the runtime has no int8 kernel for here, which
             run in float (a Gemm under ONNX Runtime's dynamic int8).
-        layers: per plan layer, how it deploys ("int8", "float", "float (bf16: size only)").
+        layers: per plan layer, how it deploys ("int8 static", "int8 dynamic",
+            "float (no int8 dynamic kernel)", "float (8-bit weights: size only)").
     """
 
     runtime: str = ""
@@ -110,6 +111,12 @@ class RuntimeModel(nn.Module):
         self.int8_nodes: list[str] = []
         self.float_layers: list[str] = []
         self.layers: dict[str, str] = {}
+
+    def int8_label(self, layer: str) -> str:
+        """How the plan's int8 layer `layer` runs here: "int8 static", "int8 dynamic", or
+        "float (no int8 dynamic kernel)" where the runtime has none for it."""
+        scheme = f"int8 {self.int8_scheme}"
+        return f"float (no {scheme} kernel)" if layer in self.float_layers else scheme
 
     def timer(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
         """A zero-argument call of the model on `inputs` (converted to the runtime's form once)."""

@@ -210,3 +210,17 @@ def has_convolutions(model: Any) -> bool:
 def weight_node_count(model: Any) -> int:
     """How many weight nodes (Conv, Gemm, MatMul) a graph has."""
     return sum(1 for n in model.graph.node if n.op_type in WEIGHT_OPS)
+
+
+def graph_inputs(model: Any) -> tuple[list[str], list[list[int | None]]]:
+    """The graph's input names and each input's static sizes (None where a size is dynamic):
+    a text model exported at 64 tokens is fed batches padded to their own longest text, and
+    `task.fit_to_shapes` fits them to these sizes. Initializers listed as inputs are left out.
+    """
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    shapes = [
+        [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+        for i in inputs
+    ]
+    return [i.name for i in inputs], shapes

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from autocompress.hardware.runtimes import RuntimeModel
+from autocompress.hardware.runtimes.onnx_graph import graph_inputs
 from autocompress.task import fit_to_shapes
 
 CPU = "CPUExecutionProvider"
@@ -49,12 +50,7 @@ class OrtModel(RuntimeModel):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         self.session = ort.InferenceSession(self.model_bytes, options, providers=[provider])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        # Static sizes of each input (None where dynamic): a text model exported at 64 tokens
-        # is fed validation batches padded to their own longest sequence.
-        self.input_shapes = [
-            [d if isinstance(d, int) else None for d in i.shape] for i in self.session.get_inputs()
-        ]
+        self.input_names, self.input_shapes = graph_inputs(model)
 
     def _feed(self, inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
         arrays = [t.detach().cpu().contiguous().numpy() for t in inputs]
@@ -103,11 +99,7 @@ def quantize(
     )
 
     source = _for_quantizer(model)
-    names = [i.name for i in model.graph.input]
-    shapes = [
-        [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
-        for i in model.graph.input
-    ]
+    names, shapes = graph_inputs(model)
     arrays = [fit_to_shapes([t.detach().cpu().numpy() for t in b], shapes) for b in calibration]
     feeds = [dict(zip(names, batch, strict=True)) for batch in arrays]
 
