@@ -118,7 +118,7 @@ def sentiment_task(
         The task; batches are ``((input_ids, attention_mask), label)``, padding trimmed to the
         batch's longest tweet. Training batches hold tweets of about one length
         (`zoo.text.LengthGroupedBatches`), validation tweets are scored shortest first: both
-        halve the padding. The example input is one tweet at `MAX_TOKENS` tokens.
+        nearly halve the padding. The example input is one tweet at `MAX_TOKENS` tokens.
     """
     from autocompress.zoo.text import Texts, by_length, collate_texts, grouped_loader, tokenize
 
