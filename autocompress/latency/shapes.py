@@ -77,6 +77,11 @@ class ModelShapes:
         self.layers = list(layers)
         self.attention = list(attention)
         self._attention_json = [a.geometry_json() for a in self.attention]
+        # A layer inside each attention module: the core leaves with it when its block is dropped.
+        self._attention_layer = [
+            next((x.name for x in self.layers if x.name.startswith(a.name + ".")), None)
+            for a in self.attention
+        ]
         self.runtime = runtime
         self.group_channels = dict(group_channels)
         self.group_multiples = dict(group_multiples or {})
@@ -210,7 +215,7 @@ class ModelShapes:
 
     def kernels(self, plan: Plan) -> list[Kernel]:
         """Every Conv/Linear kernel the plan's deployed model runs, in module order, then its
-        attention cores.
+        attention cores (none for a dropped layer).
 
         Args:
             plan: the plan (its sparsity does not change kernels: sparse layers deploy dense).
@@ -221,6 +226,9 @@ class ModelShapes:
         layers = [kernel for _, kernels in self._layer_kernels(plan) for kernel in kernels]
         cores = []
         for index, shape in enumerate(self.attention):
+            inside = self._attention_layer[index]
+            if inside is not None and kernel_effect(plan.config(inside)).removed:
+                continue  # its layer was dropped
             keep = (
                 1.0 if shape.group is None else kernel_effect(plan.config(shape.group)).keep_ratio
             )

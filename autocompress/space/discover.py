@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from autocompress.compress.coupling import PRUNABLE, coupling_groups, dependency_graph, features
-from autocompress.compress.depth import residual_blocks
+from autocompress.compress.depth import droppable_blocks
 
 # Embedding tables are listed too: a plan may quantize them (their only knob, see spec.py).
 _TABLES = (nn.Embedding,)
@@ -41,7 +41,7 @@ class LayerInfo:
         group: name of its coupling group (layers whose output channels must be pruned together,
             e.g. the convolutions feeding one residual add), or None when its outputs cannot be
             pruned (the model's output layer).
-        block: the residual block it belongs to (`compress.depth.residual_blocks`: a block
+        block: the block it belongs to (`compress.depth.droppable_blocks`: a block
             that can be dropped whole), or None.
     """
 
@@ -79,7 +79,7 @@ def discover(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[LayerIn
         group_of = {
             member: name for name, members in coupling_groups(model, graph) for member in members
         }
-        blocks = residual_blocks(model, inputs)
+        blocks = droppable_blocks(model, inputs)
     finally:
         model.train(was_training)
     layers = []

@@ -115,7 +115,7 @@ class SearchSpace:
     ) -> list[Knob]:
         """Resolve the space on a model's layers into the decisions a sampler makes.
 
-        Knobs decided per coupling group (channel keep ratios) or per residual block (dropping
+        Knobs decided per coupling group (channel keep ratios) or per block (dropping
         it) are decided once per group or block (`Setting.decided_per`; the intersection of its
         members' choices); every other knob once per layer. A knob whose single choice is the
         default (leave the layer as it is) is left out; one whose single choice is not (e.g.
