@@ -101,16 +101,17 @@ def _is_identity_when_zeroed(module: nn.Module, x: torch.Tensor) -> bool:
 
 
 def _stacked(model: nn.Module) -> set[str]:
-    """Entries of every `nn.ModuleList` of two or more entries, all of one class."""
+    """Entries of every `nn.ModuleList` of two or more entries, all of one class, that are
+    not bare Conv/Linear layers themselves (a block holds layers)."""
     found = set()
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) >= 2 and _one_class(module):
+        if isinstance(module, nn.ModuleList) and len(module) >= 2 and _blocks_of_one_class(module):
             found |= {f"{name}.{index}" if name else str(index) for index in range(len(module))}
     return found
 
 
-def _one_class(modules: nn.ModuleList) -> bool:
-    return len({type(m) for m in modules}) == 1
+def _blocks_of_one_class(modules: nn.ModuleList) -> bool:
+    return len({type(m) for m in modules}) == 1 and not isinstance(modules[0], COMPRESSIBLE)
 
 
 def droppable_blocks(model: nn.Module, example_input: Inputs) -> list[str]:

@@ -407,16 +407,26 @@ def _seed_allocations(
         rows=measured.rows,
         file=str(path),
     )
-    if len(seeds) > room:  # evenly over the budgets, the fastest kept
-        seeds = [seeds[round(i * (len(seeds) - 1) / max(room - 1, 1))] for i in range(room)]
-    for seed in seeds:
+    budgeted = [s for s in seeds if s.budget_ms is not None]
+    depth = [s for s in seeds if s.budget_ms is None][: max(room - len(budgeted), room // 4)]
+    room -= len(depth)
+    if len(budgeted) > room:  # evenly over the budgets, the fastest kept
+        budgeted = [
+            budgeted[round(i * (len(budgeted) - 1) / max(room - 1, 1))] for i in range(room)
+        ]
+    for seed in budgeted + depth:
         study.enqueue_trial(
             seed.params, user_attrs={"warm_start": "allocated"}, skip_if_exists=True
         )
-    span = f"{seeds[0].predicted_ms:.3g}-{seeds[-1].predicted_ms:.3g} ms" if seeds else "none"
+    span = (
+        f"{budgeted[0].predicted_ms:.3g}-{budgeted[-1].predicted_ms:.3g} ms" if budgeted else "none"
+    )
+    dropping = {0: "", 1: " and 1 that drops only the cheapest block"}.get(
+        len(depth), f" and {len(depth)} that drop only the cheapest 1 to {len(depth)} blocks"
+    )
     return (
-        f"allocated {len(seeds)} per-layer plans for latency budgets {span} (predicted) from "
-        f"the sensitivity {path}"
+        f"allocated {len(budgeted)} per-layer plans for latency budgets {span} (predicted)"
+        f"{dropping} from the sensitivity {path}"
     )
 
 

@@ -213,12 +213,23 @@ def test_the_layers_of_a_stack_are_blocks_though_no_identity_when_zeroed() -> No
     assert droppable_blocks(model, _stack_input()) == ["layer.0", "layer.1", "layer.2"]
 
 
-def test_a_list_of_mixed_classes_or_of_one_layer_is_no_stack() -> None:
+def test_a_list_of_mixed_classes_of_one_entry_or_of_bare_layers_is_no_stack() -> None:
     class OtherLayer(_PostNormLayer):
         pass
 
+    class Mlp(nn.Module):  # Linears in a list, ReLU between: layers, not blocks
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.ModuleList([nn.Linear(16, 16) for _ in range(3)])
+
+        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            for layer in self.layer:
+                x = torch.relu(layer(x)) * mask
+            return x
+
     assert droppable_blocks(_Stack([_PostNormLayer(), OtherLayer()]), _stack_input()) == []
     assert droppable_blocks(_Stack([_PostNormLayer()]), _stack_input()) == []
+    assert droppable_blocks(Mlp(), _stack_input()) == []
 
 
 def test_a_stack_layer_that_changes_its_input_shape_is_not_a_block() -> None:

@@ -100,3 +100,29 @@ def test_allocations_meet_their_budgets_and_are_monotone_in_them() -> None:
 def test_a_budget_nothing_meets_gets_no_plan() -> None:
     path = allocation_path(KNOBS, cost, predict_ms)
     assert plans_for_budgets(path, [0.1]) == []
+
+
+def test_depth_starts_drop_the_cheapest_blocks_first_on_the_int8_start() -> None:
+    from autocompress.optimize.allocate import depth_starts
+
+    blocks = "pqrst"
+    knobs = [*KNOBS, *(Knob(f"drop_{n}", "drop_block", (False, True), (n,)) for n in blocks)]
+    drop_cost = {"drop_p": 0.3, "drop_q": 0.05, "drop_r": 0.2, "drop_s": 0.1, "drop_t": 0.4}
+
+    def costs(param: str, value: Any) -> float:
+        return drop_cost[param] if value is True else cost(param, value)
+
+    def with_blocks(params: dict[str, Any]) -> float:
+        return predict_ms(params) + sum(0.0 if params[f"drop_{n}"] else 0.5 for n in blocks)
+
+    starts = depth_starts(knobs, costs, with_blocks)
+    dropped = [[n for n in blocks if s.params[f"drop_{n}"]] for s in starts]
+    assert dropped == [["q"], ["q", "s"]]  # half of five blocks, least cost first
+    for start in starts:
+        assert all(
+            start.params[f"bits_{n}"] == 8 and start.params[f"keep_{n}"] == 1.0 for n in "abc"
+        )
+        assert start.predicted_ms == pytest.approx(with_blocks(start.params))
+    assert starts[1].cost == pytest.approx(3 * 0.002 + 0.05 + 0.1)
+    assert starts[0].predicted_ms > starts[1].predicted_ms
+    assert depth_starts(KNOBS, cost, predict_ms) == []  # no block to drop
