@@ -219,11 +219,17 @@ def section(r: dict[str, Any]) -> str:
     if exported is not None and exported.get("runtime"):
         rt = exported["runtime"]
         ratio = rt["latency_ms"] / exported["study_latency_ms"]
+        # runs before the export timed the in-memory graph beside the file have no such ratio
+        versus = rt.get("latency_vs_in_memory_ratio")
+        beside = (
+            ""
+            if versus is None
+            else f"{versus:.2f}x the in-memory graph the search timed, interleaved with it; "
+        )
         lines.append(
             f"Exported ({rt['file']}, loaded from disk in {rt['runtime']}): {_ms(rt['latency_ms'])}"
             f" ms vs {_ms(exported['study_latency_ms'])} ms in the study ({ratio:.2f}x); "
-            f"{rt['latency_vs_in_memory_ratio']:.2f}x the in-memory graph the search timed, "
-            f"interleaved with it; accuracy {_pct(rt['accuracy'])}."
+            f"{beside}accuracy {_pct(rt['accuracy'])}."
         )
         times = exported.get("node_times")
         if times:
@@ -284,12 +290,12 @@ def main() -> None:
                 failed[key] = str(exc)
         order = {k: i for i, k in enumerate(_key_of(s) for s in RUNS)}
         kept.sort(key=lambda r: order.get(_key(r), len(order)))
+        raw.write_text(json.dumps(kept, indent=1))  # first: a run's figures outlive a render bug
         sections = [section(r) for r in kept]
         sections += [
             f"## {m} on {t}, batch {b}\n\nFailed: {e}\n" for (m, t, b), e in failed.items()
         ]
         args.out.write_text(header + "\n" + "\n".join(sections))
-        raw.write_text(json.dumps(kept, indent=1))
         print(f"{spec}: done -> {args.out}", flush=True)
 
 
