@@ -71,8 +71,12 @@ def one_run(model: str, target: str, batch: int, trials: int, workdir: Path) -> 
     exported = None
     if fastest is not None:
         out = workdir / "deploy"
-        _run(["export", "--study", study, "--trial", str(fastest["trial"]), "--out", str(out)],
-             workdir)  # fmt: skip
+        try:
+            _run(["export", "--study", study, "--trial", str(fastest["trial"]), "--out",
+                  str(out)], workdir)  # fmt: skip
+        except RuntimeError as exc:  # the search's figures stand; the failure is reported
+            exported = {"error": str(exc)[-1500:]}
+    if fastest is not None and exported is None:
         exported = json.loads((out / "metrics.json").read_text())
         onnx_file = out / "model.onnx"
         if onnx_file.exists() and target.endswith("onnxruntime"):  # ORT's profiler times ORT only
@@ -216,6 +220,15 @@ def section(r: dict[str, Any]) -> str:
             f"int8 model ({int8['label']}, {_ms(ref)} ms at {_pct(int8['accuracy'])})."
         )
     exported = r["exported"]
+    if exported is not None and "error" in exported:
+        lines += [
+            "",
+            "Export of the fastest candidate failed:",
+            "",
+            "```",
+            exported["error"],
+            "```",
+        ]
     if exported is not None and exported.get("runtime"):
         rt = exported["runtime"]
         ratio = rt["latency_ms"] / exported["study_latency_ms"]

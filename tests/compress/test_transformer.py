@@ -103,3 +103,17 @@ def test_transformer_space_searches_heads_ffn_ranks_and_int8() -> None:
     # The tables' only knob is their storage bits, one decision for all three (tied).
     tables = [k for k in knobs if "encoder.embeddings.word_embeddings" in k.layers]
     assert [(k.setting, k.choices, len(k.layers)) for k in tables] == [("weight_bits", (8, 4), 3)]
+
+
+def test_a_realized_graph_takes_texts_of_any_length_fitted_to_its_exported_one() -> None:
+    """Validation batches are padded to their own longest text; the exported graph has the
+    example's length: shorter batches are zero-padded (pad id, mask 0), longer ones cut."""
+    from autocompress.compress.quantize_real import compile_float
+
+    model = tiny_bert()
+    realized = compile_float(model, tokens(batch=1, length=12))
+    with torch.no_grad():
+        short = tokens(batch=2, length=7)
+        assert torch.allclose(realized(*short), model(*short), atol=1e-4)
+        ids, mask = tokens(batch=3, length=16)
+        assert torch.allclose(realized(ids, mask), model(ids[:, :12], mask[:, :12]), atol=1e-4)
