@@ -218,7 +218,8 @@ def _parser() -> argparse.ArgumentParser:
         "--no-allocation",
         action="store_true",
         help="do not start a new study with per-layer plans allocated from the model's "
-        "measured sensitivity (the uniform plans still run)",
+        "measured sensitivity, nor refine the fastest plan that holds accuracy (the uniform "
+        "plans still run; the sampler has the other trials)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=_cmd_search)

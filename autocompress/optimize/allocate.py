@@ -101,6 +101,7 @@ def allocation_path(
     predict_ms: Callable[[Params], float],
     *,
     start: Mapping[str, Any] | None = None,
+    start_params: Params | None = None,
     frozen: frozenset[str] = frozenset(),
 ) -> list[Allocation]:
     """The greedy descent from `start`: one plan per step, each predicted faster than the last.
@@ -112,6 +113,8 @@ def allocation_path(
         predict_ms: a whole plan's predicted latency, from its sampler parameters.
         start: the settings every layer starts at where its knob offers them (e.g.
             `{"weight_bits": 8, "act_bits": 8}`); None: the dense model.
+        start_params: a whole plan to start from instead (sampler parameters for every
+            knob, e.g. a trial's), where the descent goes on (`optimize.refine`).
         frozen: settings the descent leaves as they start (e.g. the bits on an int8 path).
 
     Returns:
@@ -119,7 +122,7 @@ def allocation_path(
     """
     every = moves(knobs, cost)
     options = [m for m in every if m.knob.setting not in frozen]
-    current = uniform_params(knobs, dict(start or {}))
+    current = dict(start_params) if start_params else uniform_params(knobs, dict(start or {}))
     # What the start plan already spends: each change it makes, counted once (int8 weights
     # and activations, not also int8 weights alone).
     made = [m for m in every if all(current.get(p) == v for p, v in m.delta.items())]
@@ -203,13 +206,8 @@ def allocate(
         least estimated cost on any path that is predicted to meet it.
     """
     paths = [allocation_path(knobs, cost, predict_ms)]
-    if any(k.setting == "weight_bits" and 8 in k.choices for k in knobs):
-        int8 = {"weight_bits": 8, "act_bits": 8}
-        paths.append(
-            allocation_path(
-                knobs, cost, predict_ms, start=int8, frozen=frozenset({"weight_bits", "act_bits"})
-            )
-        )
+    if (int8 := _int8_start(knobs)) is not None:
+        paths.append(allocation_path(knobs, cost, predict_ms, start=int8, frozen=frozenset(int8)))
     candidates = [a for path in paths for a in path if math.isfinite(a.predicted_ms)]
     if not candidates:
         return []
@@ -248,12 +246,11 @@ def depth_starts(
         (k for k in knobs if k.setting == "drop_block" and True in k.choices),
         key=lambda k: cost(k.param, True),
     )
-    offers_int8 = any(k.setting == "weight_bits" and 8 in k.choices for k in knobs)
     base = allocation_path(
         knobs,
         cost,
         predict_ms,
-        start={"weight_bits": 8, "act_bits": 8} if offers_int8 else None,
+        start=_int8_start(knobs),
         frozen=frozenset(k.setting for k in knobs),  # the start plan alone
     )[0]
     found = []
@@ -262,6 +259,13 @@ def depth_starts(
         added = sum(max(float(cost(k.param, True)), FREE_COST) for k in drops[:count])
         found.append(Allocation(params, float(predict_ms(params)), base.cost + added))
     return found
+
+
+def _int8_start(knobs: Sequence[Knob]) -> dict[str, int] | None:
+    """The int8 path's start settings where the space offers int8 weights; else None."""
+    if any(k.setting == "weight_bits" and 8 in k.choices for k in knobs):
+        return {"weight_bits": 8, "act_bits": 8}
+    return None
 
 
 def budgets(candidates: Sequence[Allocation], points: int) -> list[float]:
@@ -326,22 +330,12 @@ def allocation_seeds(
     Returns:
         (the allocations, the sensitivity they were allocated from, its cache file).
     """
-    from optuna.trial import FixedTrial
-
     from autocompress.evaluate.sensitivity import sensitivity_for
-    from autocompress.space.sample import plan_from_trial
 
     measured, path = sensitivity_for(
         dense, task, knobs, model=model, round_to=round_to, show_progress=show_progress
     )
-
-    def predict_ms(params: Params) -> float:
-        plan = plan_from_trial(FixedTrial(params), knobs, round_to=round_to)
-        try:
-            return predictor.predict_ratio(plan) * dense_ms
-        except ValueError:  # a regime the profile has no plan of: never a step
-            return math.inf
-
+    predict_ms = plan_latency(knobs, predictor=predictor, dense_ms=dense_ms, round_to=round_to)
     seeds = allocate(knobs, measured.cost, predict_ms, points=points)
     seeds += [
         start
@@ -349,3 +343,29 @@ def allocation_seeds(
         if math.isfinite(start.predicted_ms) and all(start.params != s.params for s in seeds)
     ]
     return seeds, measured, path
+
+
+def plan_latency(
+    knobs: Sequence[Knob], *, predictor: LatencyPredictor, dense_ms: float, round_to: int | None
+) -> Callable[[Params], float]:
+    """A whole plan's predicted latency in ms from its sampler parameters (inf where the
+    profile has no plan of its regime: never a step).
+
+    Args:
+        knobs: the space's knobs for the model.
+        predictor: the target's fitted latency predictor for this model and space.
+        dense_ms: the dense model's latency (the predictor predicts ratios to it).
+        round_to: the space's channel multiple.
+    """
+    from optuna.trial import FixedTrial
+
+    from autocompress.space.sample import plan_from_trial
+
+    def predict_ms(params: Params) -> float:
+        plan = plan_from_trial(FixedTrial(params), knobs, round_to=round_to)
+        try:
+            return predictor.predict_ratio(plan) * dense_ms
+        except ValueError:
+            return math.inf
+
+    return predict_ms

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from autocompress.optimize.early_stop import EarlyStopper, TrialStopped, stopped
 from autocompress.optimize.record import Baseline
 from autocompress.space.spec import Knob
 from autocompress.task import Task
+
+if TYPE_CHECKING:
+    from autocompress.optimize.refine import Refiner
 
 # A plan this far over a latency or size budget is not worth a fine-tune: its accuracy is
 # still measured (after BatchNorm recalibration) but the trial is known to be infeasible.
@@ -54,6 +57,8 @@ class SearchContext:
     # Training batches on which a fine-tune must beat the weights it started from (see
     # `finetune`'s `check`); None: every fine-tune is kept.
     check_batches: Sequence[Any] | None = None
+    # Chooses the next plan once the queued ones are run (`optimize.refine`); None: the sampler.
+    refiner: Refiner | None = None
 
     def __post_init__(self) -> None:
         if self.teacher_outputs is None:

@@ -33,6 +33,7 @@ from autocompress.optimize.options import DEFAULT_MODEL, SearchOptions
 from autocompress.optimize.pareto import Candidate, baseline_row, pareto_front
 from autocompress.optimize.pareto import alternatives as alternatives_of
 from autocompress.optimize.reach import reachability_notes
+from autocompress.optimize.refine import refiner_for
 from autocompress.optimize.seeding import seed_allocations
 from autocompress.optimize.study import (
     check_identity,
@@ -166,7 +167,10 @@ def search(
             leaves every trial to the sampler.
         allocate: a new study with predicted latency also starts from per-layer plans
             allocated for 10 latency budgets from the model's measured sensitivity
-            (`optimize.allocate`; measured on first use and cached); False leaves them out.
+            (`optimize.allocate`; measured on first use and cached), and once the queued
+            plans are run, each trial refines the fastest plan that holds accuracy
+            (`optimize.refine`; not with `warm_start=False`); False leaves both to the
+            sampler.
 
     Returns:
         The front over all the study's trials, the dense baseline row, and this run's counts;
@@ -291,6 +295,7 @@ def prepare(options: SearchOptions, *, worker: bool = False) -> Prepared:
             f"early stopping: fine-tunes are scored at steps {rungs} of {o.finetune_steps} and "
             "stopped there when dominated beyond hope"
         )
+    refine_note = ""
     if o.latency == "predicted":  # profiled here once; worker processes find it in the cache
         ctx.predictor, path = predictor_for(
             dense,
@@ -304,9 +309,13 @@ def prepare(options: SearchOptions, *, worker: bool = False) -> Prepared:
             show_progress=o.show_progress,
         )
         notes.append(f"latency predicted from the profile {path}; the front is measured after")
+        if o.allocate and o.warm_start:
+            ctx.refiner, refine_note = refiner_for(ctx, model=model_label(o.model))
     prepared = Prepared(o, study_name, storage_obj, the_study, ctx, notes)
     if not worker:
         _seed(prepared, existing=existing)
+        if ctx.refiner is not None:
+            notes.append(refine_note)
     return prepared
 
 

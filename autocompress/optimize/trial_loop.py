@@ -17,12 +17,14 @@ from autocompress.optimize.heartbeat import fail_stale_trials, heartbeat
 from autocompress.optimize.objectives import SearchContext, constraint_values, evaluate_plan
 from autocompress.optimize.progress import SearchProgress
 from autocompress.optimize.record import violations
+from autocompress.optimize.refine import Refiner
 from autocompress.optimize.study import OBJECTIVES
 from autocompress.space.sample import plan_from_trial
 
 WORKER = f"{platform.node()}:{os.getpid()}"  # which process ran a trial, for many-machine runs
 _BOOKKEEPING = frozenset({"worker", "warm_start", "retry_of", "duplicate_of", "fail_reason"})
 _COMPLETE, _PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+_WAITING = optuna.trial.TrialState.WAITING
 
 
 def run_trials(
@@ -40,7 +42,8 @@ def run_trials(
     are failed and queued again (a queued trial is the next one asked for). With early
     stopping, a trial stopped at a rung is told PRUNED; a plan stopped before and drawn
     again is told PRUNED again with the first one's figures (`duplicate_of`), not re-run:
-    the trial that dominated it is still in the study.
+    the trial that dominated it is still in the study. Once no plan is queued, the context's
+    refiner (if any) queues the next one.
 
     Returns:
         Trials run, failed, and stopped early (included in run).
@@ -61,6 +64,8 @@ def run_trials(
                 progress.trial_failed(f"#{number}: its worker died; queued again")
             # other workers may have scored plans meanwhile
             seen = _scored_plans(study, stopped=ctx.early_stop)
+            if ctx.refiner is not None:
+                _queue_refinement(study, ctx.refiner)
             with warnings.catch_warnings():  # we keep the heartbeats ourselves (heartbeat.py)
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                 trial = study.ask()
@@ -109,6 +114,16 @@ def _tell(
     frozen = study.tell(trial, [figures[o] for o in OBJECTIVES])
     progress.trial_done(figures, feasible=not violations(frozen))
     return False
+
+
+def _queue_refinement(study: optuna.Study, refiner: Refiner) -> None:
+    """Once no plan is queued, queue the next refinement (`optimize.refine`), if any."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == _WAITING for t in trials):
+        return
+    refinement = refiner.next(trials)
+    if refinement is not None:
+        study.enqueue_trial(refinement.params, user_attrs=refinement.user_attrs())
 
 
 def _scored_plans(

@@ -1,0 +1,110 @@
+"""Refinement: the descent goes on from the fastest scored plan that holds accuracy.
+
+The allocator's hand-made space (tests/optimize/test_allocate.py): three layers' keep ratios
+and bits, an additive latency model with a boundary cost between float and int8 layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytest
+
+from autocompress.optimize.allocate import allocation_path
+from autocompress.optimize.refine import FIRST_STEP, MIN_STEP, Refiner, base_trial
+from autocompress.space.uniform import uniform_params
+from tests.optimize.test_allocate import KNOBS, cost, predict_ms
+
+FLOOR = 0.9
+INT8 = uniform_params(KNOBS, {"weight_bits": 8, "act_bits": 8})  # 2.1 ms
+
+
+def scored(
+    number: int, params: dict[str, Any], accuracy: float, **attrs: Any
+) -> optuna.trial.FrozenTrial:
+    """A complete trial of `params` as the search tells it (accuracy, predicted ms, size)."""
+    trial = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.COMPLETE,
+        values=[accuracy, predict_ms(params), 1000],
+        params=params,
+        distributions={
+            k.param: optuna.distributions.CategoricalDistribution(k.choices) for k in KNOBS
+        },
+        user_attrs=attrs,
+    )
+    trial.number = number
+    return trial
+
+
+REFINER = Refiner(KNOBS, cost, predict_ms, FLOOR)
+
+
+def test_the_base_is_the_fastest_plan_that_holds_the_floor() -> None:
+    dense = uniform_params(KNOBS, {})
+    harsh = uniform_params(KNOBS, {"weight_bits": 8, "act_bits": 8, "keep_ratio": 0.5})
+    trials = [scored(0, dense, 0.95), scored(1, INT8, 0.94), scored(2, harsh, 0.80)]
+    assert base_trial(trials, floor=FLOOR).number == 1  # #2 is faster but below the floor
+    assert base_trial(trials[2:], floor=FLOOR) is None
+    assert REFINER.next(trials[2:]) is None  # nothing holds accuracy: the sampler's turn
+
+
+def test_a_refinement_is_the_first_point_of_the_descent_a_step_faster() -> None:
+    trials = [scored(0, uniform_params(KNOBS, {}), 0.95), scored(1, INT8, 0.94)]
+    refinement = REFINER.next(trials)
+    assert refinement is not None and refinement.base == 1 and refinement.step == FIRST_STEP
+    path = allocation_path(KNOBS, cost, predict_ms, start_params=INT8)
+    goal = predict_ms(INT8) * (1 - FIRST_STEP)
+    assert refinement.params == next(a.params for a in path if a.predicted_ms <= goal)
+    assert refinement.predicted_ms == pytest.approx(predict_ms(refinement.params))
+    # The cheapest layer is pruned first (keep 0.75 saves 6% of 2.1 ms, 0.5 saves 12%),
+    # and the bits of the base stay int8.
+    assert refinement.params == {**INT8, "keep_a": 0.5}
+    assert refinement.user_attrs() == {
+        "warm_start": "refined", "refined_from": 1, "refine_step": FIRST_STEP,
+    }  # fmt: skip
+
+
+def test_a_refinement_that_holds_is_refined_with_its_step_one_that_fails_halves_it() -> None:
+    first = REFINER.next([scored(1, INT8, 0.94)])
+    held = scored(2, first.params, 0.93, **first.user_attrs())
+    second = REFINER.next([scored(1, INT8, 0.94), held])
+    assert second.base == 2 and second.step == FIRST_STEP
+    assert second.predicted_ms <= held.values[1] * (1 - FIRST_STEP) + 1e-9
+    # It falls below the floor: #2 stays the base, and the next step from it is half.
+    failed = scored(3, second.params, 0.85, **second.user_attrs())
+    third = REFINER.next([scored(1, INT8, 0.94), held, failed])
+    assert third.base == 2 and third.step == FIRST_STEP / 2
+    assert third.params != second.params
+    # Steps halve down to MIN_STEP; then the sampler has the trials.
+    trials = [scored(1, INT8, 0.94), held, failed]
+    while (nxt := REFINER.next(trials)) is not None:
+        assert nxt.step >= MIN_STEP
+        trials.append(scored(len(trials) + 1, nxt.params, 0.5, **nxt.user_attrs()))
+    assert len(trials) <= 3 + 3  # 0.05, 0.025, then below MIN_STEP
+
+
+def test_the_fastest_plan_of_the_space_has_no_refinement() -> None:
+    fastest = allocation_path(KNOBS, cost, predict_ms, start_params=INT8)[-1].params
+    assert REFINER.next([scored(0, fastest, 0.95)]) is None
+
+
+def test_the_trial_loop_queues_a_refinement_only_once_nothing_is_queued() -> None:
+    from autocompress.optimize.trial_loop import _queue_refinement
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for trial in (scored(0, uniform_params(KNOBS, {}), 0.95), scored(1, INT8, 0.94)):
+        study.add_trial(trial)
+    study.enqueue_trial(uniform_params(KNOBS, {"keep_ratio": 0.75}))
+    _queue_refinement(study, REFINER)  # a plan is queued: it goes first
+    assert len(study.trials) == 3
+    study.tell(study.ask(), [0.5, 2.25, 1000])
+    _queue_refinement(study, REFINER)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1
+    asked = study.ask()  # the sampler's next trial is the refinement, with its record
+    refinement = REFINER.next(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    assert asked.user_attrs == refinement.user_attrs()
+    assert {k.param: asked.suggest_categorical(k.param, k.choices) for k in KNOBS} == (
+        refinement.params
+    )
