@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("transformers")
 
 from autocompress.compress.apply import apply, bake, deploy
+from autocompress.compress.int8_embedding import Int8Embedding
 from autocompress.compress.prune import attention_heads
-from autocompress.compress.quantize_real import Int8Embedding
 from autocompress.compress.size import compressed_size_bytes, size_bytes
 from autocompress.config import LayerConfig, Plan
 from autocompress.space.discover import discover
