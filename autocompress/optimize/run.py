@@ -33,8 +33,7 @@ from autocompress.optimize.options import DEFAULT_MODEL, SearchOptions
 from autocompress.optimize.pareto import Candidate, baseline_row, pareto_front
 from autocompress.optimize.pareto import alternatives as alternatives_of
 from autocompress.optimize.reach import reachability_notes
-from autocompress.optimize.refine import refiner_for
-from autocompress.optimize.seeding import seed_allocations
+from autocompress.optimize.seeding import refiner_for, seed_allocations
 from autocompress.optimize.study import (
     check_identity,
     make_sampler,

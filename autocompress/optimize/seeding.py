@@ -1,12 +1,20 @@
-"""Queue a new study's allocated plans (`optimize.allocate`) after its uniform warm starts."""
+"""What a search starts from and goes on from: a new study's allocated plans queued after its
+uniform warm starts (`optimize.allocate`), and the refiner that follows them (`optimize.refine`)."""
 
 from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from autocompress.optimize import record
-from autocompress.optimize.allocate import allocation_seeds
+from autocompress.optimize.allocate import allocation_seeds, plan_latency
 from autocompress.optimize.objectives import SearchContext
+from autocompress.optimize.refine import DEFAULT_DROP, FIRST_STEP, Refiner
+
+if TYPE_CHECKING:
+    from autocompress.evaluate.sensitivity import Sensitivity
 
 
 def seed_allocations(
@@ -53,3 +61,42 @@ def seed_allocations(
         f"allocated {len(budgeted)} per-layer plans for latency budgets {span} (predicted)"
         f"{dropping} from the sensitivity {path}"
     )
+
+
+def refiner_for(ctx: SearchContext, *, model: str) -> tuple[Refiner, str]:
+    """The refiner of a search with predicted latency, and the note that says what it does.
+
+    The model's sensitivity (the descent's costs) is read when the first refinement is
+    chosen: cached by then in a new study (the allocation measured it), measured there
+    otherwise.
+
+    Args:
+        ctx: the search's context (its predictor fitted).
+        model: the model's label (the sensitivity cache's folder).
+    """
+    from autocompress.evaluate.sensitivity import sensitivity_for
+
+    assert ctx.predictor is not None
+
+    @functools.cache
+    def measured() -> Sensitivity:
+        found, _ = sensitivity_for(
+            ctx.dense, ctx.task, ctx.knobs, model=model, round_to=ctx.round_to
+        )
+        return found
+
+    def cost(param: str, value: Any) -> float:
+        return measured().cost(param, value)
+
+    drop = DEFAULT_DROP if ctx.budget.max_drop is None else ctx.budget.max_drop
+    predict_ms = plan_latency(
+        ctx.knobs, predictor=ctx.predictor, dense_ms=ctx.baseline.latency_ms,
+        round_to=ctx.round_to,
+    )  # fmt: skip
+    refiner = Refiner(ctx.knobs, cost, predict_ms, ctx.baseline.accuracy - drop)
+    note = (
+        "once the queued plans are run, each trial refines the fastest plan within "
+        f"{100 * drop:g} points of the dense {ctx.task.metric_name} (a step of "
+        f"{100 * FIRST_STEP:g}% of its predicted time, halved when it does not hold)"
+    )
+    return refiner, note
