@@ -32,7 +32,7 @@ class SearchProgress:
         self.failures = 0
         self.stopped = 0
         for note in notes:
-            self.console.print(f"[yellow]note:[/] {note}", highlight=False)
+            self.note(note)
         self._progress = Progress(
             TextColumn("[bold]search"),
             BarColumn(),
@@ -84,6 +84,10 @@ class SearchProgress:
         """Count a trial stopped early (its fine-tune was dominated beyond hope)."""
         self.stopped += 1
         self._progress.update(self._task, advance=1, best=self._describe())
+
+    def note(self, text: str) -> None:
+        """Print a note while the trials run (a step of the search that gave up, e.g.)."""
+        self.console.print(f"[yellow]note:[/] {text}", highlight=False)
 
     def trial_failed(self, reason: str) -> None:
         """Count a failed trial and print why."""

@@ -89,6 +89,7 @@ def refiner_for(ctx: SearchContext, *, model: str) -> tuple[Refiner, str]:
         return measured().cost(param, value)
 
     drop = DEFAULT_DROP if ctx.budget.max_drop is None else ctx.budget.max_drop
+    points = round(100 * drop, 4)
     predict_ms = plan_latency(
         ctx.knobs, predictor=ctx.predictor, dense_ms=ctx.baseline.latency_ms,
         round_to=ctx.round_to,
@@ -96,7 +97,8 @@ def refiner_for(ctx: SearchContext, *, model: str) -> tuple[Refiner, str]:
     refiner = Refiner(ctx.knobs, cost, predict_ms, ctx.baseline.accuracy - drop)
     note = (
         "once the queued plans are run, each trial refines the fastest plan within "
-        f"{100 * drop:g} points of the dense {ctx.task.metric_name} (a step of "
+        f"{points:g} point{'' if points == 1 else 's'} of the dense {ctx.task.metric_name} "
+        "(a step of "
         f"{100 * FIRST_STEP:g}% of its predicted time, halved when it does not hold)"
     )
     return refiner, note

@@ -51,6 +51,7 @@ def run_trials(
     started = time.monotonic()
     run = failed = stopped = 0
     stopper = None
+    refiner = ctx.refiner
     if ctx.early_stop:
         floor = None
         if ctx.budget.max_drop is not None:
@@ -64,8 +65,12 @@ def run_trials(
                 progress.trial_failed(f"#{number}: its worker died; queued again")
             # other workers may have scored plans meanwhile
             seen = _scored_plans(study, stopped=ctx.early_stop)
-            if ctx.refiner is not None:
-                _queue_refinement(study, ctx.refiner)
+            if refiner is not None:
+                try:
+                    _queue_refinement(study, refiner)
+                except Exception as exc:  # the sampler goes on; the search does not stop
+                    progress.note(f"no more refinements: {failure_reason(exc)}")
+                    refiner = None
             with warnings.catch_warnings():  # we keep the heartbeats ourselves (heartbeat.py)
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                 trial = study.ask()

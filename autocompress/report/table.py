@@ -16,7 +16,8 @@ _CAPTION = (
     "vs alt: the best plain alternative's latency / latency (the fastest alternative at least "
     "as accurate, see the alt rows); "
     "plan: mean channel keep ratio x layers pruned, then layers per other method; "
-    "from: a uniform warm start, a plan allocated from the sensitivity, or the sampler's"
+    "from: a uniform warm start, a plan allocated from the sensitivity, a refinement of the "
+    "fastest plan within the accuracy floor, or the sampler's"
 )
 
 
