@@ -373,6 +373,11 @@ def _parse_drop(text: str) -> float:
     return value
 
 
+# Accuracy drops are judged against `Budget.max_drop` to this many decimals: a drop of exactly
+# the budget is within it, though floats may make it 1e-17 over.
+DROP_DIGITS = 9
+
+
 @dataclass(frozen=True)
 class Budget:
     """What the deployment allows. Any field may be None (no limit).

@@ -25,6 +25,7 @@ from typing import Any
 
 import optuna
 
+from autocompress.config import DROP_DIGITS
 from autocompress.optimize.allocate import Params, allocation_path
 from autocompress.space.spec import Knob
 
@@ -105,7 +106,11 @@ def base_trial(
 ) -> optuna.trial.FrozenTrial | None:
     """The fastest complete trial whose accuracy is at least `floor` (ties: the more accurate,
     then the first); None where no trial holds it."""
-    held = [t for t in trials if t.state == _COMPLETE and t.values and t.values[0] >= floor]
+    held = [
+        t
+        for t in trials
+        if t.state == _COMPLETE and t.values and round(t.values[0] - floor, DROP_DIGITS) >= 0
+    ]
     return min(held, key=lambda t: (t.values[1], -t.values[0], t.number), default=None)
 
 

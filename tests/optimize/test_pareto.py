@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import optuna
@@ -196,6 +197,15 @@ def test_constraint_values_are_feasible_within_budget() -> None:
     assert all(v <= 0 for v in values.values())
     assert values["size_bytes"] == 0.0  # exactly on budget is feasible
     assert values["accuracy_drop"] == pytest.approx(-0.01)
+
+
+def test_a_drop_of_exactly_the_budget_is_within_it() -> None:
+    baseline = dataclasses.replace(BASE, accuracy=0.9175)
+    assert 0.9175 - 0.9075 - 0.01 > 0  # what floats make of it
+    values = constraint_values(Budget.parse(drop="1%"), baseline, {**FIGURES, "accuracy": 0.9075})
+    assert values == {"accuracy_drop": 0.0}
+    over = constraint_values(Budget.parse(drop="1%"), baseline, {**FIGURES, "accuracy": 0.907})
+    assert over["accuracy_drop"] == pytest.approx(0.0005)
 
 
 def test_verified_latency_replaces_the_prediction_and_can_break_the_budget() -> None:

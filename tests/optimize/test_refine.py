@@ -47,6 +47,8 @@ def test_the_base_is_the_fastest_plan_that_holds_the_floor() -> None:
     assert base_trial(trials, floor=FLOOR).number == 1  # #2 is faster but below the floor
     assert base_trial(trials[2:], floor=FLOOR) is None
     assert REFINER.next(trials[2:]) is None  # nothing holds accuracy: the sampler's turn
+    # Exactly on the floor holds, though 0.9175 - 0.01 > 0.9075 in floats.
+    assert base_trial([scored(3, harsh, 0.9075)], floor=0.9175 - 0.01).number == 3
 
 
 def test_a_refinement_is_the_first_point_of_the_descent_a_step_faster() -> None:
