@@ -25,7 +25,7 @@ from typing import Any
 
 import optuna
 
-from autocompress.config import DROP_DIGITS
+from autocompress.config import drop_over
 from autocompress.optimize.allocate import Params, allocation_path
 from autocompress.space.spec import Knob
 
@@ -68,13 +68,24 @@ class Refiner:
         knobs: the space's knobs for the model.
         cost: `(param, value) -> measured cost` of that single change (`Sensitivity.cost`).
         predict_ms: a whole plan's predicted latency from its sampler parameters.
-        floor: the lowest accuracy a base plan may have.
+        dense: the dense model's accuracy.
+        max_drop: the most accuracy a base plan may lose against it (the floor).
     """
 
     knobs: Sequence[Knob]
     cost: Callable[[str, Any], float]
     predict_ms: Callable[[Params], float]
-    floor: float
+    dense: float
+    max_drop: float = DEFAULT_DROP
+
+    def note(self, metric_name: str) -> str:
+        """What the search note says it does."""
+        points = round(100 * self.max_drop, 4)
+        return (
+            "once the queued plans are run, each trial refines the fastest plan within "
+            f"{points:g} point{'' if points == 1 else 's'} of the dense {metric_name} (a step "
+            f"of {100 * FIRST_STEP:g}% of its predicted time, halved when it does not hold)"
+        )
 
     def next(self, trials: Sequence[optuna.trial.FrozenTrial]) -> Refinement | None:
         """The next refinement, or None when there is no base plan or its step is spent.
@@ -82,7 +93,7 @@ class Refiner:
         Args:
             trials: the study's trials, any state.
         """
-        base = base_trial(trials, floor=self.floor)
+        base = base_trial(trials, dense=self.dense, max_drop=self.max_drop)
         if base is None:
             return None
         step = next_step(trials, base)
@@ -102,14 +113,15 @@ class Refiner:
 
 
 def base_trial(
-    trials: Sequence[optuna.trial.FrozenTrial], *, floor: float
+    trials: Sequence[optuna.trial.FrozenTrial], *, dense: float, max_drop: float
 ) -> optuna.trial.FrozenTrial | None:
-    """The fastest complete trial whose accuracy is at least `floor` (ties: the more accurate,
-    then the first); None where no trial holds it."""
+    """The fastest complete trial that loses at most `max_drop` against `dense` (judged as the
+    study's budget is, `config.drop_over`; ties: the more accurate, then the first); None
+    where no trial holds it."""
     held = [
         t
         for t in trials
-        if t.state == _COMPLETE and t.values and round(t.values[0] - floor, DROP_DIGITS) >= 0
+        if t.state == _COMPLETE and t.values and drop_over(dense, t.values[0], max_drop) <= 0
     ]
     return min(held, key=lambda t: (t.values[1], -t.values[0], t.number), default=None)
 

@@ -294,7 +294,6 @@ def prepare(options: SearchOptions, *, worker: bool = False) -> Prepared:
             f"early stopping: fine-tunes are scored at steps {rungs} of {o.finetune_steps} and "
             "stopped there when dominated beyond hope"
         )
-    refine_note = ""
     if o.latency == "predicted":  # profiled here once; worker processes find it in the cache
         ctx.predictor, path = predictor_for(
             dense,
@@ -309,12 +308,12 @@ def prepare(options: SearchOptions, *, worker: bool = False) -> Prepared:
         )
         notes.append(f"latency predicted from the profile {path}; the front is measured after")
         if o.allocate and o.warm_start:
-            ctx.refiner, refine_note = refiner_for(ctx, model=model_label(o.model))
+            ctx.refiner = refiner_for(ctx, model=model_label(o.model))
     prepared = Prepared(o, study_name, storage_obj, the_study, ctx, notes)
     if not worker:
         _seed(prepared, existing=existing)
         if ctx.refiner is not None:
-            notes.append(refine_note)
+            notes.append(ctx.refiner.note(ctx.task.metric_name))
     return prepared
 
 

@@ -11,7 +11,7 @@ import optuna
 from autocompress.optimize import record
 from autocompress.optimize.allocate import allocation_seeds, plan_latency
 from autocompress.optimize.objectives import SearchContext
-from autocompress.optimize.refine import DEFAULT_DROP, FIRST_STEP, Refiner
+from autocompress.optimize.refine import DEFAULT_DROP, Refiner
 
 if TYPE_CHECKING:
     from autocompress.evaluate.sensitivity import Sensitivity
@@ -63,8 +63,8 @@ def seed_allocations(
     )
 
 
-def refiner_for(ctx: SearchContext, *, model: str) -> tuple[Refiner, str]:
-    """The refiner of a search with predicted latency, and the note that says what it does.
+def refiner_for(ctx: SearchContext, *, model: str) -> Refiner:
+    """The refiner of a search with predicted latency (its note: `Refiner.note`).
 
     The model's sensitivity (the descent's costs) is read when the first refinement is
     chosen: cached by then in a new study (the allocation measured it), measured there
@@ -88,17 +88,9 @@ def refiner_for(ctx: SearchContext, *, model: str) -> tuple[Refiner, str]:
     def cost(param: str, value: Any) -> float:
         return measured().cost(param, value)
 
-    drop = DEFAULT_DROP if ctx.budget.max_drop is None else ctx.budget.max_drop
-    points = round(100 * drop, 4)
     predict_ms = plan_latency(
         ctx.knobs, predictor=ctx.predictor, dense_ms=ctx.baseline.latency_ms,
         round_to=ctx.round_to,
     )  # fmt: skip
-    refiner = Refiner(ctx.knobs, cost, predict_ms, ctx.baseline.accuracy - drop)
-    note = (
-        "once the queued plans are run, each trial refines the fastest plan within "
-        f"{points:g} point{'' if points == 1 else 's'} of the dense {ctx.task.metric_name} "
-        "(a step of "
-        f"{100 * FIRST_STEP:g}% of its predicted time, halved when it does not hold)"
-    )
-    return refiner, note
+    drop = DEFAULT_DROP if ctx.budget.max_drop is None else ctx.budget.max_drop
+    return Refiner(ctx.knobs, cost, predict_ms, dense=ctx.baseline.accuracy, max_drop=drop)

@@ -16,7 +16,7 @@ from autocompress.optimize.refine import FIRST_STEP, MIN_STEP, Refiner, base_tri
 from autocompress.space.uniform import uniform_params
 from tests.optimize.test_allocate import KNOBS, cost, predict_ms
 
-FLOOR = 0.9
+DENSE, MAX_DROP = 0.95, 0.05  # the floor: 0.9
 INT8 = uniform_params(KNOBS, {"weight_bits": 8, "act_bits": 8})  # 2.1 ms
 
 
@@ -37,18 +37,20 @@ def scored(
     return trial
 
 
-REFINER = Refiner(KNOBS, cost, predict_ms, FLOOR)
+REFINER = Refiner(KNOBS, cost, predict_ms, dense=DENSE, max_drop=MAX_DROP)
 
 
 def test_the_base_is_the_fastest_plan_that_holds_the_floor() -> None:
     dense = uniform_params(KNOBS, {})
     harsh = uniform_params(KNOBS, {"weight_bits": 8, "act_bits": 8, "keep_ratio": 0.5})
     trials = [scored(0, dense, 0.95), scored(1, INT8, 0.94), scored(2, harsh, 0.80)]
-    assert base_trial(trials, floor=FLOOR).number == 1  # #2 is faster but below the floor
-    assert base_trial(trials[2:], floor=FLOOR) is None
+    assert (
+        base_trial(trials, dense=DENSE, max_drop=MAX_DROP).number == 1
+    )  # #2 is faster but below the floor
+    assert base_trial(trials[2:], dense=DENSE, max_drop=MAX_DROP) is None
     assert REFINER.next(trials[2:]) is None  # nothing holds accuracy: the sampler's turn
     # Exactly on the floor holds, though 0.9175 - 0.01 > 0.9075 in floats.
-    assert base_trial([scored(3, harsh, 0.9075)], floor=0.9175 - 0.01).number == 3
+    assert base_trial([scored(3, harsh, 0.9075)], dense=0.9175, max_drop=0.01).number == 3
 
 
 def test_a_refinement_is_the_first_point_of_the_descent_a_step_faster() -> None:
