@@ -103,6 +103,7 @@ def allocation_path(
     start: Mapping[str, Any] | None = None,
     start_params: Params | None = None,
     frozen: frozenset[str] = frozenset(),
+    held: frozenset[str] = frozenset(),
 ) -> list[Allocation]:
     """The greedy descent from `start`: one plan per step, each predicted faster than the last.
 
@@ -116,12 +117,13 @@ def allocation_path(
         start_params: a whole plan to start from instead (sampler parameters for every
             knob, e.g. a trial's), where the descent goes on (`optimize.refine`).
         frozen: settings the descent leaves as they start (e.g. the bits on an int8 path).
+        held: knob parameters the descent leaves as they start (a move already judged).
 
     Returns:
         The start plan, then each step's plan, predicted latency strictly decreasing.
     """
     every = moves(knobs, cost)
-    options = [m for m in every if m.knob.setting not in frozen]
+    options = [m for m in every if m.knob.setting not in frozen and not held.intersection(m.delta)]
     current = dict(start_params) if start_params else uniform_params(knobs, dict(start or {}))
     # What the start plan already spends: each change it makes, counted once (int8 weights
     # and activations, not also int8 weights alone).

@@ -8,8 +8,11 @@ the place to search from. Each refinement continues the allocator's greedy desce
 that plan (`allocation_path` with `start_params`) to the first point predicted a step
 faster, `FIRST_STEP` of its time; a refinement that becomes the new fastest plan within the
 floor is refined in turn with the same step, and each refinement of a plan that stays the
-fastest (it fell below the floor, or was not faster) halves the next step from it. Below
-`MIN_STEP` the sampler has the trials again.
+fastest (it fell below the floor, or was not faster) halves the next step from it, down to
+`MIN_STEP`. Where the step's point was tried already (a single move saves more than the
+step), the descent holds that move and takes the next best one: a move the fine-tune has
+judged is not asked again. After `TRIES_PER_BASE` refinements of one plan that all failed to
+replace it, the sampler has the trials again.
 
 A sampler with a handful of trials over 60 per-layer decisions lands far from the front
 (on minilm-sentiment every sampled plan of a 30-trial search scored 67.75-87.35%, dense
@@ -31,8 +34,11 @@ from autocompress.space.spec import Knob
 
 # The first step of a refinement: this fraction of the base plan's predicted time.
 FIRST_STEP = 0.10
-# Steps below this are left to the sampler: the predictor's own error is of this order.
+# The smallest step: the predictor's own error is of this order.
 MIN_STEP = 0.025
+# Refinements of one plan that stays the base (each fell below the floor or was not faster)
+# before the sampler has the trials: 10%, 5%, 2.5% and two next-best moves at 2.5%.
+TRIES_PER_BASE = 5
 # The accuracy floor below the dense model's where the budget gives none (`--max-drop`).
 DEFAULT_DROP = 0.01
 
@@ -84,32 +90,42 @@ class Refiner:
         return (
             "once the queued plans are run, each trial refines the fastest plan within "
             f"{points:g} point{'' if points == 1 else 's'} of the dense {metric_name} (a step "
-            f"of {100 * FIRST_STEP:g}% of its predicted time, halved when it does not hold)"
+            f"of {100 * FIRST_STEP:g}% of its predicted time, halved when it does not hold, then "
+            "the next best move)"
         )
 
     def next(self, trials: Sequence[optuna.trial.FrozenTrial]) -> Refinement | None:
-        """The next refinement, or None when there is no base plan or its step is spent.
+        """The next refinement, or None when there is no base plan, the descent from it has
+        no untried point, or it has had `TRIES_PER_BASE` refinements.
 
         Args:
             trials: the study's trials, any state.
         """
         base = base_trial(trials, dense=self.dense, max_drop=self.max_drop)
-        if base is None:
+        if base is None or sum(_refines(t, base) for t in trials) >= TRIES_PER_BASE:
             return None
         step = next_step(trials, base)
-        if step < MIN_STEP:
-            return None
-        path = allocation_path(self.knobs, self.cost, self.predict_ms, start_params=base.params)
-        if len(path) < 2:
-            return None
         tried = {_key(t.params) for t in trials}
-        while step >= MIN_STEP:
+        held: set[str] = set()
+        # Ends: each pass halves the step (at most twice) or holds one more knob.
+        while True:
+            path = allocation_path(
+                self.knobs,
+                self.cost,
+                self.predict_ms,
+                start_params=base.params,
+                held=frozenset(held),
+            )
+            if len(path) < 2:
+                return None
             goal = path[0].predicted_ms * (1 - step)
             point = next((a for a in path[1:] if a.predicted_ms <= goal), path[-1])
             if _key(point.params) not in tried:
                 return Refinement(point.params, base.number, step, point.predicted_ms)
-            step /= 2
-        return None
+            if point is not path[1] and step / 2 >= MIN_STEP:
+                step /= 2
+            else:  # the first move is judged: hold it, take the next best
+                held.update(p for p, v in path[1].params.items() if base.params[p] != v)
 
 
 def base_trial(
@@ -128,10 +144,11 @@ def base_trial(
 
 def next_step(trials: Sequence[optuna.trial.FrozenTrial], base: optuna.trial.FrozenTrial) -> float:
     """The step of the next refinement from `base`: half the smallest step already tried from
-    it (those did not replace it), else the step that made it, else `FIRST_STEP`."""
+    it (those did not replace it) but at least `MIN_STEP`, else the step that made it, else
+    `FIRST_STEP`."""
     steps = [t.user_attrs["refine_step"] for t in trials if _refines(t, base)]
     if steps:
-        return min(steps) / 2
+        return max(min(steps) / 2, MIN_STEP)
     return float(base.user_attrs.get("refine_step", FIRST_STEP))
 
 

@@ -12,9 +12,15 @@ import optuna
 import pytest
 
 from autocompress.optimize.allocate import allocation_path
-from autocompress.optimize.refine import FIRST_STEP, MIN_STEP, Refiner, base_trial
+from autocompress.optimize.refine import (
+    FIRST_STEP,
+    MIN_STEP,
+    TRIES_PER_BASE,
+    Refiner,
+    base_trial,
+)
 from autocompress.space.uniform import uniform_params
-from tests.optimize.test_allocate import KNOBS, cost, predict_ms
+from tests.optimize.test_allocate import KEEPS, KNOBS, cost, predict_ms
 
 DENSE, MAX_DROP = 0.95, 0.05  # the floor: 0.9
 INT8 = uniform_params(KNOBS, {"weight_bits": 8, "act_bits": 8})  # 2.1 ms
@@ -80,12 +86,43 @@ def test_a_refinement_that_holds_is_refined_with_its_step_one_that_fails_halves_
     third = REFINER.next([scored(1, INT8, 0.94), held, failed])
     assert third.base == 2 and third.step == FIRST_STEP / 2
     assert third.params != second.params
-    # Steps halve down to MIN_STEP; then the sampler has the trials.
+    # Steps halve down to MIN_STEP, never below; each point is asked once.
     trials = [scored(1, INT8, 0.94), held, failed]
     while (nxt := REFINER.next(trials)) is not None:
-        assert nxt.step >= MIN_STEP
+        assert nxt.base == 2 and nxt.step >= MIN_STEP
         trials.append(scored(len(trials) + 1, nxt.params, 0.5, **nxt.user_attrs()))
-    assert len(trials) <= 3 + 3  # 0.05, 0.025, then below MIN_STEP
+    assert len(trials) <= 2 + TRIES_PER_BASE
+    assert len({str(sorted(t.params.items())) for t in trials}) == len(trials)
+
+
+def test_a_tried_first_move_is_held_and_the_next_best_is_taken() -> None:
+    trials = [scored(1, INT8, 0.94)]
+    steps = []
+    for _ in range(3):  # each falls below the floor
+        nxt = REFINER.next(trials)
+        steps.append(nxt.step)
+        trials.append(scored(len(trials) + 1, nxt.params, 0.5, **nxt.user_attrs()))
+    # 10%: keep_a 0.5; 5%: keep_a 0.75 (a single move); 2.5% would be keep_a 0.75 again,
+    # so keep_a is held and the next cheapest layer is pruned instead.
+    assert steps == [FIRST_STEP, FIRST_STEP / 2, MIN_STEP]
+    assert [t.params for t in trials[1:]] == [
+        {**INT8, "keep_a": 0.5}, {**INT8, "keep_a": 0.75}, {**INT8, "keep_b": 0.75},
+    ]  # fmt: skip
+    # Every layer's pruning judged: what is left (back to float) saves no time.
+    while (nxt := REFINER.next(trials)) is not None:
+        assert nxt.base == 1 and nxt.step == MIN_STEP
+        trials.append(scored(len(trials) + 1, nxt.params, 0.5, **nxt.user_attrs()))
+    assert [t.params for t in trials[4:]] == [{**INT8, "keep_c": 0.75}]
+
+
+def test_after_tries_per_base_failed_refinements_the_sampler_has_the_trials() -> None:
+    attrs = {"warm_start": "refined", "refined_from": 1, "refine_step": MIN_STEP}
+    others = [uniform_params(KNOBS, {"keep_ratio": k}) for k in (0.75, 0.5)]
+    others += [{**INT8, "keep_a": 0.5, "keep_b": k} for k in KEEPS]
+    failed = [scored(n + 2, p, 0.5, **attrs) for n, p in enumerate(others)]
+    assert len(failed) == TRIES_PER_BASE
+    assert REFINER.next([scored(1, INT8, 0.94), *failed[:-1]]) is not None
+    assert REFINER.next([scored(1, INT8, 0.94), *failed]) is None
 
 
 def test_the_fastest_plan_of_the_space_has_no_refinement() -> None:
