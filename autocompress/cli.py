@@ -309,7 +309,11 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--model", default=None, help="pkg.mod:factory, for a model outside the zoo")
     exp.add_argument("--task", default=None, help="pkg.mod:factory, for a task outside the zoo")
     exp.add_argument(
-        "--train-threads", type=int, default=1, help="threads for the replayed fine-tune"
+        "--train-threads",
+        type=int,
+        default=None,
+        help="threads for the replayed fine-tune (default: the trial's own, which replays it "
+        "exactly)",
     )
     exp.set_defaults(run=_cmd_export)
     return parser

@@ -144,6 +144,7 @@ class Rebuilt:
     graph: nn.Module
     latency_inputs: tuple[torch.Tensor, ...]
     finetune_steps: int
+    train_threads: int
     candidate_accuracy: float
 
 
@@ -191,7 +192,7 @@ def rebuild(
     *,
     model: str | None = None,
     task: str | None = None,
-    train_threads: int = 1,
+    train_threads: int | None = None,
 ) -> Rebuilt:
     """Rebuild a trial's model the way the search built it, and its deployable form.
 
@@ -200,7 +201,9 @@ def rebuild(
         trial: a completed trial (see `select_trial`).
         model: `--model` for a model outside the zoo.
         task: `--task` for a task outside the zoo.
-        train_threads: threads for the fine-tune.
+        train_threads: threads for the fine-tune; None: the threads the trial trained with
+            (`train_threads` in its record; 1 for trials from before it was recorded), which
+            replays its fine-tune exactly.
 
     Returns:
         The rebuilt models and figures.
@@ -226,6 +229,8 @@ def rebuild(
     batch_size = int(identity.get("batch_size", 1))
     latency_inputs = batch_inputs(the_task, batch_size)
     candidate = apply(dense, plan, the_task.inputs())
+    if train_threads is None:
+        train_threads = int(trial.user_attrs.get("train_threads", 1))
     with torch_threads(train_threads):
         with fixed_data_order(the_task):
             finetune(candidate, dense, the_task, steps=steps)
@@ -243,5 +248,6 @@ def rebuild(
         graph=graph,
         latency_inputs=latency_inputs,
         finetune_steps=steps,
+        train_threads=train_threads,
         candidate_accuracy=accuracy,
     )

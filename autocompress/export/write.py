@@ -161,7 +161,7 @@ def export(
     storage: str | None = None,
     model: str | None = None,
     task: str | None = None,
-    train_threads: int = 1,
+    train_threads: int | None = None,
 ) -> ExportResult:
     """Export one candidate of a study as a deployable, verified artifact.
 
@@ -173,7 +173,7 @@ def export(
         storage: the study's storage URL; None for the default.
         model: `--model pkg.mod:factory` when the study's model is not in the zoo.
         task: `--task` likewise.
-        train_threads: threads for the replayed fine-tune.
+        train_threads: threads for the replayed fine-tune; None: the trial's own (exact).
 
     Returns:
         The folder, the trial, the files written and metrics.json's content.
@@ -188,7 +188,7 @@ def export(
     from autocompress.hardware.targets import resolve_target
     from autocompress.optimize.study import load_study
 
-    if train_threads < 1:
+    if train_threads is not None and train_threads < 1:
         raise UserInputError(f"--train-threads must be at least 1, got {train_threads}")
     the_study = load_study(study, storage)
     chosen = select_trial(the_study, trial=trial, pick=pick)
@@ -379,6 +379,7 @@ def _verify(
         "layers": dict(getattr(built.deployable, "layers", {})),
         "outputs": check.to_dict(),
         "finetune_steps": built.finetune_steps,
+        "train_threads": built.train_threads,
         "identity": dict(the_record.identity),
         "target_fingerprint": fingerprint,
         "study_fingerprint": dict(the_record.fingerprint),

@@ -240,8 +240,10 @@ def evaluate_plan(
             scores=scores,
         )
         figures["rung_accuracy"] = scores  # filled in as the rungs are reached
+    # Float sums split across threads round differently: export replays with the same count.
+    figures["train_threads"] = threads = ctx.train_threads or training_threads()
     started = time.perf_counter()
-    with torch_threads(ctx.train_threads or training_threads()), fixed_data_order(ctx.task):
+    with torch_threads(threads), fixed_data_order(ctx.task):
         try:
             result = finetune(
                 candidate,

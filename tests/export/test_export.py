@@ -270,7 +270,9 @@ def test_a_staging_folder_left_by_a_killed_export_is_removed_by_the_next(tmp_pat
 def test_export_replays_the_recipe_each_trial_was_scored_with(
     study: tuple[str, str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A study continued with another --finetune-steps holds trials of both recipes."""
+    """A study continued with other --finetune-steps and --train-threads holds trials of both
+    recipes; each is replayed with its own (threads too: float sums split across threads
+    round differently)."""
     import shutil
 
     name, url, root = study
@@ -280,21 +282,23 @@ def test_export_replays_the_recipe_each_trial_was_scored_with(
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         search(
-            "digits-cnn", trials=1, finetune_steps=0, budget=Budget(latency_ms=10.0),
-            study=name, storage=continued, train_threads=1, latency="measured",
+            "digits-cnn", trials=1, finetune_steps=3, budget=Budget(latency_ms=10.0),
+            study=name, storage=continued, train_threads=2, latency="measured",
             methods=["prune"], show_progress=False, alternatives=False,
         )  # fmt: skip
     trials = load_study(name, continued).trials
-    assert [t.user_attrs.get("finetune_steps") for t in trials] == [5, 5, 5, 0]
-    out = root / "first-trial"
-    code, _, err = run_cli(
-        capsys, "export", "--study", name, "--storage", continued, "--trial", "0",
-        "--out", str(out),
-    )  # fmt: skip
-    assert code == 0, err
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["finetune_steps"] == 5
-    assert abs(metrics["accuracy"] - trials[0].user_attrs["accuracy"]) <= 0.005
+    assert [t.user_attrs.get("finetune_steps") for t in trials] == [5, 5, 5, 3]
+    assert [t.user_attrs.get("train_threads") for t in trials] == [1, 1, 1, 2]
+    for number, steps, threads in ((0, 5, 1), (3, 3, 2)):
+        out = root / f"trial-{number}"
+        code, _, err = run_cli(
+            capsys, "export", "--study", name, "--storage", continued, "--trial", str(number),
+            "--out", str(out),
+        )  # fmt: skip
+        assert code == 0, err
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert (metrics["finetune_steps"], metrics["train_threads"]) == (steps, threads)
+        assert metrics["rebuilt_accuracy"] == trials[number].user_attrs["accuracy"]
 
 
 def test_an_export_that_loses_its_out_folder_to_another_says_so_and_keeps_nothing(
