@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 
 from autocompress.config import drop_over
-from autocompress.optimize.allocate import Params, allocation_path
+from autocompress.optimize.allocate import Allocation, Params, allocation_path
 from autocompress.space.spec import Knob
 
 # The first step of a refinement: this fraction of the base plan's predicted time.
@@ -107,25 +107,25 @@ class Refiner:
         step = next_step(trials, base)
         tried = {_key(t.params) for t in trials}
         held: set[str] = set()
+        path = self._descent(base.params, held)
         # Ends: each pass halves the step (at most twice) or holds one more knob.
-        while True:
-            path = allocation_path(
-                self.knobs,
-                self.cost,
-                self.predict_ms,
-                start_params=base.params,
-                held=frozenset(held),
-            )
-            if len(path) < 2:
-                return None
+        while len(path) >= 2:
             goal = path[0].predicted_ms * (1 - step)
             point = next((a for a in path[1:] if a.predicted_ms <= goal), path[-1])
             if _key(point.params) not in tried:
                 return Refinement(point.params, base.number, step, point.predicted_ms)
             if point is not path[1] and step / 2 >= MIN_STEP:
-                step /= 2
+                step /= 2  # the same descent, a nearer point on it
             else:  # the first move is judged: hold it, take the next best
                 held.update(p for p, v in path[1].params.items() if base.params[p] != v)
+                path = self._descent(base.params, held)
+        return None
+
+    def _descent(self, start: Params, held: set[str]) -> list[Allocation]:
+        """The allocator's descent from `start`, the `held` knobs left as they are."""
+        return allocation_path(
+            self.knobs, self.cost, self.predict_ms, start_params=start, held=frozenset(held)
+        )
 
 
 def base_trial(
