@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,6 +28,8 @@ EAGER_ALTERNATIVE = "dense, PyTorch eager fp32"
 
 # Two ratios of one pair further apart than this get a third (`Target.measure_settled`).
 SETTLE_TOLERANCE = 0.03
+# A twin's ratio to the dense model carries every plan timed against it: time it longer.
+TWIN_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,12 @@ class Target(ABC):
     Attributes:
         name: the name the user types (`--target cpu`).
         threads: intra-op threads the model is timed with; part of the fingerprint.
+        rounds: default number of timing rounds.
     """
 
     name: str
     threads: int
+    rounds: int
     runtime: str = "pytorch"
     # The packaged search space a search on this target uses when none is given: one whose
     # levels pay off in this target's kernels.
@@ -159,6 +164,44 @@ class Target(ABC):
         """
         return Reference(dense)
 
+    @functools.cached_property
+    def _twins(self) -> weakref.WeakKeyDictionary[nn.Module, dict[Any, Reference]]:
+        """Per dense model: its twins by key (see `twin_reference`)."""
+        return weakref.WeakKeyDictionary()
+
+    def twin_reference(
+        self,
+        dense: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
+        *,
+        kind: str,
+        build: Callable[[], Any],
+    ) -> Reference:
+        """A twin of the dense model that runs the way a deployed plan does, with its ratio to
+        the dense model timed once per dense model, input shapes and `kind`, settled, with
+        `TWIN_ROUNDS` x the default rounds (it carries every plan timed against it).
+
+        Args:
+            dense: the dense model.
+            inputs: the input batch it is timed with.
+            kind: what sort of twin (a key of the cache: "compiled", "int8").
+            build: builds the twin, on first use only.
+
+        Returns:
+            The Reference, the same object for every call with the same key.
+        """
+        key = (kind, *((t.shape, t.dtype) for t in inputs))
+        cached = self._twins.setdefault(dense, {})
+        if key not in cached:
+            twin = build()
+            timed = self.measure_settled(
+                twin, inputs, reference=dense, rounds=TWIN_ROUNDS * self.rounds
+            )
+            assert timed.ratio is not None
+            log.info("%s dense model: %.3f x the dense one", kind, timed.ratio)
+            cached[key] = Reference(twin, timed.ratio)
+        return cached[key]
+
     def alternatives(
         self, dense: nn.Module, inputs: tuple[torch.Tensor, ...], calibration: list[Any]
     ) -> dict[str, Callable[[], Any]]:
@@ -215,10 +258,6 @@ class CompiledModel(Protocol):
         ...
 
 
-# The compiled dense model's ratio to eager carries every compiled plan's ratio: time it longer.
-TWIN_ROUNDS = 4
-
-
 @TARGETS.register("cpu")
 class CpuTarget(Target):
     """PyTorch eager on this machine's CPU.
@@ -234,10 +273,6 @@ class CpuTarget(Target):
         _check_threads(threads)
         self.threads = threads
         self.rounds = rounds
-        # Per dense model and input shapes: its compiled twin (see reference_for).
-        self._twins: weakref.WeakKeyDictionary[nn.Module, dict[Any, Reference]] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def fingerprint(self) -> dict[str, str]:
         """CPU model, logical cores, threads, torch version and runtime, all as strings."""
@@ -282,8 +317,7 @@ class CpuTarget(Target):
         self, dense: nn.Module, deployed: Any, inputs: tuple[torch.Tensor, ...]
     ) -> Reference:
         """The dense model for an eager plan; for a compiled one (it has int8 layers), the
-        dense model compiled the same way, with its ratio to eager timed once per dense model
-        and input shapes with `TWIN_ROUNDS` x the default rounds.
+        dense model compiled the same way (`twin_reference`).
 
         Compiled and eager code drift apart over a long process: against the eager dense model
         a compiled plan's ratio varied 5-7% (CV) between repeats on digits-resnet, against the
@@ -291,17 +325,9 @@ class CpuTarget(Target):
         """
         if not (isinstance(deployed, CompiledModel) and deployed.compiled):
             return Reference(dense)
-        key = tuple((t.shape, t.dtype) for t in inputs)
-        twins = self._twins.setdefault(dense, {})
-        if key not in twins:
-            twin = deployed.compiled_twin(dense, inputs)
-            timed = self.measure_settled(
-                twin, inputs, reference=dense, rounds=TWIN_ROUNDS * self.rounds
-            )
-            assert timed.ratio is not None
-            log.info("compiled dense model: %.3f x the eager one", timed.ratio)
-            twins[key] = Reference(twin, timed.ratio)
-        return twins[key]
+        return self.twin_reference(
+            dense, inputs, kind="compiled", build=lambda: deployed.compiled_twin(dense, inputs)
+        )
 
     def alternatives(
         self, dense: nn.Module, inputs: tuple[torch.Tensor, ...], calibration: list[Any]

@@ -2,9 +2,10 @@
 
 The dense model in the target's runtime at fp32 and with the runtime's standard int8
 post-training quantization (and, on a runtime target, the dense model in PyTorch eager for
-scale). Each is timed interleaved with the dense reference on the target, as a ratio, so its
-milliseconds compare with the candidates' (ratio x the study's dense latency), and settled
-as the candidates are (`Target.measure_settled`: twice, a third time on a disagreement).
+scale). Each is timed as the candidates are: interleaved with the reference a plan of its
+kind is timed against (`Target.reference_for`), as a ratio carried to the dense model, so
+its milliseconds compare with the candidates' (ratio x the study's dense latency), and
+settled (`Target.measure_settled`: twice, a third time on a disagreement).
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ def measure_alternatives(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = build()
-            measurement = target.measure_settled(model, inputs, reference=dense)
+            # Against what a plan of the same kind is timed against (`Target.reference_for`):
+            # on a runtime target the plain int8 model is then paired with its own twin.
+            reference = target.reference_for(dense, model, inputs)
+            measurement = target.measure_settled(model, inputs, reference=reference.model)
             assert measurement.ratio is not None
             accuracy = float(task.metric(model, task.val))
         except Exception as exc:  # an alternative the runtime cannot build is reported, not fatal
@@ -64,8 +68,8 @@ def measure_alternatives(
         rows.append(
             {
                 "label": label,
-                "latency_ms": measurement.ratio * dense_ms,
-                "ratio": measurement.ratio,
+                "latency_ms": measurement.ratio * reference.to_dense * dense_ms,
+                "ratio": measurement.ratio * reference.to_dense,
                 "accuracy": accuracy,
             }
         )

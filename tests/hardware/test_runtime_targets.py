@@ -112,6 +112,37 @@ def test_measure_times_in_the_runtime_against_the_dense_model() -> None:
     assert single.median_ms > 0
 
 
+@pytest.mark.usefixtures("quick_timing")  # which reference, not how precise the ratio is
+@pytest.mark.parametrize("name", ["cpu:onnxruntime", "cpu:openvino"])
+def test_an_int8_plan_is_timed_against_the_runtimes_int8_dense_model(name: str) -> None:
+    if name == "cpu:openvino":
+        pytest.importorskip("openvino")
+    plan = Plan(layers={"layer1.conv1": INT8_CFG})
+    target, dense, deployed = _deploy(name, plan)
+    reference = target.reference_for(dense, deployed, (X,))
+    twin = reference.model
+    assert twin is not dense and twin.quantized and deployed.quantized
+    if name == "cpu:onnxruntime":  # the runtime's standard int8: every convolution
+        import onnx
+
+        graph = onnx.load_from_string(twin.model_bytes).graph
+        producers = {out: n.op_type for n in graph.node for out in n.output}
+        convs = [n for n in graph.node if n.op_type == "Conv"]
+        assert len(convs) > 1
+        assert all(producers.get(c.input[1]) == "DequantizeLinear" for c in convs)
+    with torch.no_grad():
+        ref = dense(X)
+    assert (twin(X) - ref).abs().max() < 0.1 * ref.abs().max()
+    assert 0.05 < reference.to_dense < 5.0
+    # timed once per dense model and input shape, then reused
+    _, _, other = _deploy(name, Plan(layers={"layer2.conv2": INT8_CFG}), dense)
+    assert target.reference_for(dense, other, (X,)) is reference
+    # a float plan is timed against the dense model itself
+    _, _, float_plan = _deploy(name, Plan(), dense)
+    assert not float_plan.quantized
+    assert target.reference_for(dense, float_plan, (X,)).model is dense
+
+
 def test_the_runtime_is_part_of_the_fingerprint() -> None:
     cpu, ort = resolve_target("cpu"), resolve_target("cpu:onnxruntime")
     assert ort.fingerprint()["runtime"] == "onnxruntime"

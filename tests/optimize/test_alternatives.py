@@ -48,7 +48,7 @@ def _image_task() -> Task:
     return Task("images", train=loader, val=loader, example_input=x[:1], metric=top1)
 
 
-def test_alternatives_in_onnxruntime_are_measured_against_the_dense_model() -> None:
+def test_alternatives_in_onnxruntime_are_measured_against_what_plans_of_their_kind_are() -> None:
     pytest.importorskip("onnxruntime")
     dense, task = make_tiny_resnet(), _image_task()
     target = resolve_target("cpu:onnxruntime")
@@ -67,6 +67,14 @@ def test_alternatives_in_onnxruntime_are_measured_against_the_dense_model() -> N
     assert fp32["latency_ms"] == pytest.approx(2.0 * fp32["ratio"])
     assert fp32["accuracy"] == pytest.approx(top1(dense, task.val))
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    # The plain int8 model is timed against the int8 twin an int8 plan is timed against (the
+    # same model: a ratio near 1), carried to the dense model by the twin's ratio.
+    int8 = rows[1]
+    any_int8 = target.quantize_graph(target.graph(dense, task.inputs()), [task.inputs()], None)
+    twin = target.reference_for(dense, any_int8, task.inputs())
+    assert twin.model is not dense
+    assert 0.7 < int8["ratio"] / twin.to_dense < 1.4
+    assert int8["latency_ms"] == pytest.approx(2.0 * int8["ratio"])
 
 
 def test_the_eager_cpu_target_lists_onnxruntime_as_its_alternatives() -> None:
@@ -92,6 +100,7 @@ def test_alternatives_are_settled_like_candidates(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(target, "measure", counted)
     rows = measure_alternatives(target, dense, task, task.inputs(), dense_ms=2.0)
-    # Each alternative timed at least twice (a third time when the two ratios disagree).
-    assert len(rows) == 3 and 6 <= len(timed) <= 9
+    # Each alternative, and the int8 twin it is timed against, timed at least twice (a third
+    # time when the two ratios disagree).
+    assert len(rows) == 3 and 8 <= len(timed) <= 12
     assert all(timed.count(model) >= 2 for model in timed)

@@ -94,6 +94,8 @@ class RuntimeModel(nn.Module):
 
     Attributes:
         runtime: the runtime's name.
+        quantized: whether the runtime quantized the graph (a plan's int8 layers, or the
+            runtime's standard int8 of the whole model); False for a float graph.
         int8_nodes: the graph nodes that run in int8 (empty for a float model).
         int8_scheme: how they run in int8: "static" (calibrated activation ranges) or
             "dynamic" (activations quantized per call: ONNX Runtime's transformers).
@@ -108,6 +110,7 @@ class RuntimeModel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        self.quantized = False
         self.int8_nodes: list[str] = []
         self.float_layers: list[str] = []
         self.layers: dict[str, str] = {}
