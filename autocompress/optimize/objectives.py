@@ -155,21 +155,27 @@ def deployed_accuracy(ctx: SearchContext, candidate: nn.Module, plan: Plan) -> f
 
 @contextmanager
 def fixed_data_order(task: Task, seed: int = FINETUNE_DATA_SEED) -> Iterator[None]:
-    """Within the block, the training loader shuffles as if freshly made with `seed`.
+    """Within the block, the training loader shuffles as if freshly made with `seed`, and
+    torch's global random numbers (dropout) start from `seed`; both are restored after.
 
     A DataLoader's shuffling draws from its generator, so without this a trial's batches would
-    depend on every trial before it. Loaders without a generator are left as they are.
+    depend on every trial before it. Dropout draws from the global generator: unseeded, one
+    plan's 60-step fine-tune on effnet-fmnist (dropout 0.2 before its classifier) scored
+    91.05% in its trial and 90.10% when export replayed it. Loaders without a generator keep
+    their order.
     """
     generator = getattr(task.train, "generator", None)
-    if not isinstance(generator, torch.Generator):
-        yield
-        return
-    saved = generator.get_state()
-    generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        generator.set_state(saved)
+    seeded = isinstance(generator, torch.Generator)
+    saved = generator.get_state() if seeded else None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if seeded:
+            generator.manual_seed(seed)
+        try:
+            yield
+        finally:
+            if seeded:
+                generator.set_state(saved)
 
 
 def artifact_size(ctx: SearchContext, candidate: nn.Module, plan: Plan) -> int:

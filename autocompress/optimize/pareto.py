@@ -64,6 +64,8 @@ def candidate(trial: optuna.trial.FrozenTrial, record: StudyRecord) -> Candidate
         `feasible` and `violations` as `record.violations` judges them; `verify_error`: why
         the verify step could not build or time it (then infeasible);
         `not_applied`: the parts of its plan that layers could not take (`not_applied`);
+        `candidate_accuracy`: on a runtime target, the PyTorch candidate's accuracy (its
+        `accuracy` is the deployed model's; `objectives.deployed_accuracy`), else None;
         `best_alternative` (label) and `best_alternative_ms`: the plain alternative it is
         compared with (`alternatives.best_alternative`), None when the study measured none.
     """
@@ -78,6 +80,8 @@ def candidate(trial: optuna.trial.FrozenTrial, record: StudyRecord) -> Candidate
     return {
         "trial": trial.number,
         "accuracy": attrs["accuracy"],
+        # on a runtime target `accuracy` is the deployed model's; this, the PyTorch model's
+        "candidate_accuracy": attrs.get("candidate_accuracy"),
         "baseline_accuracy": baseline.accuracy,
         "latency_ms": measured if measured is not None else attrs["latency_ms"],
         "predicted_ms": attrs.get("predicted_ms"),

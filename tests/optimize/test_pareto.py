@@ -103,6 +103,7 @@ def test_pareto_front_holds_exactly_the_non_dominated_feasible_trials() -> None:
     assert front[0] == {
         "trial": a,
         "accuracy": 0.90,
+        "candidate_accuracy": None,  # a PyTorch target's trial: the candidate is what deploys
         "baseline_accuracy": 0.92,
         "latency_ms": 2.0,
         "predicted_ms": None,
