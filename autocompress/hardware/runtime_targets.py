@@ -27,6 +27,7 @@ from autocompress.hardware.runtimes import RuntimeModel, require
 from autocompress.hardware.targets import (
     EAGER_ALTERNATIVE,
     TARGETS,
+    TWIN_ROUNDS,
     Reference,
     Target,
     _check_threads,
@@ -191,6 +192,24 @@ class RuntimeTarget(Target):
             kind="int8",
             build=lambda: self.quantize_graph(self.graph(dense, inputs), [inputs], None),
         )
+
+    def twin_ratio(self, twin: Any, dense: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
+        """The int8 twin's time over the dense model's, each timed alone (twin, dense, twin,
+        dense, `TWIN_ROUNDS` x the default rounds each; of each model's two, the faster: a
+        phase of the host only ever slows a run).
+
+        Interleaved, the fp32 dense model is the unsteady side (see `reference_for`), and the
+        twin's ratio carries every int8 plan of a process: on effnet-fmnist, timed that way, a
+        candidate the study put at 0.345 ms measured 0.291 ms from disk in export's process,
+        1.00x its in-memory graph. Alone, each model's time repeats across processes (the
+        dense model 0.883 and 0.886 ms an hour apart).
+        """
+        rounds = TWIN_ROUNDS * self.rounds
+        times: dict[str, list[float]] = {"twin": [], "dense": []}
+        for _ in range(2):
+            for name, model in (("twin", twin), ("dense", dense)):
+                times[name].append(self.measure(model, inputs, rounds=rounds).median_ms)
+        return min(times["twin"]) / min(times["dense"])
 
     def alternatives(
         self, dense: nn.Module, inputs: tuple[torch.Tensor, ...], calibration: list[Any]

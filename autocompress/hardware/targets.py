@@ -178,8 +178,7 @@ class Target(ABC):
         build: Callable[[], Any],
     ) -> Reference:
         """A twin of the dense model that runs the way a deployed plan does, with its ratio to
-        the dense model timed once per dense model, input shapes and `kind`, settled, with
-        `TWIN_ROUNDS` x the default rounds (it carries every plan timed against it).
+        the dense model (`twin_ratio`) timed once per dense model, input shapes and `kind`.
 
         Args:
             dense: the dense model.
@@ -194,13 +193,19 @@ class Target(ABC):
         cached = self._twins.setdefault(dense, {})
         if key not in cached:
             twin = build()
-            timed = self.measure_settled(
-                twin, inputs, reference=dense, rounds=TWIN_ROUNDS * self.rounds
-            )
-            assert timed.ratio is not None
-            log.info("%s dense model: %.3f x the dense one", kind, timed.ratio)
-            cached[key] = Reference(twin, timed.ratio)
+            ratio = self.twin_ratio(twin, dense, inputs)
+            log.info("%s dense model: %.3f x the dense one", kind, ratio)
+            cached[key] = Reference(twin, ratio)
         return cached[key]
+
+    def twin_ratio(self, twin: Any, dense: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
+        """A twin's latency as a ratio to the dense model's: interleaved and settled, with
+        `TWIN_ROUNDS` x the default rounds (it carries every plan timed against the twin)."""
+        timed = self.measure_settled(
+            twin, inputs, reference=dense, rounds=TWIN_ROUNDS * self.rounds
+        )
+        assert timed.ratio is not None
+        return timed.ratio
 
     def alternatives(
         self, dense: nn.Module, inputs: tuple[torch.Tensor, ...], calibration: list[Any]

@@ -143,6 +143,26 @@ def test_an_int8_plan_is_timed_against_the_runtimes_int8_dense_model(name: str) 
     assert target.reference_for(dense, float_plan, (X,)).model is dense
 
 
+@pytest.mark.usefixtures("quick_timing")
+def test_the_int8_twins_ratio_is_of_each_model_timed_alone(monkeypatch) -> None:
+    target, dense = resolve_target("cpu:onnxruntime"), make_tiny_resnet()
+    twin = target.quantize_graph(target.graph(dense, (X,)), [(X,)], None)
+    timed = []
+    measure = target.measure
+
+    def recorded(model, inputs, *, reference=None, rounds=None):
+        m = measure(model, inputs, reference=reference, rounds=rounds)
+        timed.append((model, reference, m.median_ms))
+        return m
+
+    monkeypatch.setattr(target, "measure", recorded)
+    ratio = target.twin_ratio(twin, dense, (X,))
+    # twin, dense, twin, dense: alone (the fp32 dense model is unsteady when interleaved)
+    assert [(m, r) for m, r, _ in timed] == [(twin, None), (dense, None)] * 2
+    fastest = {id(m): min(ms for n, _, ms in timed if n is m) for m, _, _ in timed}
+    assert ratio == fastest[id(twin)] / fastest[id(dense)]
+
+
 def test_the_runtime_is_part_of_the_fingerprint() -> None:
     cpu, ort = resolve_target("cpu"), resolve_target("cpu:onnxruntime")
     assert ort.fingerprint()["runtime"] == "onnxruntime"
