@@ -158,6 +158,7 @@ def baseline_row(study: optuna.Study, record: StudyRecord | None = None) -> Cand
     return {
         "trial": None,
         "accuracy": b.accuracy,
+        "candidate_accuracy": None,  # the dense model deploys as it is
         "baseline_accuracy": b.accuracy,
         "latency_ms": b.latency_ms,
         "predicted_ms": None,
