@@ -106,13 +106,13 @@ def test_profile_then_predicted_search_measures_its_front(
 
     timed: list[tuple[dict, float]] = []  # (plan, ratio) for each plan the verify step timed
 
-    def measure_plan(dense, plan, *args, **kwargs) -> float:
-        ratio = real_measure_plan(dense, plan, *args, **kwargs)
-        timed.append((plan.to_dict(), ratio))
-        return ratio
+    def time_plan(dense, plan, *args, **kwargs):
+        measurement = real_time_plan(dense, plan, *args, **kwargs)
+        timed.append((plan.to_dict(), measurement.ratio))
+        return measurement
 
-    real_measure_plan = verify.measure_plan
-    monkeypatch.setattr(verify, "measure_plan", measure_plan)
+    real_time_plan = verify.time_plan
+    monkeypatch.setattr(verify, "time_plan", time_plan)
     search = [a for a in search_args("--trials", "2", "--budget", "10ms") if a != "measured"]
     search.remove("--latency")
     code, out, err = run_cli(*search, capsys=capsys)

@@ -15,7 +15,7 @@ from torch import nn
 
 from autocompress.config import DEFAULT_FINETUNE_STEPS, Budget, Plan
 from autocompress.errors import StudyError, UnknownNameError, UserInputError
-from autocompress.optimize.record import measured_ms, read
+from autocompress.optimize.record import measured_ms, read, reference_to_dense
 from autocompress.task import Task
 
 PICKS = ("fastest", "smallest", "most-accurate")
@@ -81,11 +81,20 @@ def select_trial(
 
 @dataclass(frozen=True)
 class StudyFigures:
-    """What the study knows of a trial: its latency, how it got it, and its place on the front."""
+    """What the study knows of a trial: its latency, how it got it, and its place on the front.
+
+    Attributes:
+        latency_ms: measured where the search or its verify step measured it, else predicted.
+        measured: whether `latency_ms` was measured.
+        on_front: whether the trial is on the study's Pareto front.
+        to_dense: the ratio the measured latency was carried to the dense model by
+            (`record.reference_to_dense`); None where not measured or not recorded.
+    """
 
     latency_ms: float
     measured: bool
     on_front: bool
+    to_dense: float | None = None
 
     def notes(self, trial: int) -> list[str]:
         """What a user exporting this trial should know (nothing for a measured front candidate).
@@ -129,6 +138,7 @@ def study_figures(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Study
         latency_ms=float(measured if measured is not None else trial.user_attrs["latency_ms"]),
         measured=measured is not None,
         on_front=on_front,
+        to_dense=reference_to_dense(trial, the_record),
     )
 
 

@@ -226,6 +226,7 @@ def export(
                 work,
                 study_accuracy=chosen.user_attrs["accuracy"],
                 dense_ms=read(the_study).dense().latency_ms,
+                study_to_dense=figures.to_dense,
             )
             failures += runtime_failures
             metrics["runtime"] = runtime

@@ -38,6 +38,9 @@ class Measurement:
         calls_per_block: calls per block, the same for candidate and reference.
         threads: torch intra-op threads used while timing.
         remeasured_blocks: blocks re-timed because contention was detected.
+        to_dense: the ratio to the dense model of the model it was timed against, by which
+            `ratio` and `reference_ms` were carried to the dense model (1.0: timed against the
+            dense model itself; see `Target.reference_for`).
     """
 
     median_ms: float
@@ -49,6 +52,7 @@ class Measurement:
     calls_per_block: int
     threads: int
     remeasured_blocks: int
+    to_dense: float = 1.0
 
     def to_dict(self) -> dict[str, float | int | None]:
         """The fields as a plain dict (JSON-ready); `Measurement(**m.to_dict()) == m`."""

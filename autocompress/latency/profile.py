@@ -159,7 +159,24 @@ def measure_plan(
     *,
     rounds: int | None = None,
 ) -> float:
-    """Build a plan's deployable model and time it interleaved with the dense model.
+    """The latency ratio, deployed plan / dense model (median of paired rounds); see
+    `time_plan`, which gives the whole Measurement."""
+    measurement = time_plan(dense, plan, task, target, inputs, rounds=rounds)
+    assert measurement.ratio is not None
+    return measurement.ratio
+
+
+def time_plan(
+    dense: nn.Module,
+    plan: Plan,
+    task: Task,
+    target: Target,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    rounds: int | None = None,
+) -> Measurement:
+    """Build a plan's deployable model and time it interleaved with the dense model (or the
+    dense model's twin; `measure_candidate`).
 
     Latency depends on the layers and kernels, not on the weights' values, so the plan is
     built from the dense weights without fine-tuning.
@@ -173,16 +190,14 @@ def measure_plan(
         rounds: timing rounds; None for the target's default.
 
     Returns:
-        The latency ratio, deployed plan / dense model (median of paired rounds).
+        The Measurement; its `ratio` is deployed plan / dense model.
     """
     from autocompress.compress.apply import apply
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # layers kept float are reported by the search itself
         candidate = apply(dense, plan, task.inputs())
-        measurement = measure_candidate(candidate, plan, dense, task, target, inputs, rounds=rounds)
-    assert measurement.ratio is not None
-    return measurement.ratio
+        return measure_candidate(candidate, plan, dense, task, target, inputs, rounds=rounds)
 
 
 def measure_candidate(
@@ -224,6 +239,7 @@ def measure_candidate(
         measurement,
         ratio=measurement.ratio * reference.to_dense,
         reference_ms=measurement.reference_ms / reference.to_dense,
+        to_dense=reference.to_dense,
     )
 
 

@@ -202,6 +202,16 @@ def measured_ms(trial: optuna.trial.FrozenTrial, record: StudyRecord) -> float |
     return None
 
 
+def reference_to_dense(trial: optuna.trial.FrozenTrial, record: StudyRecord) -> float | None:
+    """The ratio to the dense model of the model a trial's measured latency was timed against
+    (the dense model's twin, `Target.reference_for`), by which the study carried it to the
+    dense model; None where the trial was not measured, or before studies recorded it."""
+    measurement = trial.user_attrs.get("measurement") or {}
+    if "to_dense" in measurement:
+        return measurement["to_dense"]
+    return record.verified_figures(trial).get("to_dense")
+
+
 def verify_error(trial: optuna.trial.FrozenTrial, record: StudyRecord) -> str | None:
     """Why the verify step could not build or time a trial's plan; None when it did (or not yet)."""
     return record.verified_figures(trial).get("error")

@@ -9,7 +9,7 @@ import optuna
 
 from autocompress.compress.apply import plan_notes
 from autocompress.config import Plan
-from autocompress.latency.profile import Bar, measure_plan
+from autocompress.latency.profile import Bar, time_plan
 from autocompress.optimize import record
 from autocompress.optimize.objectives import SearchContext
 from autocompress.optimize.pareto import Candidate, pareto_front
@@ -25,8 +25,9 @@ def verify_front(study: optuna.Study, ctx: SearchContext, *, show_progress: bool
     A candidate measured slower than predicted can leave the front and let a trial it hid
     onto it, so the front is measured again until every candidate on it is measured. The
     figures go to the study's `verified` attribute (trial number -> `measured_ms`, `ratio`,
-    `predicted_ms`), since finished trials cannot be changed. A plan that fails to build or
-    time is recorded with its `error` and marked infeasible; the others are measured still.
+    `predicted_ms`, `to_dense`: see `record.reference_to_dense`), since finished trials
+    cannot be changed. A plan that fails to build or time is recorded with its `error` and
+    marked infeasible; the others are measured still.
 
     Args:
         study: the study, after its trials.
@@ -65,7 +66,7 @@ def _measure(c: Candidate, ctx: SearchContext) -> dict[str, Any]:
     """One candidate's verify figures, or the reason its plan could not be built or timed."""
     try:
         with plan_notes() as not_applied:
-            ratio = measure_plan(
+            measurement = time_plan(
                 ctx.dense, Plan.from_dict(c["plan"]), ctx.task, ctx.target, ctx.latency_inputs
             )
     except Exception as exc:  # one broken build must not cost the user the whole front
@@ -76,9 +77,13 @@ def _measure(c: Candidate, ctx: SearchContext) -> dict[str, Any]:
             "error": f"{type(exc).__name__}: {detail}",
             "predicted_ms": c["predicted_ms"],
         }
+    ratio = measurement.ratio
+    assert ratio is not None
     figures = {
         "measured_ms": ratio * ctx.baseline.latency_ms,
         "ratio": ratio,
         "predicted_ms": c["predicted_ms"],
+        # export times the file against the same reference and carries it by this same ratio
+        "to_dense": measurement.to_dense,
     }
     return figures | ({"not_applied": not_applied} if not_applied else {})

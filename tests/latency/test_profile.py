@@ -75,6 +75,7 @@ def test_a_compiled_plan_is_carried_to_the_dense_model_by_the_twins_ratio() -> N
     assert measurement.ratio == raw.ratio * reference.to_dense
     assert measurement.reference_ms == raw.reference_ms / reference.to_dense
     assert measurement.median_ms == raw.median_ms
+    assert measurement.to_dense == reference.to_dense  # recorded: export carries by it too
 
 
 def test_an_eager_plan_is_timed_against_the_dense_model() -> None:

@@ -86,6 +86,20 @@ def test_violations_take_the_verify_steps_word_over_the_searchs() -> None:
     assert violations(trials[broken], rec) == {"verify": 1.0}
 
 
+def test_the_reference_a_trial_was_carried_by_is_the_measurement_that_gave_its_latency() -> None:
+    study = _study()
+    searched = _trial(study, {}, measured_ms=0.4, measurement={"ratio": 0.2, "to_dense": 0.45})
+    verified = _trial(study, {}, predicted_ms=0.5)
+    predicted = _trial(study, {}, predicted_ms=0.6)
+    old = _trial(study, {}, measured_ms=0.7, measurement={"ratio": 0.35})
+    rec = StudyRecord(name="s", verified={str(verified): {"measured_ms": 0.5, "to_dense": 0.5}})
+    trials = {t.number: t for t in study.trials}
+    assert record.reference_to_dense(trials[searched], rec) == 0.45
+    assert record.reference_to_dense(trials[verified], rec) == 0.5
+    assert record.reference_to_dense(trials[predicted], rec) is None
+    assert record.reference_to_dense(trials[old], rec) is None  # recorded before to_dense
+
+
 def test_dense_figures_written_by_hand_are_refused_by_name() -> None:
     study = _study()
     study.set_user_attr("baseline", {"accuracy": 0.9, "latency_ms": 1.0})
