@@ -38,17 +38,11 @@ def write_runtime_artifact(
     Returns:
         (figures for metrics.json under "runtime", the failed checks).
     """
-    from autocompress.compress.apply import deploy_on
-    from autocompress.optimize.objectives import fixed_data_order
+    from autocompress.optimize.objectives import deploy_as_exported
 
-    with fixed_data_order(built.task):
-        deployed = deploy_on(
-            target,
-            built.candidate,
-            built.plan,
-            built.latency_inputs,
-            built.task.calibration_batches(),
-        )
+    deployed = deploy_as_exported(
+        target, built.task, built.candidate, built.plan, built.latency_inputs
+    )
     path = folder / target.artifact
     deployed.save(path)
     loaded = target.load_artifact(path)

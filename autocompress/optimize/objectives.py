@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from autocompress.compress.apply import apply, bake, plan_notes
+from autocompress.compress.apply import apply, bake, deploy_on, plan_notes
 from autocompress.compress.program import artifact_size_bytes
 from autocompress.compress.size import compressed_size_bytes, size_bytes
 from autocompress.config import Budget, Plan, drop_over
@@ -143,14 +143,32 @@ def deployed_accuracy(ctx: SearchContext, candidate: nn.Module, plan: Plan) -> f
     Returns:
         The task's metric of the deployed model.
     """
-    from autocompress.compress.apply import deploy_on
-
-    with warnings.catch_warnings(), fixed_data_order(ctx.task):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # layers kept float are reported by the search itself
-        deployed = deploy_on(
-            ctx.target, candidate, plan, ctx.latency_inputs, ctx.task.calibration_batches()
-        )
+        deployed = deploy_as_exported(ctx.target, ctx.task, candidate, plan, ctx.latency_inputs)
     return float(ctx.task.metric(deployed, ctx.task.val))
+
+
+def deploy_as_exported(
+    target: Target, task: Task, candidate: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...]
+) -> Any:
+    """The candidate deployed on the target as a runtime trial is scored and export writes it:
+    `compress.apply.deploy_on`, calibrated on the task's calibration batches drawn in a fixed
+    order (`fixed_data_order`), so both get the same int8 ranges and export replays the
+    trial's accuracy exactly.
+
+    Args:
+        target: the target.
+        task: gives the calibration batches.
+        candidate: the fine-tuned candidate, built by `apply` (not modified).
+        plan: the plan it was built from.
+        inputs: one input batch at the batch size it runs at.
+
+    Returns:
+        The deployed model (`deploy_on`'s).
+    """
+    with fixed_data_order(task):
+        return deploy_on(target, candidate, plan, inputs, task.calibration_batches())
 
 
 @contextmanager
@@ -165,16 +183,16 @@ def fixed_data_order(task: Task, seed: int = FINETUNE_DATA_SEED) -> Iterator[Non
     their order.
     """
     generator = getattr(task.train, "generator", None)
-    seeded = isinstance(generator, torch.Generator)
-    saved = generator.get_state() if seeded else None
+    has_generator = isinstance(generator, torch.Generator)
+    saved = generator.get_state() if has_generator else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if seeded:
+        if has_generator:
             generator.manual_seed(seed)
         try:
             yield
         finally:
-            if seeded:
+            if has_generator:
                 generator.set_state(saved)
 
 
