@@ -61,7 +61,7 @@ def write_runtime_artifact(
     # Settled like the study's candidates, against the reference the study timed it against
     # (`Target.reference_for`), and carried to the dense model by the study's own ratio of that
     # reference: the fp32 dense model is memory-bound, and alone in one process it ran 1.20 to
-    # 1.61 ms on effnet-fmnist (0.886 ms another hour), so a ratio re-timed here would move the
+    # 1.63 ms on effnet-fmnist (0.886 ms another hour), so a ratio re-timed here would move the
     # figure by more than the file's own speed does. The in-memory graph, interleaved, tells
     # the file's speed from the drift between this run and the study's.
     reference = target.reference_for(built.dense, deployed, built.latency_inputs)
