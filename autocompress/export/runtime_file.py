@@ -33,7 +33,8 @@ def write_runtime_artifact(
         dense_ms: the study's dense latency (the measured ratio is scaled by it).
         study_to_dense: the ratio to the dense model of the reference the study timed the
             candidate against (`record.reference_to_dense`); the file's time against the same
-            reference is carried to the dense model by it. None: by the ratio timed here.
+            reference is carried to the dense model by it. None: by the ratio timed here
+            (four timings of the twin against the dense model, `Target.twin_ratio`).
 
     Returns:
         (figures for metrics.json under "runtime", the failed checks).
@@ -64,13 +65,13 @@ def write_runtime_artifact(
     # 1.63 ms on effnet-fmnist (0.886 ms another hour), so a ratio re-timed here would move the
     # figure by more than the file's own speed does. The in-memory graph, interleaved, tells
     # the file's speed from the drift between this run and the study's.
-    reference = target.reference_for(built.dense, deployed, built.latency_inputs)
+    reference = target.reference_for(
+        built.dense, deployed, built.latency_inputs, to_dense=study_to_dense
+    )
     timed = target.measure_settled(loaded, built.latency_inputs, reference=reference.model)
     versus = target.measure_settled(loaded, built.latency_inputs, reference=deployed)
     assert timed.ratio is not None and versus.ratio is not None
     to_dense = reference.to_dense
-    if study_to_dense is not None and reference.model is not built.dense:
-        to_dense = study_to_dense
     measurement = replace(timed, ratio=timed.ratio * to_dense, to_dense=to_dense)
     # OpenVINO IR is model.xml plus its weights in model.bin; model.pt2 shares the stem.
     written = [path, *([path.with_suffix(".bin")] if path.suffix == ".xml" else [])]
@@ -86,8 +87,9 @@ def write_runtime_artifact(
         "latency_ms": measurement.ratio * dense_ms,
         "latency_ratio": measurement.ratio,
         "latency_vs_in_memory_ratio": versus.ratio,
-        # the reference's ratio to the dense model: the study's (used) and this process's
-        "reference_to_dense": {"study": study_to_dense, "export": reference.to_dense},
+        # the reference's ratio to the dense model: the study's, else timed here (1.0: the
+        # reference is the dense model itself)
+        "reference_to_dense": to_dense,
         "measurement": measurement.to_dict(),
     }
     return figures, failures

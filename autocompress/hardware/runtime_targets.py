@@ -171,7 +171,12 @@ class RuntimeTarget(Target):
         )
 
     def reference_for(
-        self, dense: nn.Module, deployed: Any, inputs: tuple[torch.Tensor, ...]
+        self,
+        dense: nn.Module,
+        deployed: Any,
+        inputs: tuple[torch.Tensor, ...],
+        *,
+        to_dense: float | None = None,
     ) -> Reference:
         """The dense model for a float graph; for a quantized one, the dense model in the
         runtime's standard int8 (the plain int8 alternative; `twin_reference`).
@@ -182,7 +187,7 @@ class RuntimeTarget(Target):
         by up to 18% between two measurements an hour apart, while each plan's own time
         moved by under 2%. Against the int8 dense model the same ratios repeated within 1%.
         The twin's calibration is the timing batch: a kernel's time does not depend on the
-        activation ranges.
+        activation ranges. `to_dense`: see `Target.reference_for`.
         """
         if not (isinstance(deployed, RuntimeModel) and deployed.quantized):
             return Reference(dense)
@@ -191,6 +196,7 @@ class RuntimeTarget(Target):
             inputs,
             kind="int8",
             build=lambda: self.quantize_graph(self.graph(dense, inputs), [inputs], None),
+            to_dense=to_dense,
         )
 
     def twin_ratio(self, twin: Any, dense: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:

@@ -147,17 +147,25 @@ class Target(ABC):
         return sorted(runs, key=lambda run: run.ratio or 0.0)[1]
 
     def reference_for(
-        self, dense: nn.Module, deployed: Any, inputs: tuple[torch.Tensor, ...]
+        self,
+        dense: nn.Module,
+        deployed: Any,
+        inputs: tuple[torch.Tensor, ...],
+        *,
+        to_dense: float | None = None,
     ) -> Reference:
         """What to time a deployed plan against: by default the dense model itself.
 
         A target whose deployed models do not all run the way its dense model does overrides
-        this with a dense model that runs like `deployed`.
+        this with a dense model that runs like `deployed` (`twin_reference`).
 
         Args:
             dense: the dense model.
             deployed: the plan's model as this target runs it (`compress.apply.deploy_on`).
             inputs: the input batch it is timed with.
+            to_dense: a twin's ratio to the dense model where the caller has it already (export
+                has the study's); None: timed here. Unused where the reference is the dense
+                model itself.
 
         Returns:
             The Reference.
@@ -176,6 +184,7 @@ class Target(ABC):
         *,
         kind: str,
         build: Callable[[], Any],
+        to_dense: float | None = None,
     ) -> Reference:
         """A twin of the dense model that runs the way a deployed plan does, with its ratio to
         the dense model (`twin_ratio`) timed once per dense model, input shapes and `kind`.
@@ -185,10 +194,14 @@ class Target(ABC):
             inputs: the input batch it is timed with.
             kind: what sort of twin (a key of the cache: "compiled", "int8").
             build: builds the twin, on first use only.
+            to_dense: the twin's ratio, given: the twin is built, not timed, and not cached.
 
         Returns:
-            The Reference, the same object for every call with the same key.
+            The Reference, the same object for every call with the same key (a given
+            `to_dense`: a new one).
         """
+        if to_dense is not None:
+            return Reference(build(), to_dense)
         key = (kind, *((t.shape, t.dtype) for t in inputs))
         cached = self._twins.setdefault(dense, {})
         if key not in cached:
@@ -319,7 +332,12 @@ class CpuTarget(Target):
                 sub.training = training
 
     def reference_for(
-        self, dense: nn.Module, deployed: Any, inputs: tuple[torch.Tensor, ...]
+        self,
+        dense: nn.Module,
+        deployed: Any,
+        inputs: tuple[torch.Tensor, ...],
+        *,
+        to_dense: float | None = None,
     ) -> Reference:
         """The dense model for an eager plan; for a compiled one (it has int8 layers), the
         dense model compiled the same way (`twin_reference`).
@@ -331,7 +349,11 @@ class CpuTarget(Target):
         if not (isinstance(deployed, CompiledModel) and deployed.compiled):
             return Reference(dense)
         return self.twin_reference(
-            dense, inputs, kind="compiled", build=lambda: deployed.compiled_twin(dense, inputs)
+            dense,
+            inputs,
+            kind="compiled",
+            build=lambda: deployed.compiled_twin(dense, inputs),
+            to_dense=to_dense,
         )
 
     def alternatives(

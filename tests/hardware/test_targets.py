@@ -95,6 +95,20 @@ def test_a_compiled_model_is_timed_against_the_dense_model_compiled_once() -> No
     assert other.model is not twin, "another batch size is compiled for apart"
 
 
+def test_a_twin_with_a_given_ratio_is_built_but_not_timed(monkeypatch) -> None:
+    dense = _mlp(32).eval()
+    x = (torch.randn(1, 64),)
+    target = CpuTarget(rounds=2)
+    int8 = realize(dense, {"0": (8, 8)}, x, [x, (torch.randn(4, 64),)])
+    monkeypatch.setattr(target, "twin_ratio", lambda *a: pytest.fail("timed a given ratio"))
+    given = target.reference_for(dense, int8, x, to_dense=0.4)
+    assert given.to_dense == 0.4 and getattr(given.model, "compiled", False)
+    # Not cached: a later call without a ratio times its own.
+    monkeypatch.setattr(target, "twin_ratio", lambda *a: 0.7)
+    assert target.reference_for(dense, int8, x).to_dense == 0.7
+    assert CpuTarget().reference_for(dense, dense, x, to_dense=0.4) == Reference(dense, 1.0)
+
+
 class _Scripted(Target):
     """A target whose measurements return the given ratios in turn (and count the calls)."""
 
