@@ -13,7 +13,7 @@ import optuna
 import torch
 from torch import nn
 
-from autocompress.config import DEFAULT_FINETUNE_STEPS, Budget, Plan
+from autocompress.config import DEFAULT_FINETUNE_STEPS, Budget, Plan, drop_over
 from autocompress.errors import StudyError, UnknownNameError, UserInputError
 from autocompress.optimize.record import measured_ms, read, reference_to_dense
 from autocompress.task import Task
@@ -31,7 +31,10 @@ def select_trial(
         trial: a trial number, any completed trial; exactly one of `trial` and `pick`.
         pick: "fastest", "smallest" or "most-accurate" among the front's candidates that meet
             every budget, as `autocompress show` lists them (latency as measured by the verify
-            step wherever it was).
+            step wherever it was). A study without `--max-drop` picks the fastest or smallest
+            among those within the floor its search refined to (`refine.DEFAULT_DROP`, 1
+            point), where one is: its front runs down to plans no user deploys (README's
+            demo search, 42.22% at its fastest).
 
     Returns:
         The completed trial.
@@ -62,6 +65,7 @@ def select_trial(
     if pick not in PICKS:
         raise UnknownNameError("pick", str(pick), list(PICKS))
     from autocompress.optimize.pareto import pareto_front
+    from autocompress.optimize.refine import DEFAULT_DROP
 
     pool = [c for c in pareto_front(study) if c["feasible"]]
     if not pool:
@@ -70,6 +74,11 @@ def select_trial(
             f"study {name!r} has no candidate within its budgets ({budget.describe()}) to pick "
             f"the {pick} from; choose one with --trial N (see autocompress show --study {name})"
         )
+    if pick != "most-accurate" and (read(study).budget or Budget()).max_drop is None:
+        held = [
+            c for c in pool if drop_over(c["baseline_accuracy"], c["accuracy"], DEFAULT_DROP) <= 0
+        ]
+        pool = held or pool
     if pick == "fastest":
         best = min(pool, key=lambda c: (c["latency_ms"], -c["accuracy"], c["trial"]))
     elif pick == "smallest":

@@ -113,8 +113,10 @@ def test_pick_chooses_among_feasible_front_candidates(study: tuple[str, str, Pat
     fastest = select_trial(the_study, pick="fastest").number
     smallest = select_trial(the_study, pick="smallest").number
     accurate = select_trial(the_study, pick="most-accurate").number
-    assert fastest == min(front, key=lambda c: c["measured_ms"])["trial"]
-    assert smallest == min(front, key=lambda c: c["size_bytes"])["trial"]
+    # No --max-drop: within the search's 1-point floor where a candidate is.
+    held = [c for c in front if c["accuracy"] >= c["baseline_accuracy"] - 0.01] or front
+    assert fastest == min(held, key=lambda c: c["measured_ms"])["trial"]
+    assert smallest == min(held, key=lambda c: c["size_bytes"])["trial"]
     assert accurate == max(front, key=lambda c: c["accuracy"])["trial"]
 
 
@@ -226,11 +228,43 @@ def test_pick_judges_latency_by_the_remeasured_figure_where_a_trial_has_one() ->
         return study.trials[-1].number
 
     add(0.98, 0.5, measured_ms=1.5)  # fast as searched, over budget when re-measured
-    slower = add(0.97, 0.8, measured_ms=0.9)
+    slower = add(0.985, 0.8, measured_ms=0.9)
     unmeasured = add(0.96, 0.95, measured_ms=None)
     assert select_trial(study, pick="fastest").number == slower
     assert select_trial(study, pick="most-accurate").number == slower
     assert select_trial(study, trial=unmeasured).number == unmeasured
+
+
+def test_pick_without_max_drop_keeps_to_the_searchs_one_point_floor_where_it_can() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr(
+        "baseline", {"accuracy": 0.99, "latency_ms": 2.0, "size_bytes": 1000, "params": 250}
+    )
+    study.set_user_attr("budget", {"latency_ms": 1.0, "size_bytes": None, "max_drop": None})
+
+    def add(accuracy: float, latency_ms: float, size: int) -> None:
+        attrs = {
+            "accuracy": accuracy, "latency_ms": latency_ms, "latency_ratio": latency_ms / 2,
+            "measured_ms": latency_ms, "size_bytes": size, "params": 10,
+            "plan": {"version": 1, "layers": {}},
+        }  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[accuracy, latency_ms, size],
+                user_attrs=attrs,
+                constraints={"latency_ms": latency_ms - 1.0},
+            )
+        )
+
+    add(0.42, 0.1, 100)  # on the front, within the budget, and no one would deploy it
+    add(0.981, 0.4, 400)  # 0.9 points below the dense model
+    add(0.99, 0.9, 900)
+    assert select_trial(study, pick="fastest").number == 1
+    assert select_trial(study, pick="smallest").number == 1
+    assert select_trial(study, pick="most-accurate").number == 2
+    # With --max-drop the budget alone decides (here it allows a 60-point drop).
+    study.set_user_attr("budget", {"latency_ms": 1.0, "size_bytes": None, "max_drop": 0.6})
+    assert select_trial(study, pick="fastest").number == 0
 
 
 def test_the_export_folder_gets_the_mode_of_an_ordinary_folder(tmp_path: Path) -> None:
