@@ -68,13 +68,13 @@ def select_trial(
     from autocompress.optimize.refine import DEFAULT_DROP
 
     pool = [c for c in pareto_front(study) if c["feasible"]]
+    budget = read(study).budget or Budget()
     if not pool:
-        budget = read(study).budget or Budget()
         raise UserInputError(
             f"study {name!r} has no candidate within its budgets ({budget.describe()}) to pick "
             f"the {pick} from; choose one with --trial N (see autocompress show --study {name})"
         )
-    if pick != "most-accurate" and (read(study).budget or Budget()).max_drop is None:
+    if pick != "most-accurate" and budget.max_drop is None:
         held = [
             c for c in pool if drop_over(c["baseline_accuracy"], c["accuracy"], DEFAULT_DROP) <= 0
         ]
