@@ -18,7 +18,12 @@ from autocompress.commands import (
     _cmd_targets,
     _console,
 )
-from autocompress.config import DEFAULT_FINETUNE_STEPS, DEFAULT_TARGET
+from autocompress.config import (
+    DEFAULT_FINETUNE_STEPS,
+    DEFAULT_POLISH,
+    DEFAULT_TARGET,
+    POLISH_STEPS_FACTOR,
+)
 from autocompress.errors import AutocompressError
 from autocompress.optimize.heartbeat import DEFAULT_HEARTBEAT_S
 
@@ -59,6 +64,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             early_stop=args.early_stop,
             warm_start=not args.no_warm_start,
             allocate=not args.no_allocation,
+            polish=args.polish,
         )
     except KeyboardInterrupt:
         print(
@@ -220,6 +226,15 @@ def _parser() -> argparse.ArgumentParser:
         help="do not start a new study with per-layer plans allocated from the model's "
         "measured sensitivity, nor refine the fastest plan that holds accuracy (the uniform "
         "plans still run; the sampler has the other trials)",
+    )
+    s.add_argument(
+        "--polish",
+        type=int,
+        default=DEFAULT_POLISH,
+        metavar="N",
+        help=f"the last N trials (at most a third of --trials) fine-tune the fastest plans "
+        f"that came near the accuracy floor for {POLISH_STEPS_FACTOR}x the steps (default: "
+        f"{DEFAULT_POLISH}; 0: none)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=_cmd_search)

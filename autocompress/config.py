@@ -16,6 +16,10 @@ PLAN_VERSION = 1
 # Distillation steps per trial: enough to recover most of a 50%-pruned ResNet-20's accuracy,
 # few enough that the 30-trial demo fits in minutes on 2 cores.
 DEFAULT_FINETUNE_STEPS = 60
+# The last trials of a search call that fine-tune the fastest plans near the accuracy floor
+# for longer (`optimize.polish`), and how much longer, in multiples of the trials' steps.
+DEFAULT_POLISH = 3
+POLISH_STEPS_FACTOR = 4
 # What a search times on when no --target is given: the fastest deployment runtime of the base
 # install. A plan has to beat the dense model there, not in PyTorch eager (on effnet-fmnist,
 # plain ONNX Runtime int8 runs in 0.68 ms, eager fp32 in 8.4 ms; zoo_pipeline.md).

@@ -11,6 +11,7 @@ settled (`Target.measure_settled`: twice, a third time on a disagreement).
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -85,9 +86,10 @@ def best_alternative(alternatives: Sequence[Alternative], accuracy: float) -> Al
         accuracy: the candidate's accuracy.
 
     Returns:
-        The alternative, or None when none was measured.
+        The alternative, or None when none was measured (with a finite accuracy).
     """
-    measured = [a for a in alternatives if "latency_ms" in a]
+    # an alternative the task's metric could not score (NaN) is compared with no candidate
+    measured = [a for a in alternatives if "latency_ms" in a and math.isfinite(a["accuracy"])]
     if not measured:
         return None
     as_good = [a for a in measured if a["accuracy"] >= accuracy]

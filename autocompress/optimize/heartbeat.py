@@ -20,6 +20,10 @@ DEFAULT_HEARTBEAT_S = 30
 MAX_RETRY = 2  # a plan whose workers died three times is not tried again
 
 _log = logging.getLogger(__name__)
+# What a queued trial was given (`optimize.refine`, `optimize.polish`); a retry keeps it.
+_QUEUED_ATTRS = frozenset(
+    {"warm_start", "refined_from", "refine_step", "polished_from", "polish_steps"}
+)
 
 
 def storage_options(url: str, heartbeat_s: int | None) -> dict[str, Any]:
@@ -142,7 +146,7 @@ def _enqueue_retry(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> Non
     if len(history) > MAX_RETRY:
         _log.warning("trial %d failed %d times; not retried again", frozen.number, len(history))
         return
-    kept = {k: v for k, v in frozen.user_attrs.items() if k == "warm_start"}
+    kept = {k: v for k, v in frozen.user_attrs.items() if k in _QUEUED_ATTRS}
     study.add_trial(
         optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING,

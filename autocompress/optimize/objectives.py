@@ -30,6 +30,7 @@ from autocompress.space.spec import Knob
 from autocompress.task import Task
 
 if TYPE_CHECKING:
+    from autocompress.optimize.polish import Polisher
     from autocompress.optimize.refine import Refiner
 
 # A plan this far over a latency or size budget is not worth a fine-tune: its accuracy is
@@ -60,6 +61,9 @@ class SearchContext:
     check_batches: Sequence[Any] | None = None
     # Chooses the next plan once the queued ones are run (`optimize.refine`); None: the sampler.
     refiner: Refiner | None = None
+    # Chooses the plans a call's last trials fine-tune for longer (`optimize.polish`); None: no
+    # such trials.
+    polisher: Polisher | None = None
 
     def __post_init__(self) -> None:
         if self.teacher_outputs is None:
@@ -225,7 +229,11 @@ def _artifact_size(
 
 
 def evaluate_plan(
-    ctx: SearchContext, plan: Plan, *, stopper: EarlyStopper | None = None
+    ctx: SearchContext,
+    plan: Plan,
+    *,
+    stopper: EarlyStopper | None = None,
+    steps: int | None = None,
 ) -> dict[str, Any]:
     """Build, measure and score one plan.
 
@@ -238,6 +246,8 @@ def evaluate_plan(
         plan: the plan to score.
         stopper: early stopping (`optimize.early_stop`): the fine-tune is scored at its rungs
             and ended there when the trial is beyond hope. None: no rungs, no stopping.
+        steps: distillation steps for this plan (a polished trial's, `optimize.polish`);
+            None: the study's (`ctx.finetune_steps`).
 
     Returns:
         Figures: accuracy, metrics (the task's extra figures, when it has any), latency_ms,
@@ -278,7 +288,7 @@ def evaluate_plan(
         budget.latency_ms is not None
         and figures["latency_ms"] > FAR_OVER_BUDGET * budget.latency_ms
     ) or (budget.size_bytes is not None and size_estimate > FAR_OVER_BUDGET * budget.size_bytes)
-    steps = 0 if hopeless else ctx.finetune_steps
+    steps = 0 if hopeless else (ctx.finetune_steps if steps is None else steps)
     figures["finetune_steps"] = steps  # the recipe export replays for this trial
     scores: dict[str, float] = {}
     on_step = None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from autocompress.config import DEFAULT_FINETUNE_STEPS, DEFAULT_TARGET, Budget
+from autocompress.config import DEFAULT_FINETUNE_STEPS, DEFAULT_POLISH, DEFAULT_TARGET, Budget
 from autocompress.errors import UserInputError
 from autocompress.hardware.targets import Target
 from autocompress.optimize.heartbeat import DEFAULT_HEARTBEAT_S
@@ -53,11 +53,14 @@ class SearchOptions:
     early_stop: bool = False
     warm_start: bool = True
     allocate: bool = True
+    polish: int = DEFAULT_POLISH
 
     def check(self) -> None:
         """Refuse an option out of range, naming the flag and the value given."""
         if self.trials < 1:
             raise UserInputError(f"--trials must be at least 1, got {self.trials}")
+        if self.polish < 0:
+            raise UserInputError(f"--polish must be 0 or more, got {self.polish}")
         if self.finetune_steps < 0:
             raise UserInputError(f"--finetune-steps must be 0 or more, got {self.finetune_steps}")
         if self.train_threads is not None and self.train_threads < 1:

@@ -96,11 +96,15 @@ class Refiner:
 
     def next(self, trials: Sequence[optuna.trial.FrozenTrial]) -> Refinement | None:
         """The next refinement, or None when there is no base plan, the descent from it has
-        no untried point, or it has had `TRIES_PER_BASE` refinements.
+        no untried point, or it has had `TRIES_PER_BASE` refinements. Polished trials
+        (`optimize.polish`) are never its base.
 
         Args:
             trials: the study's trials, any state.
         """
+        # A polished plan's accuracy is its longer fine-tune's: a 60-step refinement from it
+        # would be judged against what it was never given.
+        trials = [t for t in trials if "polish_steps" not in t.user_attrs]
         base = base_trial(trials, dense=self.dense, max_drop=self.max_drop)
         if base is None or sum(_refines(t, base) for t in trials) >= TRIES_PER_BASE:
             return None

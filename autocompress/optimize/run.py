@@ -13,7 +13,7 @@ import optuna
 import torch
 from torch import nn
 
-from autocompress.config import DEFAULT_FINETUNE_STEPS, DEFAULT_TARGET, Budget
+from autocompress.config import DEFAULT_FINETUNE_STEPS, DEFAULT_POLISH, DEFAULT_TARGET, Budget
 from autocompress.errors import UserInputError
 from autocompress.evaluate.sensitivity import DEFAULT_BATCHES as SENSITIVITY_BATCHES
 from autocompress.evaluate.sensitivity import training_slice
@@ -32,7 +32,9 @@ from autocompress.optimize.objectives import (
 from autocompress.optimize.options import DEFAULT_MODEL, SearchOptions
 from autocompress.optimize.pareto import Candidate, baseline_row, pareto_front
 from autocompress.optimize.pareto import alternatives as alternatives_of
+from autocompress.optimize.polish import Polisher
 from autocompress.optimize.reach import reachability_notes
+from autocompress.optimize.refine import DEFAULT_DROP
 from autocompress.optimize.seeding import refiner_for, seed_allocations
 from autocompress.optimize.study import (
     check_identity,
@@ -121,6 +123,7 @@ def search(
     early_stop: bool = False,
     warm_start: bool = True,
     allocate: bool = True,
+    polish: int = DEFAULT_POLISH,
 ) -> SearchResult:
     """Search per-layer compression plans and return the Pareto front of accuracy, latency, size.
 
@@ -170,6 +173,10 @@ def search(
             plans are run, each trial refines the fastest plan that holds accuracy
             (`optimize.refine`; not with `warm_start=False`); False leaves both to the
             sampler.
+        polish: the last this many trials of the call (at most a third of them) fine-tune the
+            fastest plans that came near the accuracy floor (`--max-drop`, else 1 point) for 4x
+            the steps (`optimize.polish`); a new study leaves them out of its queued warm
+            starts. 0: none.
 
     Returns:
         The front over all the study's trials, the dense baseline row, and this run's counts;
@@ -183,7 +190,7 @@ def search(
         batch_size=batch_size, train_threads=train_threads, latency=latency,
         show_progress=show_progress, workers=workers, heartbeat_s=heartbeat_s,
         alternatives=alternatives, early_stop=early_stop, warm_start=warm_start,
-        allocate=allocate,
+        allocate=allocate, polish=polish,
     )  # fmt: skip
     prepared = prepare(options)
     counts = run(prepared)
@@ -309,11 +316,20 @@ def prepare(options: SearchOptions, *, worker: bool = False) -> Prepared:
         notes.append(f"latency predicted from the profile {path}; the front is measured after")
         if o.allocate and o.warm_start:
             ctx.refiner = refiner_for(ctx, model=model_label(o.model))
+    # a polish needs plans scored before it: at most a third of the call's trials polish
+    polish = min(o.polish, o.trials // 3)
+    if polish > 0 and o.finetune_steps > 0:
+        drop = DEFAULT_DROP if budget.max_drop is None else budget.max_drop
+        ctx.polisher = Polisher(
+            trials=polish, steps=o.finetune_steps, dense=baseline.accuracy, max_drop=drop
+        )
     prepared = Prepared(o, study_name, storage_obj, the_study, ctx, notes)
     if not worker:
         _seed(prepared, existing=existing)
         if ctx.refiner is not None:
             notes.append(ctx.refiner.note(ctx.task.metric_name))
+        if ctx.polisher is not None:
+            notes.append(ctx.polisher.note())
     return prepared
 
 
@@ -329,13 +345,15 @@ def _seed(prepared: Prepared, *, existing: int) -> None:
         record.write_alternatives(the_study, measured)
         notes += [_alternative_note(a, ctx.baseline.latency_ms) for a in measured]
     if existing == 0 and o.warm_start:
-        uniform = uniform_plans(ctx.knobs)[: o.trials]
+        # the last trials are left to the polisher (`optimize.polish`), where it has any
+        queued = o.trials - (ctx.polisher.trials if ctx.polisher is not None else 0)
+        uniform = uniform_plans(ctx.knobs)[:queued]
         for params in uniform:
             # skip_if_exists: workers on several machines may start a new study at once
             the_study.enqueue_trial(
                 params, user_attrs={"warm_start": "uniform"}, skip_if_exists=True
             )
-        room = o.trials - len(uniform)  # no plan is left queued for a later run
+        room = queued - len(uniform)  # no plan is left queued for a later run
         if o.allocate and ctx.predictor is not None and room > 0:
             label = model_label(o.model)
             notes.append(seed_allocations(the_study, ctx, label, o.show_progress, room))

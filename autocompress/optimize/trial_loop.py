@@ -15,6 +15,7 @@ import torch
 from autocompress.optimize.early_stop import EarlyStopper
 from autocompress.optimize.heartbeat import fail_stale_trials, heartbeat
 from autocompress.optimize.objectives import SearchContext, constraint_values, evaluate_plan
+from autocompress.optimize.polish import Polisher
 from autocompress.optimize.progress import SearchProgress
 from autocompress.optimize.record import violations
 from autocompress.optimize.refine import Refiner
@@ -22,7 +23,9 @@ from autocompress.optimize.study import OBJECTIVES
 from autocompress.space.sample import plan_from_trial
 
 WORKER = f"{platform.node()}:{os.getpid()}"  # which process ran a trial, for many-machine runs
-_BOOKKEEPING = frozenset({"worker", "warm_start", "retry_of", "duplicate_of", "fail_reason"})
+_BOOKKEEPING = frozenset(
+    {"worker", "warm_start", "retry_of", "duplicate_of", "fail_reason", "polished_from"}
+)
 _COMPLETE, _PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 _WAITING = optuna.trial.TrialState.WAITING
 
@@ -43,7 +46,9 @@ def run_trials(
     stopping, a trial stopped at a rung is told PRUNED; a plan stopped before and drawn
     again is told PRUNED again with the first one's figures (`duplicate_of`), not re-run:
     the trial that dominated it is still in the study. Once no plan is queued, the context's
-    refiner (if any) queues the next one.
+    refiner (if any) queues the next one, except in the last trials, where its polisher (if
+    any) queues a plan to fine-tune for longer (`optimize.polish`; a polished trial is never
+    stopped early).
 
     Returns:
         Trials run, failed, and stopped early (included in run).
@@ -58,13 +63,16 @@ def run_trials(
             floor = ctx.baseline.accuracy - ctx.budget.max_drop
         stopper = EarlyStopper(study, floor=floor)
     with SearchProgress(total=trials, enabled=show_progress, notes=notes) as progress:
-        for _ in range(trials):
+        for index in range(trials):
             if timeout_s is not None and time.monotonic() - started > timeout_s:
                 break
             for number in fail_stale_trials(study, storage):
                 progress.trial_failed(f"#{number}: its worker died; queued again")
             # other workers may have scored plans meanwhile
             seen = _scored_plans(study, stopped=ctx.early_stop)
+            polisher = ctx.polisher
+            if polisher is not None and trials - index <= polisher.trials:
+                _queue_polish(study, polisher)
             if refiner is not None:
                 try:
                     _queue_refinement(study, refiner)
@@ -78,14 +86,17 @@ def run_trials(
             try:
                 with heartbeat(storage, trial._trial_id):
                     plan = plan_from_trial(trial, ctx.knobs, round_to=ctx.round_to)
-                    key = plan.key()
+                    steps = trial.user_attrs.get("polish_steps")
+                    key = _plan_key(plan.key(), steps)
                     if key in seen:
                         figures = {  # its figures, not who ran it or why it was queued
                             k: v for k, v in seen[key].user_attrs.items() if k not in _BOOKKEEPING
                         }
                         figures["duplicate_of"] = seen[key].number
-                    else:
-                        figures = evaluate_plan(ctx, plan, stopper=stopper)
+                    else:  # a polished trial is not stopped early: it was chosen to finish
+                        figures = evaluate_plan(
+                            ctx, plan, stopper=None if steps else stopper, steps=steps
+                        )
                         figures["plan"] = plan.to_dict()
                 stopped += _tell(study, trial, ctx, figures, progress)
             except KeyboardInterrupt:
@@ -131,6 +142,22 @@ def _queue_refinement(study: optuna.Study, refiner: Refiner) -> None:
         study.enqueue_trial(refinement.params, user_attrs=refinement.user_attrs())
 
 
+def _queue_polish(study: optuna.Study, polisher: Polisher) -> None:
+    """Once no plan is queued, queue the next plan to polish (`optimize.polish`), if any."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == _WAITING for t in trials):
+        return
+    polish = polisher.next(trials)
+    if polish is not None:
+        study.enqueue_trial(polish.params, user_attrs=polish.user_attrs())
+
+
+def _plan_key(key: str, polish_steps: int | None) -> str:
+    """A scored plan's key: its plan's (`Plan.key`), and the steps of a polished trial's
+    fine-tune (a polished plan is another result of the same plan)."""
+    return key if polish_steps is None else f"{key}@{polish_steps}"
+
+
 def _scored_plans(
     study: optuna.Study, *, stopped: bool = False
 ) -> dict[str, optuna.trial.FrozenTrial]:
@@ -146,7 +173,13 @@ def _scored_plans(
     trials = study.get_trials(deepcopy=False, states=states)
     for t in sorted(trials, key=lambda t: (t.state == _PRUNED, t.number)):
         if "plan" in t.user_attrs and (t.state != _PRUNED or "stopped_at_step" in t.user_attrs):
-            seen.setdefault(json.dumps(t.user_attrs["plan"], sort_keys=True), t)
+            seen.setdefault(
+                _plan_key(
+                    json.dumps(t.user_attrs["plan"], sort_keys=True),
+                    t.user_attrs.get("polish_steps"),
+                ),
+                t,
+            )
     return seen
 
 

@@ -40,6 +40,13 @@ def test_no_measured_alternative_means_none() -> None:
     assert best_alternative([ALTERNATIVES[-1]], 0.5) is None
 
 
+def test_an_alternative_the_metric_scored_nan_is_compared_with_no_candidate() -> None:
+    unscored = [{**a, "accuracy": float("nan")} for a in ALTERNATIVES[:3]]
+    assert best_alternative(unscored, 0.5) is None  # was: min() of an empty sequence
+    best = best_alternative([*unscored, ALTERNATIVES[1]], 0.995)
+    assert best is not None and best["label"] == "int8" and best["accuracy"] == 0.97
+
+
 def _image_task() -> Task:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(48, 1, 16, 16, generator=g)
