@@ -11,9 +11,9 @@ So the last `trials` trials of a search call re-run plans already scored, each w
 `STEPS_FACTOR` times the study's steps, as new trials that record their own steps (export
 replays them). Each takes the fastest plan that (1) is faster than the fastest trial within the
 floor (a polished one included), (2) lost at most `SLACK` times the floor's drop in its own
-short fine-tune, (3) was not polished before and (4) scored more than every polished plan
-that still missed the floor: a plan that lost more than one which fell short is less likely
-to hold it.
+short fine-tune, (3) was not polished before and (4) scored more in its short fine-tune than
+every plan whose polish still missed the floor did in its own: a plan that lost more than
+one which fell short is less likely to hold it.
 """
 
 from __future__ import annotations
@@ -86,10 +86,13 @@ class Polisher:
         """
         polished = [t for t in trials if is_polished(t)]
         done = {_key(t.params) for t in polished}
-        missed = [
-            t.values[0]
+        short = {t.number: t.values[0] for t in trials if t.state == _COMPLETE}
+        missed = [  # the short fine-tune's scores of plans whose polish missed the floor
+            short[t.user_attrs["polished_from"]]
             for t in polished
-            if t.state == _COMPLETE and drop_over(self.dense, t.values[0], self.max_drop) > 0
+            if t.state == _COMPLETE
+            and drop_over(self.dense, t.values[0], self.max_drop) > 0
+            and t.user_attrs.get("polished_from") in short
         ]
         base = base_trial(trials, dense=self.dense, max_drop=self.max_drop)
         candidates = [

@@ -84,10 +84,10 @@ def test_a_polish_that_holds_becomes_the_base_and_one_that_misses_bounds_the_nex
     assert POLISHER.next([base, a, b]).source == 2
     # a held: it is the base now, and nothing is faster
     assert POLISHER.next([base, a, b, polished(4, a, 0.942)]) is None
-    # a missed at 0.93: b scored no more than that before its polish, so it is not tried
-    assert POLISHER.next([base, a, b, polished(4, a, 0.93)]) is None
-    # a missed at 0.928: b (0.93) is more accurate, so it is tried
-    assert POLISHER.next([base, a, b, polished(4, a, 0.928)]).source == 3
+    # a missed: b scored more than a in the short fine-tune (0.93 > 0.925), so it is tried
+    assert POLISHER.next([base, a, b, polished(4, a, 0.935)]).source == 3
+    # b missed first: a scored less than b did before its polish, so it is not tried
+    assert POLISHER.next([base, a, b, polished(4, b, 0.935)]) is None
 
 
 def test_the_refiner_never_descends_from_a_polished_plan() -> None:
