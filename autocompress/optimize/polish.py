@@ -70,12 +70,18 @@ class Polisher:
     dense: float
     max_drop: float = DEFAULT_DROP
 
-    def note(self) -> str:
+    def note(self, metric_name: str) -> str:
         """What the search note says it does."""
+        last = (
+            "the last trial fine-tunes"
+            if self.trials == 1
+            else f"the last {self.trials} trials fine-tune"
+        )
         return (
-            f"the last {self.trials} trial{'' if self.trials == 1 else 's'} fine-tune the "
-            f"fastest plans that came within {SLACK * 100 * self.max_drop:g} points for "
-            f"{STEPS_FACTOR * self.steps} steps instead of {self.steps} (`from: polished`)"
+            f"{last} the fastest plans within {round(SLACK * 100 * self.max_drop, 4):g} points "
+            f"of the dense {metric_name} for {STEPS_FACTOR * self.steps} steps instead of "
+            f"{self.steps}, to find those that hold {round(100 * self.max_drop, 4):g} (`from: "
+            "polished`)"
         )
 
     def next(self, trials: Sequence[optuna.trial.FrozenTrial]) -> Polish | None:

@@ -19,6 +19,7 @@ from autocompress.evaluate.sensitivity import DEFAULT_BATCHES as SENSITIVITY_BAT
 from autocompress.evaluate.sensitivity import training_slice
 from autocompress.hardware.targets import Target, resolve_target
 from autocompress.latency.profiles import predictor_for
+from autocompress.optimize import polish as polishing
 from autocompress.optimize import record
 from autocompress.optimize.alternatives import measure_alternatives
 from autocompress.optimize.early_stop import rung_steps
@@ -314,8 +315,6 @@ def prepare(options: SearchOptions, *, worker: bool = False) -> Prepared:
             show_progress=o.show_progress,
         )
         notes.append(f"latency predicted from the profile {path}; the front is measured after")
-        if o.allocate and o.warm_start:
-            ctx.refiner = refiner_for(ctx, model=model_label(o.model))
     # a polish needs plans scored before it: at most a third of the call's trials polish
     polish = min(o.polish, o.trials // 3)
     if polish > 0 and o.finetune_steps > 0:
@@ -323,13 +322,17 @@ def prepare(options: SearchOptions, *, worker: bool = False) -> Prepared:
         ctx.polisher = Polisher(
             trials=polish, steps=o.finetune_steps, dense=baseline.accuracy, max_drop=drop
         )
+    if ctx.predictor is not None and o.allocate and o.warm_start:
+        # with polishing, the descent goes on from plans the polish may bring back to the floor
+        slack = 1.0 if ctx.polisher is None else polishing.SLACK
+        ctx.refiner = refiner_for(ctx, model=model_label(o.model), slack=slack)
     prepared = Prepared(o, study_name, storage_obj, the_study, ctx, notes)
     if not worker:
         _seed(prepared, existing=existing)
         if ctx.refiner is not None:
             notes.append(ctx.refiner.note(ctx.task.metric_name))
         if ctx.polisher is not None:
-            notes.append(ctx.polisher.note())
+            notes.append(ctx.polisher.note(ctx.task.metric_name))
     return prepared
 
 

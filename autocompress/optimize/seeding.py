@@ -63,7 +63,7 @@ def seed_allocations(
     )
 
 
-def refiner_for(ctx: SearchContext, *, model: str) -> Refiner:
+def refiner_for(ctx: SearchContext, *, model: str, slack: float = 1.0) -> Refiner:
     """The refiner of a search with predicted latency (its note: `Refiner.note`).
 
     The model's sensitivity (the descent's costs) is read when the first refinement is
@@ -73,6 +73,9 @@ def refiner_for(ctx: SearchContext, *, model: str) -> Refiner:
     Args:
         ctx: the search's context (its predictor fitted).
         model: the model's label (the sensitivity cache's folder).
+        slack: its floor, in multiples of the budget's `--max-drop` (else 1 point): a search
+            that polishes its last trials (`optimize.polish`) descends as far as they may
+            recover, `polish.SLACK`.
     """
     from autocompress.evaluate.sensitivity import sensitivity_for
 
@@ -93,4 +96,4 @@ def refiner_for(ctx: SearchContext, *, model: str) -> Refiner:
         round_to=ctx.round_to,
     )  # fmt: skip
     drop = DEFAULT_DROP if ctx.budget.max_drop is None else ctx.budget.max_drop
-    return Refiner(ctx.knobs, cost, predict_ms, dense=ctx.baseline.accuracy, max_drop=drop)
+    return Refiner(ctx.knobs, cost, predict_ms, dense=ctx.baseline.accuracy, max_drop=slack * drop)

@@ -114,11 +114,17 @@ def test_a_search_ends_with_a_polished_trial_fine_tuned_for_longer(
     space = tmp_path / "three-plans.yaml"
     space.write_text("version: 1\ndefaults:\n  keep_ratio: [1.0, 0.75, 0.5]\n")
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
-    search(
+    result = search(
         f"{F}:tiny_mlp", task=f"{F}:tiny_task", space=str(space), storage=storage, study="s",
         trials=4, finetune_steps=2, polish=1, budget=Budget(latency_ms=1000, max_drop=0.001),
         sampler="random", show_progress=False,
     )  # fmt: skip
+    # the descent goes on from plans within the polish's reach: 1000 x 0.1 points
+    assert any("the fastest plan within 100 points" in note for note in result.notes)
+    assert any(
+        note.startswith("the last trial fine-tunes the fastest plans within 100 points")
+        for note in result.notes
+    )
     study = optuna.load_study(study_name="s", storage=storage)
     trials = study.trials
     assert len(trials) == 4
