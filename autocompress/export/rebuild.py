@@ -8,6 +8,7 @@ The rebuild replays the search's recipe: the dense model and task from the study
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 import torch
@@ -64,21 +65,7 @@ def select_trial(
         return chosen
     if pick not in PICKS:
         raise UnknownNameError("pick", str(pick), list(PICKS))
-    from autocompress.optimize.pareto import pareto_front
-    from autocompress.optimize.refine import DEFAULT_DROP
-
-    pool = [c for c in pareto_front(study) if c["feasible"]]
-    budget = read(study).budget or Budget()
-    if not pool:
-        raise UserInputError(
-            f"study {name!r} has no candidate within its budgets ({budget.describe()}) to pick "
-            f"the {pick} from; choose one with --trial N (see autocompress show --study {name})"
-        )
-    if pick != "most-accurate" and budget.max_drop is None:
-        held = [
-            c for c in pool if drop_over(c["baseline_accuracy"], c["accuracy"], DEFAULT_DROP) <= 0
-        ]
-        pool = held or pool
+    pool, _ = _pick_pool(study, pick)
     if pick == "fastest":
         best = min(pool, key=lambda c: (c["latency_ms"], -c["accuracy"], c["trial"]))
     elif pick == "smallest":
@@ -86,6 +73,45 @@ def select_trial(
     else:
         best = min(pool, key=lambda c: (-c["accuracy"], c["latency_ms"], c["trial"]))
     return trials[best["trial"]]
+
+
+def pick_note(study: optuna.Study, pick: str | None) -> str | None:
+    """What export says where `--pick` chose among the candidates within the 1-point floor
+    only (see `select_trial`); None where it chose among every feasible one."""
+    if pick not in ("fastest", "smallest"):
+        return None
+    pool, feasible = _pick_pool(study, pick)
+    if len(pool) == feasible:
+        return None
+    from autocompress.optimize.refine import DEFAULT_DROP
+
+    return (
+        f"the study has no --max-drop: picked the {pick} of the {len(pool)} candidates within "
+        f"{100 * DEFAULT_DROP:g} point of the dense accuracy, not of all {feasible} within its "
+        "budgets (--trial N exports any of them)"
+    )
+
+
+def _pick_pool(study: optuna.Study, pick: str) -> tuple[list[dict[str, Any]], int]:
+    """The front candidates `--pick` chooses among, and how many are feasible in all."""
+    from autocompress.optimize.pareto import pareto_front
+    from autocompress.optimize.refine import DEFAULT_DROP
+
+    name = study.study_name
+    pool = [c for c in pareto_front(study) if c["feasible"]]
+    budget = read(study).budget or Budget()
+    if not pool:
+        raise UserInputError(
+            f"study {name!r} has no candidate within its budgets ({budget.describe()}) to pick "
+            f"the {pick} from; choose one with --trial N (see autocompress show --study {name})"
+        )
+    feasible = len(pool)
+    if pick != "most-accurate" and budget.max_drop is None:
+        held = [
+            c for c in pool if drop_over(c["baseline_accuracy"], c["accuracy"], DEFAULT_DROP) <= 0
+        ]
+        pool = held or pool
+    return pool, feasible
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,7 @@ def export(
         ExportError: the reloaded artifact's accuracy or outputs do not match (nothing written).
     """
     from autocompress.export.onnx_file import ONNX_FILE, write_onnx
-    from autocompress.export.rebuild import rebuild, select_trial, study_figures
+    from autocompress.export.rebuild import pick_note, rebuild, select_trial, study_figures
     from autocompress.export.runtime_file import write_runtime_artifact
     from autocompress.hardware.targets import resolve_target
     from autocompress.optimize.study import load_study
@@ -273,6 +273,9 @@ def export(
         shutil.rmtree(work, ignore_errors=True)
         raise
     notes = figures.notes(chosen.number)
+    narrowed = pick_note(the_study, pick)
+    if narrowed is not None:
+        notes.insert(0, narrowed)
     if not onnx["written"]:
         notes.append(f"model.onnx not written: {onnx['reason']}")
     notes += metrics["size"]["notes"]

@@ -13,7 +13,7 @@ import torch
 import autocompress
 from autocompress.cli import main
 from autocompress.config import Budget, Plan
-from autocompress.export.rebuild import select_trial
+from autocompress.export.rebuild import pick_note, select_trial
 from autocompress.optimize.pareto import pareto_front
 from autocompress.optimize.run import search
 from autocompress.optimize.study import load_study
@@ -262,9 +262,16 @@ def test_pick_without_max_drop_keeps_to_the_searchs_one_point_floor_where_it_can
     assert select_trial(study, pick="fastest").number == 1
     assert select_trial(study, pick="smallest").number == 1
     assert select_trial(study, pick="most-accurate").number == 2
+    # export says so: the pick was not the fastest of all
+    assert pick_note(study, "fastest") == (
+        "the study has no --max-drop: picked the fastest of the 2 candidates within 1 point of "
+        "the dense accuracy, not of all 3 within its budgets (--trial N exports any of them)"
+    )
+    assert pick_note(study, "most-accurate") is None and pick_note(study, None) is None
     # With --max-drop the budget alone decides (here it allows a 60-point drop).
     study.set_user_attr("budget", {"latency_ms": 1.0, "size_bytes": None, "max_drop": 0.6})
     assert select_trial(study, pick="fastest").number == 0
+    assert pick_note(study, "fastest") is None
 
 
 def test_the_export_folder_gets_the_mode_of_an_ordinary_folder(tmp_path: Path) -> None:
