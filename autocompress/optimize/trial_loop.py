@@ -72,10 +72,10 @@ def run_trials(
             seen = _scored_plans(study, stopped=ctx.early_stop)
             polisher = ctx.polisher
             if polisher is not None and trials - index <= polisher.trials:
-                _queue_polish(study, polisher)
+                _queue_next(study, polisher)
             if refiner is not None:
                 try:
-                    _queue_refinement(study, refiner)
+                    _queue_next(study, refiner)
                 except Exception as exc:  # the sampler goes on; the search does not stop
                     progress.note(f"no more refinements: {failure_reason(exc)}")
                     refiner = None
@@ -132,24 +132,15 @@ def _tell(
     return False
 
 
-def _queue_refinement(study: optuna.Study, refiner: Refiner) -> None:
-    """Once no plan is queued, queue the next refinement (`optimize.refine`), if any."""
+def _queue_next(study: optuna.Study, chooser: Refiner | Polisher) -> None:
+    """Once no plan is queued, queue the chooser's next plan, if any: a refinement
+    (`optimize.refine`) or a plan to polish (`optimize.polish`)."""
     trials = study.get_trials(deepcopy=False)
     if any(t.state == _WAITING for t in trials):
         return
-    refinement = refiner.next(trials)
-    if refinement is not None:
-        study.enqueue_trial(refinement.params, user_attrs=refinement.user_attrs())
-
-
-def _queue_polish(study: optuna.Study, polisher: Polisher) -> None:
-    """Once no plan is queued, queue the next plan to polish (`optimize.polish`), if any."""
-    trials = study.get_trials(deepcopy=False)
-    if any(t.state == _WAITING for t in trials):
-        return
-    polish = polisher.next(trials)
-    if polish is not None:
-        study.enqueue_trial(polish.params, user_attrs=polish.user_attrs())
+    chosen = chooser.next(trials)
+    if chosen is not None:
+        study.enqueue_trial(chosen.params, user_attrs=chosen.user_attrs())
 
 
 def _plan_key(key: str, polish_steps: int | None) -> str:
