@@ -17,7 +17,8 @@ _CAPTION = (
     "as accurate, see the alt rows); "
     "plan: mean channel keep ratio x layers pruned, then layers per other method; "
     "from: a uniform warm start, a plan allocated from the sensitivity, a refinement of the "
-    "fastest plan within the accuracy floor, or the sampler's"
+    "fastest plan within reach of the accuracy floor, a plan polished (fine-tuned again for "
+    "longer), or the sampler's"
 )
 
 
