@@ -131,16 +131,16 @@ def test_the_fastest_plan_of_the_space_has_no_refinement() -> None:
 
 
 def test_the_trial_loop_queues_a_refinement_only_once_nothing_is_queued() -> None:
-    from autocompress.optimize.trial_loop import _queue_refinement
+    from autocompress.optimize.trial_loop import _queue_next
 
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     for trial in (scored(0, uniform_params(KNOBS, {}), 0.95), scored(1, INT8, 0.94)):
         study.add_trial(trial)
     study.enqueue_trial(uniform_params(KNOBS, {"keep_ratio": 0.75}))
-    _queue_refinement(study, REFINER)  # a plan is queued: it goes first
+    _queue_next(study, REFINER)  # a plan is queued: it goes first
     assert len(study.trials) == 3
     study.tell(study.ask(), [0.5, 2.25, 1000])
-    _queue_refinement(study, REFINER)
+    _queue_next(study, REFINER)
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert len(waiting) == 1
     asked = study.ask()  # the sampler's next trial is the refinement, with its record
