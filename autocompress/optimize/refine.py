@@ -28,7 +28,7 @@ from typing import Any
 
 import optuna
 
-from autocompress.config import drop_over
+from autocompress.config import Budget, drop_over
 from autocompress.optimize.allocate import Allocation, Params, allocation_path
 from autocompress.space.spec import Knob
 
@@ -130,6 +130,11 @@ class Refiner:
         return allocation_path(
             self.knobs, self.cost, self.predict_ms, start_params=start, held=frozenset(held)
         )
+
+
+def floor_drop(budget: Budget) -> float:
+    """The accuracy a search's plans may lose: the budget's `--max-drop`, else `DEFAULT_DROP`."""
+    return DEFAULT_DROP if budget.max_drop is None else budget.max_drop
 
 
 def base_trial(

@@ -35,7 +35,7 @@ from autocompress.optimize.pareto import Candidate, baseline_row, pareto_front
 from autocompress.optimize.pareto import alternatives as alternatives_of
 from autocompress.optimize.polish import Polisher
 from autocompress.optimize.reach import reachability_notes
-from autocompress.optimize.refine import DEFAULT_DROP
+from autocompress.optimize.refine import floor_drop
 from autocompress.optimize.seeding import refiner_for, seed_allocations
 from autocompress.optimize.study import (
     check_identity,
@@ -318,9 +318,11 @@ def prepare(options: SearchOptions, *, worker: bool = False) -> Prepared:
     # a polish needs plans scored before it: at most a third of the call's trials polish
     polish = min(o.polish, o.trials // 3)
     if polish > 0 and o.finetune_steps > 0:
-        drop = DEFAULT_DROP if budget.max_drop is None else budget.max_drop
         ctx.polisher = Polisher(
-            trials=polish, steps=o.finetune_steps, dense=baseline.accuracy, max_drop=drop
+            trials=polish,
+            steps=o.finetune_steps,
+            dense=baseline.accuracy,
+            max_drop=floor_drop(budget),
         )
     if ctx.predictor is not None and o.allocate and o.warm_start:
         # with polishing, the descent goes on from plans the polish may bring back to the floor

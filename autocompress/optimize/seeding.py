@@ -11,7 +11,7 @@ import optuna
 from autocompress.optimize import record
 from autocompress.optimize.allocate import allocation_seeds, plan_latency
 from autocompress.optimize.objectives import SearchContext
-from autocompress.optimize.refine import DEFAULT_DROP, Refiner
+from autocompress.optimize.refine import Refiner, floor_drop
 
 if TYPE_CHECKING:
     from autocompress.evaluate.sensitivity import Sensitivity
@@ -95,5 +95,5 @@ def refiner_for(ctx: SearchContext, *, model: str, slack: float = 1.0) -> Refine
         ctx.knobs, predictor=ctx.predictor, dense_ms=ctx.baseline.latency_ms,
         round_to=ctx.round_to,
     )  # fmt: skip
-    drop = DEFAULT_DROP if ctx.budget.max_drop is None else ctx.budget.max_drop
+    drop = floor_drop(ctx.budget)
     return Refiner(ctx.knobs, cost, predict_ms, dense=ctx.baseline.accuracy, max_drop=slack * drop)
