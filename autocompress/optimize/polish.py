@@ -27,7 +27,7 @@ import optuna
 
 from autocompress.config import POLISH_STEPS_FACTOR as STEPS_FACTOR
 from autocompress.config import drop_over
-from autocompress.optimize.refine import DEFAULT_DROP, base_trial
+from autocompress.optimize.refine import DEFAULT_DROP, POLISH_STEPS, base_trial
 
 # A plan is polished when it lost at most this many times the floor's drop in its trial.
 SLACK = 3
@@ -51,7 +51,7 @@ class Polish:
 
     def user_attrs(self) -> dict[str, Any]:
         """What its trial records: where it came from and its steps (`show`, the loop)."""
-        return {"warm_start": "polished", "polished_from": self.source, "polish_steps": self.steps}
+        return {"warm_start": "polished", "polished_from": self.source, POLISH_STEPS: self.steps}
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,11 @@ class Polisher:
     dense: float
     max_drop: float = DEFAULT_DROP
 
+    @property
+    def reach(self) -> float:
+        """The most a plan may have lost in its own trial to be polished: `SLACK` floors."""
+        return SLACK * self.max_drop
+
     def note(self, metric_name: str) -> str:
         """What the search note says it does."""
         last = (
@@ -78,7 +83,7 @@ class Polisher:
             else f"the last {self.trials} trials fine-tune"
         )
         return (
-            f"{last} the fastest plans within {round(SLACK * 100 * self.max_drop, 4):g} points "
+            f"{last} the fastest plans within {round(100 * self.reach, 4):g} points "
             f"of the dense {metric_name} for {STEPS_FACTOR * self.steps} steps instead of "
             f"{self.steps}, to find those that hold {round(100 * self.max_drop, 4):g} (`from: "
             "polished`)"
@@ -107,7 +112,7 @@ class Polisher:
             if t.state == _COMPLETE
             and not is_polished(t)
             and t.user_attrs.get("finetune_steps") == self.steps
-            and drop_over(self.dense, t.values[0], SLACK * self.max_drop) <= 0
+            and drop_over(self.dense, t.values[0], self.reach) <= 0
             and (base is None or t.values[1] < base.values[1])
             and all(t.values[0] > m for m in missed)
             and _key(t.params) not in done
@@ -120,7 +125,7 @@ class Polisher:
 
 def is_polished(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial was a polish (`Polish`), in any state."""
-    return "polish_steps" in trial.user_attrs
+    return POLISH_STEPS in trial.user_attrs
 
 
 def _key(params: dict[str, Any]) -> str:

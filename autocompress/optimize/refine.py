@@ -32,6 +32,9 @@ from autocompress.config import Budget, drop_over
 from autocompress.optimize.allocate import Allocation, Params, allocation_path
 from autocompress.space.spec import Knob
 
+# A polished trial's attribute (`optimize.polish`): the steps of its longer fine-tune.
+POLISH_STEPS = "polish_steps"
+
 # The first step of a refinement: this fraction of the base plan's predicted time.
 FIRST_STEP = 0.10
 # The smallest step: the predictor's own error is of this order.
@@ -104,7 +107,7 @@ class Refiner:
         """
         # A polished plan's accuracy is its longer fine-tune's: a 60-step refinement from it
         # would be judged against what it was never given.
-        trials = [t for t in trials if "polish_steps" not in t.user_attrs]
+        trials = [t for t in trials if POLISH_STEPS not in t.user_attrs]
         base = base_trial(trials, dense=self.dense, max_drop=self.max_drop)
         if base is None or sum(_refines(t, base) for t in trials) >= TRIES_PER_BASE:
             return None

@@ -19,7 +19,6 @@ from autocompress.evaluate.sensitivity import DEFAULT_BATCHES as SENSITIVITY_BAT
 from autocompress.evaluate.sensitivity import training_slice
 from autocompress.hardware.targets import Target, resolve_target
 from autocompress.latency.profiles import predictor_for
-from autocompress.optimize import polish as polishing
 from autocompress.optimize import record
 from autocompress.optimize.alternatives import measure_alternatives
 from autocompress.optimize.early_stop import rung_steps
@@ -326,8 +325,8 @@ def prepare(options: SearchOptions, *, worker: bool = False) -> Prepared:
         )
     if ctx.predictor is not None and o.allocate and o.warm_start:
         # with polishing, the descent goes on from plans the polish may bring back to the floor
-        slack = 1.0 if ctx.polisher is None else polishing.SLACK
-        ctx.refiner = refiner_for(ctx, model=model_label(o.model), slack=slack)
+        reach = floor_drop(budget) if ctx.polisher is None else ctx.polisher.reach
+        ctx.refiner = refiner_for(ctx, model=model_label(o.model), max_drop=reach)
     prepared = Prepared(o, study_name, storage_obj, the_study, ctx, notes)
     if not worker:
         _seed(prepared, existing=existing)

@@ -11,7 +11,7 @@ import optuna
 from autocompress.optimize import record
 from autocompress.optimize.allocate import allocation_seeds, plan_latency
 from autocompress.optimize.objectives import SearchContext
-from autocompress.optimize.refine import Refiner, floor_drop
+from autocompress.optimize.refine import Refiner
 
 if TYPE_CHECKING:
     from autocompress.evaluate.sensitivity import Sensitivity
@@ -63,7 +63,7 @@ def seed_allocations(
     )
 
 
-def refiner_for(ctx: SearchContext, *, model: str, slack: float = 1.0) -> Refiner:
+def refiner_for(ctx: SearchContext, *, model: str, max_drop: float) -> Refiner:
     """The refiner of a search with predicted latency (its note: `Refiner.note`).
 
     The model's sensitivity (the descent's costs) is read when the first refinement is
@@ -73,9 +73,9 @@ def refiner_for(ctx: SearchContext, *, model: str, slack: float = 1.0) -> Refine
     Args:
         ctx: the search's context (its predictor fitted).
         model: the model's label (the sensitivity cache's folder).
-        slack: its floor, in multiples of the budget's `--max-drop` (else 1 point): a search
-            that polishes its last trials (`optimize.polish`) descends as far as they may
-            recover, `polish.SLACK`.
+        max_drop: its floor, the most a plan it descends from may lose: the search's
+            (`refine.floor_drop`), or as far as a search that polishes its last trials may
+            recover (`Polisher.reach`).
     """
     from autocompress.evaluate.sensitivity import sensitivity_for
 
@@ -95,5 +95,4 @@ def refiner_for(ctx: SearchContext, *, model: str, slack: float = 1.0) -> Refine
         ctx.knobs, predictor=ctx.predictor, dense_ms=ctx.baseline.latency_ms,
         round_to=ctx.round_to,
     )  # fmt: skip
-    drop = floor_drop(ctx.budget)
-    return Refiner(ctx.knobs, cost, predict_ms, dense=ctx.baseline.accuracy, max_drop=slack * drop)
+    return Refiner(ctx.knobs, cost, predict_ms, dense=ctx.baseline.accuracy, max_drop=max_drop)

@@ -18,7 +18,7 @@ from autocompress.optimize.objectives import SearchContext, constraint_values, e
 from autocompress.optimize.polish import Polisher
 from autocompress.optimize.progress import SearchProgress
 from autocompress.optimize.record import violations
-from autocompress.optimize.refine import Refiner
+from autocompress.optimize.refine import POLISH_STEPS, Refiner
 from autocompress.optimize.study import OBJECTIVES
 from autocompress.space.sample import plan_from_trial
 
@@ -86,7 +86,7 @@ def run_trials(
             try:
                 with heartbeat(storage, trial._trial_id):
                     plan = plan_from_trial(trial, ctx.knobs, round_to=ctx.round_to)
-                    steps = trial.user_attrs.get("polish_steps")
+                    steps = trial.user_attrs.get(POLISH_STEPS)
                     key = _plan_key(plan.key(), steps)
                     if key in seen:
                         figures = {  # its figures, not who ran it or why it was queued
@@ -167,7 +167,7 @@ def _scored_plans(
             seen.setdefault(
                 _plan_key(
                     json.dumps(t.user_attrs["plan"], sort_keys=True),
-                    t.user_attrs.get("polish_steps"),
+                    t.user_attrs.get(POLISH_STEPS),
                 ),
                 t,
             )
