@@ -308,3 +308,35 @@ def test_onnxruntime_runs_a_transformers_int8_layers_in_dynamic_int8() -> None:
     }
     with torch.no_grad():
         assert torch.allclose(deployed(*example), model(*example), atol=0.02)
+
+
+def test_has_vnni_reads_the_cpus_flags() -> None:
+    from autocompress.hardware.runtimes.openvino import has_vnni
+
+    assert has_vnni("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\n")
+    assert has_vnni("flags\t\t: fpu avx2 avx_vnni\n")
+    assert not has_vnni("flags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    assert not has_vnni("processor\t: 0\n")
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_openvino_keeps_the_first_layers_weights_8_bit_where_the_cpu_has_vnni(
+    monkeypatch, vnni: bool
+) -> None:
+    """NNCF's overflow fix stores the first convolution's weights in 7 bits, for int8 kernels
+    that saturate; on a VNNI CPU it only cost accuracy (effnet-fmnist: 91.05% vs 92.45%)."""
+    pytest.importorskip("openvino")
+    from autocompress.hardware.runtimes import openvino
+
+    monkeypatch.setattr(openvino, "has_vnni", lambda cpuinfo=None: vnni)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+    x = (torch.randn(1, 3, 16, 16),)
+    quantized = openvino.quantize(openvino.convert(to_onnx(model, x)), [x, x], keep_float=[])
+    ranges = {  # int8 weights by shape: the first convolution's is (8, 3, 3, 3)
+        op.get_data().shape: int(abs(op.get_data().astype(int)).max())
+        for op in quantized.get_ops()
+        if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"
+    }
+    assert ranges[(8, 8, 3, 3)] == 127
+    assert ranges[(8, 3, 3, 3)] == (127 if vnni else 64)

@@ -98,6 +98,36 @@ def ov_names(model: Any, onnx_nodes: Iterable[str]) -> list[str]:
     ]
 
 
+# CPU flags of the int8 dot-product instructions that accumulate without saturating.
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has VNNI (or AMX) int8 dot products, from /proc/cpuinfo's flags.
+
+    Without them, x86 int8 kernels (AVX2, AVX-512 `vpmaddubsw`) can saturate their 16-bit
+    intermediate sums, and NNCF by default quantizes the first convolution's weights to 7
+    bits to avoid it (its "overflow fix"). With them the fix only costs precision:
+    measured on effnet-fmnist (Zen 4, VNNI), a fine-tuned all-int8 candidate scored 91.05% in
+    OpenVINO with the fix and 92.45% without (91.95% in PyTorch); the dense model 91.50% and
+    91.35%.
+
+    Args:
+        cpuinfo: the text of /proc/cpuinfo (read when None; False where unreadable).
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return not _VNNI_FLAGS.isdisjoint(value.split())
+    return False
+
+
 def quantize(
     model: Any,
     calibration: Iterable[tuple[torch.Tensor, ...]],
@@ -105,7 +135,8 @@ def quantize(
     keep_float: Sequence[str],
     transformer: bool = False,
 ) -> Any:
-    """NNCF's post-training int8 quantization, with some nodes kept in float.
+    """NNCF's post-training int8 quantization, with some nodes kept in float; the first
+    convolution's weights keep all 8 bits where the CPU has VNNI (`has_vnni`).
 
     Args:
         model: a float `openvino.Model` (not modified).
@@ -121,7 +152,10 @@ def quantize(
     with quiet_torchao_import():  # NNCF's torch backend imports torchao
         import nncf
 
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
     nncf.set_log_level(logging.ERROR)
+    overflow_fix = OverflowFix.DISABLE if has_vnni() else OverflowFix.FIRST_LAYER
     shapes = _static_shapes(model)
     fitted = [fit_to_shapes([t.detach().cpu().numpy() for t in b], shapes) for b in calibration]
     batches = [tuple(arrays) if len(arrays) > 1 else arrays[0] for arrays in fitted]
@@ -133,4 +167,5 @@ def quantize(
             subset_size=max(1, len(batches)),
             ignored_scope=nncf.IgnoredScope(names=list(keep_float), validate=False),
             model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+            advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow_fix),
         )
