@@ -27,6 +27,9 @@ Two layers of model, both fitted on what `latency.profile` measured:
    on 100 fresh plans of every kind, within-10% rose from 0.73 to 0.92).
 
 The prediction is a ratio to the dense model; times the study's dense latency it gives ms.
+Compiled plans are fitted in the frame they were timed in, as ratios to a twin of the dense
+model (`Target.reference_for`), and carried back by the twin's ratio to the dense model: the
+profile's, or one the caller timed (`predict_ratio(to_dense=)`).
 """
 
 from __future__ import annotations
@@ -128,16 +131,25 @@ class LatencyPredictor:
         )
         self._dense = self._totals(self.shapes.kernels(Plan()))
         # The dense model itself is an eager plan at ratio 1 by definition.
-        points = [(Plan.from_dict(p["plan"]), p["ratio"]) for p in profile.calibration]
-        points.append((Plan(), 1.0))
+        points = [
+            (Plan.from_dict(p["plan"]), p["ratio"], p.get("to_dense", 1.0))
+            for p in profile.calibration
+        ]
+        points.append((Plan(), 1.0, 1.0))
+        # Compiled plans are timed against a twin of the dense model (`Target.reference_for`)
+        # whose ratio to the dense model is timed once per process, and that ratio drifts
+        # between processes more than the plans' ratios to the twin do: they are fitted in
+        # the twin's frame and carried back by the profile's ratio, or the caller's.
+        twins = [to_dense for plan, _, to_dense in points if self.shapes.quantized(plan)]
+        self.to_dense = float(np.median(twins)) if twins else 1.0
         # Keyed (regime, None) for every plan of a regime, (regime, whole) for one form.
         samples: dict[tuple[str, bool | None], tuple[list[list[float]], list[float]]] = {}
-        for plan, ratio in points:
+        for plan, ratio, to_dense in points:
             regime, row = self.features(plan)
             for key in ((regime, None), (regime, self.shapes.keeps_recurrence(plan))):
                 xs, ys = samples.setdefault(key, ([], []))
                 xs.append(row)
-                ys.append(ratio)
+                ys.append(ratio / to_dense if regime == COMPILED else ratio)
         # A form's own fit, where it has enough plans and is not every plan of its regime.
         self._models = {
             key: LinearRegression(positive=True).fit(np.array(xs), np.array(ys))
@@ -196,8 +208,15 @@ class LatencyPredictor:
             self.shapes.dynamic_elems(plan) / d["elems"],
         ]
 
-    def predict_ratio(self, plan: Plan) -> float:
+    def predict_ratio(self, plan: Plan, *, to_dense: float | None = None) -> float:
         """The plan's deployed latency as a ratio to the dense model.
+
+        Args:
+            plan: the plan.
+            to_dense: for a compiled plan, the ratio to the dense model of the twin it is
+                timed against (`Target.reference_for`), as this process measured it; None:
+                the profile's (`self.to_dense`). Eager plans are timed against the dense
+                model itself and ignore it.
 
         Raises:
             ValueError: the plan deploys in a regime the profile measured no plan of.
@@ -210,4 +229,7 @@ class LatencyPredictor:
                 f"the profile measured no {regime} plans (with int8 layers); "
                 "re-profile with the search space you search"
             )
-        return max(0.01, float(model.predict(np.array([row]))[0]))
+        ratio = float(model.predict(np.array([row]))[0])
+        if regime == COMPILED:
+            ratio *= self.to_dense if to_dense is None else to_dense
+        return max(0.01, ratio)

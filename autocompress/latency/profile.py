@@ -43,14 +43,15 @@ from autocompress.task import Task
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 13  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
+PROFILE_VERSION = 14  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
 # 6: compiled int8 plans timed frozen (they were recompiled unfrozen in inference mode);
 # 7: compiled plans timed against the compiled dense model (`Target.reference_for`);
 # 8: LSTM kernel tables (whole, and unrolled into Linears); 9: plans timed settled
 # (`Target.measure_settled`: a third measurement when two disagree); 10: attention cores
 # (`latency.attention`); 11: a transformer's int8 layers in ONNX Runtime run its dynamic int8
 # (they were static QDQ); 12: a runtime's int8 plans timed against the runtime's int8 dense
-# model (`RuntimeTarget.reference_for`); 13: its ratio to the dense model timed alone
+# model (`RuntimeTarget.reference_for`); 13: its ratio to the dense model timed alone;
+# 14: each calibration plan records that reference's ratio to the dense model (`to_dense`)
 DEFAULT_CALIBRATION_PLANS = 40
 # A profile with the default number of plans stops drawing random plans when it would run past
 # this (a model whose plans compile for half a minute each, e.g. all-MiniLM-L6-v2); it keeps at
@@ -71,7 +72,9 @@ class Profile:
         shapes: `ModelShapes.to_dict()`.
         lut: `{"geometry", "compute", "cin", "cout", "out_elems", "ms"}` per lookup-table
             entry (out_elems per sample).
-        calibration: `{"plan", "ratio"}` per measured plan (ratio to the dense model).
+        calibration: `{"plan", "ratio", "to_dense"}` per measured plan: its ratio to the dense
+            model, and the ratio to the dense model of the reference it was timed against
+            (1.0 for the dense model itself; `Target.reference_for`).
         dense_ms: the dense model's median latency during profiling.
         seconds: wall time profiling took.
     """
@@ -348,10 +351,10 @@ def _calibrate(
         Why it was skipped, or None when it was timed.
     """
     try:
-        ratio = measure_plan(dense, plan, task, target, inputs)
+        timed = time_plan(dense, plan, task, target, inputs)
     except Exception as exc:  # a plan the model cannot take fails its trial, not the profile
         return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-    calibration.append({"plan": plan.to_dict(), "ratio": ratio})
+    calibration.append({"plan": plan.to_dict(), "ratio": timed.ratio, "to_dense": timed.to_dense})
     return None
 
 

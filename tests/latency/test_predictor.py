@@ -141,6 +141,8 @@ def test_profile_round_trips_and_refuses_other_versions(profile: Profile) -> Non
     # 4 random plans, then the warm starts' uniform plan (every group at keep 0.5)
     assert len(profile.calibration) == 5
     assert profile.calibration[-1]["plan"] == _uniform(0.5).to_dict()
+    # each timed against the dense model itself (no int8 layer: no twin)
+    assert all(c["to_dense"] == 1.0 for c in profile.calibration)
     assert all(e["ms"] > 0 and e["out_elems"] > 0 for e in profile.lut)
 
 
@@ -200,6 +202,38 @@ def test_compute_bound_latency_is_learned_when_kernels_time_as_overhead(
     predictor = LatencyPredictor(flat)
     errors = [abs(predictor.predict_ratio(p) / measured(p) - 1) for p in held_out]
     assert max(errors) < 0.05
+
+
+def test_compiled_plans_are_fitted_in_their_twins_frame_and_carried_by_its_ratio(
+    profile: Profile,
+) -> None:
+    """A compiled plan's ratio is its ratio to the dense model's twin times the twin's ratio to
+    the dense model; the twin's ratio is the profile's unless the caller timed its own."""
+    keeps = (0.75, 0.5, 0.25)
+    plans = [  # every group at one keep ratio, in int8
+        Plan(
+            layers={
+                m: LayerConfig(keep_ratio=k, weight_bits=8, act_bits=8) for m in _uniform(k).layers
+            }
+        )
+        for k in keeps
+    ]
+    to_twin = {p.key(): 0.3 + 0.6 * k for p, k in zip(plans, keeps, strict=True)}
+    # the same plans timed in two processes, whose twins ran at 0.5 and 0.6 of the dense model
+    calibration = [
+        {"plan": p.to_dict(), "ratio": to_twin[p.key()] * to_dense, "to_dense": to_dense}
+        for p in plans
+        for to_dense in (0.5, 0.6, 0.6)
+    ]
+    fitted = LatencyPredictor(
+        dataclasses.replace(profile, calibration=profile.calibration + calibration)
+    )
+    assert fitted.to_dense == 0.6  # the median of its compiled plans'
+    for p in plans:
+        assert fitted.predict_ratio(p, to_dense=0.4) == pytest.approx(0.4 * to_twin[p.key()])
+        assert fitted.predict_ratio(p) == pytest.approx(0.6 * to_twin[p.key()])
+    eager = _uniform(0.5)  # timed against the dense model itself: no twin to carry it by
+    assert fitted.predict_ratio(eager, to_dense=0.4) == fitted.predict_ratio(eager)
 
 
 def test_unprofiled_geometry_falls_back_to_the_regression(profile: Profile) -> None:
