@@ -27,9 +27,10 @@ Two layers of model, both fitted on what `latency.profile` measured:
    on 100 fresh plans of every kind, within-10% rose from 0.73 to 0.92).
 
 The prediction is a ratio to the dense model; times the study's dense latency it gives ms.
-Compiled plans are fitted in the frame they were timed in, as ratios to a twin of the dense
-model (`Target.reference_for`), and carried back by the twin's ratio to the dense model: the
-profile's, or one the caller timed (`predict_ratio(to_dense=)`).
+Plans are fitted in the frame they were timed in, as ratios to the reference they were timed
+against (a twin of the dense model for compiled plans and for every plan in a runtime;
+`Target.reference_for`), and carried back by its ratio to the dense model: the profile's, or
+one the caller timed (`predict_ratio(to_dense=)`).
 """
 
 from __future__ import annotations
@@ -130,18 +131,22 @@ class LatencyPredictor:
             lambda k: _macs(json.loads(k.geometry), k.cin, k.out_elems)
         )
         self._dense = self._totals(self.shapes.kernels(Plan()))
-        # The dense model itself is an eager plan at ratio 1 by definition.
         points = [
             (Plan.from_dict(p["plan"]), p["ratio"], p.get("to_dense", 1.0))
             for p in profile.calibration
         ]
-        points.append((Plan(), 1.0, 1.0))
-        # Compiled plans are timed against a twin of the dense model (`Target.reference_for`)
-        # whose ratio to the dense model is timed once per process, and that ratio drifts
-        # between processes more than the plans' ratios to the twin do: they are fitted in
-        # the twin's frame and carried back by the profile's ratio, or the caller's.
-        twins = [to_dense for plan, _, to_dense in points if self.shapes.quantized(plan)]
-        self.to_dense = float(np.median(twins)) if twins else 1.0
+        # Plans are timed against a twin of the dense model (`Target.reference_for`; compiled
+        # plans in PyTorch, every plan in a runtime) whose ratio to the dense model is timed
+        # once per process, and that ratio drifts between processes more than the plans'
+        # ratios to the twin do: each regime is fitted in its twin's frame and carried back by
+        # the profile's ratio (`to_dense`, per regime), or the caller's.
+        frames: dict[str, list[float]] = {}
+        for plan, _, to_dense in points:
+            frames.setdefault(self.regime(plan), []).append(to_dense)
+        self.to_dense = {regime: float(np.median(r)) for regime, r in frames.items()}
+        # The dense model itself is an eager plan at ratio 1 by definition: in its frame, 1
+        # over its reference's ratio.
+        points.append((Plan(), 1.0, self.to_dense.get(EAGER, 1.0)))
         # Keyed (regime, None) for every plan of a regime, (regime, whole) for one form.
         samples: dict[tuple[str, bool | None], tuple[list[list[float]], list[float]]] = {}
         for plan, ratio, to_dense in points:
@@ -149,7 +154,7 @@ class LatencyPredictor:
             for key in ((regime, None), (regime, self.shapes.keeps_recurrence(plan))):
                 xs, ys = samples.setdefault(key, ([], []))
                 xs.append(row)
-                ys.append(ratio / to_dense if regime == COMPILED else ratio)
+                ys.append(ratio / to_dense)
         # A form's own fit, where it has enough plans and is not every plan of its regime.
         self._models = {
             key: LinearRegression(positive=True).fit(np.array(xs), np.array(ys))
@@ -185,6 +190,10 @@ class LatencyPredictor:
             totals[f"n_{k.compute}"] += 1
         return totals
 
+    def regime(self, plan: Plan) -> str:
+        """How a plan deploys: COMPILED with an int8 layer, else EAGER (`features`)."""
+        return COMPILED if self.shapes.quantized(plan) else EAGER
+
     def features(self, plan: Plan) -> tuple[str, list[float]]:
         """The regime a plan deploys in and its regression features (relative to dense).
 
@@ -194,7 +203,7 @@ class LatencyPredictor:
         t = self._totals(self.shapes.kernels(plan))
         d = self._dense
         macs = [t[f"macs_{c}"] / d["macs"] for c in (FP32, INT8, BF16)]
-        if not self.shapes.quantized(plan):
+        if self.regime(plan) == EAGER:
             return EAGER, [
                 t["ms"] / d["ms"], t["elems"] / d["elems"], t[f"n_{BF16}"] / d["count"], *macs,
                 t["count"] / d["count"],
@@ -213,10 +222,10 @@ class LatencyPredictor:
 
         Args:
             plan: the plan.
-            to_dense: for a compiled plan, the ratio to the dense model of the twin it is
-                timed against (`Target.reference_for`), as this process measured it; None:
-                the profile's (`self.to_dense`). Eager plans are timed against the dense
-                model itself and ignore it.
+            to_dense: the ratio to the dense model of the reference the plan is timed
+                against (`Target.reference_for`; 1.0 for the dense model itself), as this
+                process measured it; None: the profile's for the plan's regime
+                (`self.to_dense`).
 
         Raises:
             ValueError: the plan deploys in a regime the profile measured no plan of.
@@ -230,6 +239,5 @@ class LatencyPredictor:
                 "re-profile with the search space you search"
             )
         ratio = float(model.predict(np.array([row]))[0])
-        if regime == COMPILED:
-            ratio *= self.to_dense if to_dense is None else to_dense
+        ratio *= self.to_dense.get(regime, 1.0) if to_dense is None else to_dense
         return max(0.01, ratio)

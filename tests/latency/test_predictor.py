@@ -228,12 +228,25 @@ def test_compiled_plans_are_fitted_in_their_twins_frame_and_carried_by_its_ratio
     fitted = LatencyPredictor(
         dataclasses.replace(profile, calibration=profile.calibration + calibration)
     )
-    assert fitted.to_dense == 0.6  # the median of its compiled plans'
+    # the median of its compiled plans'; its eager ones were timed against the dense model
+    assert fitted.to_dense == {"compiled": 0.6, "eager": 1.0}
     for p in plans:
         assert fitted.predict_ratio(p, to_dense=0.4) == pytest.approx(0.4 * to_twin[p.key()])
         assert fitted.predict_ratio(p) == pytest.approx(0.6 * to_twin[p.key()])
-    eager = _uniform(0.5)  # timed against the dense model itself: no twin to carry it by
-    assert fitted.predict_ratio(eager, to_dense=0.4) == fitted.predict_ratio(eager)
+    eager = _uniform(0.5)
+    assert fitted.predict_ratio(eager, to_dense=1.0) == fitted.predict_ratio(eager)
+
+
+def test_plans_timed_against_a_twin_keep_the_dense_model_at_ratio_1(profile: Profile) -> None:
+    """Eager plans in a runtime are timed against its int8 dense model: fitted in that frame,
+    the dense model (its own reference, ratio 1 by definition) still predicts at 1."""
+    twin = 0.45
+    in_twins_frame = [{**c, "to_dense": twin} for c in profile.calibration]
+    predictor = LatencyPredictor(dataclasses.replace(profile, calibration=in_twins_frame))
+    assert predictor.to_dense == {"eager": twin}
+    assert predictor.predict_ratio(Plan()) == pytest.approx(
+        LatencyPredictor(profile).predict_ratio(Plan()), rel=1e-6
+    )
 
 
 def test_unprofiled_geometry_falls_back_to_the_regression(profile: Profile) -> None:
