@@ -99,12 +99,23 @@ class Profile:
         """Parse `to_json`'s output (plain JSON, nothing evaluated).
 
         Raises:
-            ValueError: not a profile of this version.
+            OlderProfileError: a profile of another version.
+            ValueError: not a profile.
         """
         data = json.loads(text)
-        if not isinstance(data, dict) or data.pop("version", None) != PROFILE_VERSION:
+        if not isinstance(data, dict) or not isinstance(data.get("version"), int):
             raise ValueError(f"not a version-{PROFILE_VERSION} latency profile")
+        version = data.pop("version")
+        if version != PROFILE_VERSION:
+            raise OlderProfileError(
+                f"a version-{version} latency profile; this autocompress reads version "
+                f"{PROFILE_VERSION}"
+            )
         return cls(**data)
+
+
+class OlderProfileError(ValueError):
+    """A profile written by another version of autocompress (`PROFILE_VERSION`)."""
 
 
 def space_key(knobs: Sequence[Knob], round_to: int | None) -> str:

@@ -22,6 +22,7 @@ from autocompress.latency.profile import (
     DEFAULT_CALIBRATION_PLANS,
     PROFILE_SECONDS,
     Bar,
+    OlderProfileError,
     Profile,
     batch_size_of,
     profile_model,
@@ -47,6 +48,9 @@ def load_profile(path: Path) -> Profile | None:
         return None
     try:
         return Profile.from_json(path.read_text())
+    except OlderProfileError as exc:
+        log.warning("latency profile %s is %s; profiling again", path, exc)
+        return None
     except (OSError, ValueError, TypeError) as exc:
         log.warning("latency profile %s is unreadable (%s); profiling again", path, exc)
         return None

@@ -29,6 +29,7 @@ from autocompress.latency.lut import lut_grid, measure_lut
 from autocompress.latency.predictor import LatencyPredictor, _Table
 from autocompress.latency.profile import (
     PROFILE_VERSION,
+    OlderProfileError,
     Profile,
     profile_model,
 )
@@ -136,8 +137,10 @@ def test_profile_round_trips_and_refuses_other_versions(profile: Profile) -> Non
     assert Profile.from_json(profile.to_json()) == profile
     data = json.loads(profile.to_json())
     data["version"] = 0
-    with pytest.raises(ValueError, match=f"not a version-{PROFILE_VERSION} latency profile"):
+    with pytest.raises(OlderProfileError, match=f"version-0 .* reads version {PROFILE_VERSION}"):
         Profile.from_json(json.dumps(data))
+    with pytest.raises(ValueError, match=f"not a version-{PROFILE_VERSION} latency profile"):
+        Profile.from_json(json.dumps([1, 2]))
     # 4 random plans, then the warm starts' uniform plan (every group at keep 0.5)
     assert len(profile.calibration) == 5
     assert profile.calibration[-1]["plan"] == _uniform(0.5).to_dict()
