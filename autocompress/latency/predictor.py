@@ -28,9 +28,9 @@ Two layers of model, both fitted on what `latency.profile` measured:
 
 The prediction is a ratio to the dense model; times the study's dense latency it gives ms.
 Plans are fitted in the frame they were timed in, as ratios to the reference they were timed
-against (a twin of the dense model for compiled plans and for every plan in a runtime;
-`Target.reference_for`), and carried back by its ratio to the dense model: the profile's, or
-one the caller timed (`predict_ratio(to_dense=)`).
+against (a twin of the dense model for compiled plans; `Target.reference_for`), and carried
+back by its ratio to the dense model: the profile's, or one the caller timed
+(`predict_ratio(to_dense=)`).
 """
 
 from __future__ import annotations
@@ -135,11 +135,11 @@ class LatencyPredictor:
             (Plan.from_dict(p["plan"]), p["ratio"], p.get("to_dense", 1.0))
             for p in profile.calibration
         ]
-        # Plans are timed against a twin of the dense model (`Target.reference_for`; compiled
-        # plans in PyTorch, every plan in a runtime) whose ratio to the dense model is timed
-        # once per process, and that ratio drifts between processes more than the plans'
-        # ratios to the twin do: each regime is fitted in its twin's frame and carried back by
-        # the profile's ratio (`to_dense`, per regime), or the caller's.
+        # Compiled plans are timed against a twin of the dense model (`Target.reference_for`;
+        # eager ones against the dense model itself, ratio 1.0) whose ratio to the dense model
+        # is timed once per process, and that ratio drifts between processes more than the
+        # plans' ratios to the twin do: each regime is fitted in its reference's frame and
+        # carried back by the profile's ratio (`to_dense`, per regime), or the caller's.
         frames: dict[str, list[float]] = {}
         for plan, _, to_dense in points:
             frames.setdefault(self.regime(plan), []).append(to_dense)

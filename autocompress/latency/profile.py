@@ -43,7 +43,7 @@ from autocompress.task import Task
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 15  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
+PROFILE_VERSION = 16  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: uniform plans;
 # 6: compiled int8 plans timed frozen (they were recompiled unfrozen in inference mode);
 # 7: compiled plans timed against the compiled dense model (`Target.reference_for`);
 # 8: LSTM kernel tables (whole, and unrolled into Linears); 9: plans timed settled
@@ -52,7 +52,8 @@ PROFILE_VERSION = 15  # 3: int8/bf16 tables; 4: int8-free plans run eager; 5: un
 # (they were static QDQ); 12: a runtime's int8 plans timed against the runtime's int8 dense
 # model (`RuntimeTarget.reference_for`); 13: its ratio to the dense model timed alone;
 # 14: each calibration plan records that reference's ratio to the dense model (`to_dense`);
-# 15: a runtime's float plans timed against its int8 dense model too
+# 15: a runtime's float plans timed against its int8 dense model too; 16: against the fp32
+# dense model again (beside a large float model the int8 one runs slower: biased low)
 DEFAULT_CALIBRATION_PLANS = 40
 # A profile with the default number of plans stops drawing random plans when it would run past
 # this (a model whose plans compile for half a minute each, e.g. all-MiniLM-L6-v2); it keeps at

@@ -61,7 +61,7 @@ def test_export_writes_the_runtime_artifact_and_checks_it_there(
     # Latency in metrics.json is the runtime artifact's, against the dense model there.
     assert metrics["latency_ratio"] == runtime["latency_ratio"] > 0
     # Timed against the reference the study timed the trial against, and carried to the dense
-    # model by the study's own ratio of it (the int8 twin's, float plans too).
+    # model by the study's own ratio of it (the int8 twin's on an int8 plan, else 1.0).
     study_to_dense = attrs["measurement"]["to_dense"]
     assert runtime["reference_to_dense"] == runtime["measurement"]["to_dense"] == study_to_dense
     if runtime["int8_nodes"]:

@@ -241,8 +241,9 @@ def test_compiled_plans_are_fitted_in_their_twins_frame_and_carried_by_its_ratio
 
 
 def test_plans_timed_against_a_twin_keep_the_dense_model_at_ratio_1(profile: Profile) -> None:
-    """Eager plans in a runtime are timed against its int8 dense model: fitted in that frame,
-    the dense model (its own reference, ratio 1 by definition) still predicts at 1."""
+    """Eager plans timed against a twin (profile version 15 timed a runtime's float plans
+    against its int8 dense model): fitted in that frame, the dense model (its own reference,
+    ratio 1 by definition) still predicts at 1."""
     twin = 0.45
     in_twins_frame = [{**c, "to_dense": twin} for c in profile.calibration]
     predictor = LatencyPredictor(dataclasses.replace(profile, calibration=in_twins_frame))
